@@ -1,0 +1,8 @@
+"""The purification recipes, by the name users pass to ``--method``."""
+
+from __future__ import annotations
+
+from clipsan.recipes.base import Recipe
+from clipsan.recipes.ft import FineTune
+
+RECIPES: dict[str, type[Recipe]] = {cls.name: cls for cls in (FineTune,)}

@@ -1,0 +1,3 @@
+from clipsan.cli import entry
+
+entry()

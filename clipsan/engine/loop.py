@@ -1,0 +1,231 @@
+"""The one training loop every recipe runs on.
+
+read batch -> recipe.loss_terms -> backward -> sum grads over processes ->
+clip -> AdamW step -> recipe.after_step; log, checkpoint, honour signals.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from clipsan.engine import optim
+from clipsan.engine.loader import EpochBatchSampler, RecipeSamples, build_loader, steps_per_epoch
+from clipsan.engine.rundir import RunDir
+from clipsan.engine.runtime import Runtime
+from clipsan.errors import Interrupted, UserError
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64  # global batch, split evenly across processes
+    lr: float = 1e-5
+    warmup_steps: int = 50
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float | None = None
+    seed: int = 0
+    workers: int = 0
+    save_every: int = 500
+    log_every: int = 10
+    max_steps: int | None = None  # stop early (the lab's time budgets)
+    batchnorm: str = "frozen"  # frozen: BN layers use their running statistics (see docs)
+    progress: bool = False
+
+    # Options that change the result: a resumed run must use the same ones.
+    def fingerprint(self) -> dict:
+        keep = ("epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "seed", "max_steps", "batchnorm")
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs_completed: float
+    seconds: float
+    skipped: dict = field(default_factory=dict)
+    last: dict = field(default_factory=dict)
+    resumed_from: int | None = None
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM only set a flag: the current step finishes, then we checkpoint and exit 3."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopFlag":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. called from a library thread)
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:  # a second signal: the user insists
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
+def _set_train_mode(module: nn.Module, batchnorm: str) -> None:
+    module.train()
+    if batchnorm == "frozen":
+        for layer in module.modules():
+            if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+                layer.eval()
+
+
+def _rng_state(rt: Runtime) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if rt.device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(rt.device)
+    return state
+
+
+def _restore_rng(state: dict, rt: Runtime) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and rt.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], rt.device)
+
+
+def train(
+    module: nn.Module,
+    recipe,
+    samples: RecipeSamples,
+    cfg: TrainConfig,
+    rt: Runtime,
+    run: RunDir,
+    *,
+    resume: bool = False,
+    checkpoint_metadata: dict[str, str] | None = None,
+    stage: str = "train",
+) -> TrainResult:
+    """Train ``module`` with ``recipe`` on ``samples``; returns when done, raises Interrupted on a signal."""
+    n = len(samples)
+    global_batch = min(cfg.batch_size, n) // rt.world_size * rt.world_size
+    if global_batch < 1:
+        raise UserError(f"batch size {cfg.batch_size} is smaller than the {rt.world_size} processes")
+    per_epoch = steps_per_epoch(n, global_batch)
+    total = per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+
+    module.to(rt.device)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = optim.build_optimizer(module, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+    scaler = rt.grad_scaler()
+    skipped = dict(getattr(samples.captions, "skipped", {}) or {})
+    skipped.setdefault("corrupt_image", 0)
+
+    step, resumed_from = 0, None
+    latest = run.latest_checkpoint() if resume else None
+    if latest is not None:
+        tensors, state = run.load_checkpoint(latest)
+        if state.get("stage", "train") != stage:
+            raise UserError(f"{latest}: checkpoint belongs to stage {state.get('stage')!r}, not {stage!r}")
+        if state["fingerprint"] != cfg.fingerprint():
+            changed = sorted(k for k in cfg.fingerprint() if state["fingerprint"].get(k) != cfg.fingerprint()[k])
+            raise UserError(f"{run.path}: --resume with different options ({', '.join(changed)}); use the original ones")
+        module.load_state_dict(tensors)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        recipe.load_state_dict(state["recipe"])
+        _restore_rng(state["rng"], rt)
+        skipped = state["skipped"]
+        step = resumed_from = state["step"]
+        run.truncate_metrics(step)
+    else:
+        torch.manual_seed(cfg.seed)
+
+    def save(at_step: int) -> None:
+        state = {
+            "stage": stage,
+            "step": at_step,
+            "fingerprint": cfg.fingerprint(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "recipe": recipe.state_dict(),
+            "rng": _rng_state(rt),
+            "skipped": skipped,
+        }
+        if rt.is_main:
+            run.save_checkpoint(at_step, module.state_dict(), state, checkpoint_metadata or {})
+        rt.barrier()
+
+    sampler = EpochBatchSampler(n, global_batch, cfg.seed, total, start_step=step, rank=rt.rank, world_size=rt.world_size)
+    loader = build_loader(samples, sampler, cfg.workers, pin_memory=rt.device.type == "cuda")
+    bar = None
+    if cfg.progress and rt.is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=step, desc=stage, file=sys.stderr, dynamic_ncols=True)
+
+    started = time.perf_counter()
+    window_start, window_images = time.perf_counter(), 0
+    last: dict = {}
+    _set_train_mode(module, cfg.batchnorm)
+    with _StopFlag() as stop:
+        for batch in loader:
+            epoch = step // per_epoch
+            if step % per_epoch == 0:
+                recipe.begin_epoch(epoch)
+            skipped["corrupt_image"] += int(rt.sum_scalar(batch.pop("n_corrupt")))
+            lr = optim.lr_at(step, total, cfg.lr, cfg.warmup_steps)
+            optim.set_lr(optimizer, lr)
+            batch = rt.to_device(batch)
+
+            with rt.autocast():
+                terms = recipe.loss_terms(module, batch, rt)
+            loss = sum(terms.values())
+            if not math.isfinite(rt.sum_scalar(float(loss.detach()))):
+                kept = run.latest_checkpoint()
+                where = f"last good checkpoint kept: {kept}" if kept else "no checkpoint had been written yet"
+                raise UserError(f"loss became {float(loss.detach())} at step {step + 1} (lr {lr:.3g}); {where}")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            rt.sum_gradients(params)
+            scaler.unscale_(optimizer)
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            recipe.after_step(module)
+            step += 1
+            window_images += int(batch["index"].shape[0]) * rt.world_size
+
+            if step % cfg.log_every == 0 or step == total:
+                now = time.perf_counter()
+                last = {"step": step, "epoch": round(step / per_epoch, 4), "lr": lr, "loss": float(loss.detach())}
+                last.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
+                last["images_per_s"] = round(window_images / max(now - window_start, 1e-9), 2)
+                run.log_metrics({"stage": stage, **last})
+                window_start, window_images = now, 0
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+
+            stop_now = rt.sum_scalar(1.0 if stop.signal is not None else 0.0) > 0
+            if step % cfg.save_every == 0 or step % per_epoch == 0 or step == total or stop_now:
+                save(step)
+            if stop_now:
+                if bar is not None:
+                    bar.close()
+                raise Interrupted(f"interrupted at step {step}; resume with --resume --run-dir {run.path}")
+    if bar is not None:
+        bar.close()
+    module.eval()
+    return TrainResult(step, round(step / per_epoch, 4), time.perf_counter() - started, skipped, last, resumed_from)

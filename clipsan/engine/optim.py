@@ -1,0 +1,51 @@
+"""AdamW with CLIP's decay rule and the warmup + cosine schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _decays(name: str, param: nn.Parameter) -> bool:
+    # No weight decay on gains, biases, norms, embeddings' scale or logit_scale (CLIP, CleanCLIP).
+    if param.ndim < 2:
+        return False
+    lowered = name.lower()
+    return not any(tag in lowered for tag in ("bn", "ln", "norm", "bias", "logit_scale"))
+
+
+def build_optimizer(
+    module: nn.Module,
+    lr: float,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if _decays(n, p)]
+    no_decay = [p for n, p in named if not _decays(n, p)]
+    groups = [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+
+
+def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int) -> float:
+    """Linear warmup from 0, then cosine decay to 0 over the remaining steps.
+
+    ``step`` counts from 0 (the first optimizer step), so warmup really happens
+    (CleanCLIP's code starts its counter at epoch 1 and skips it).
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    decay_steps = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

@@ -1,0 +1,175 @@
+"""The run directory: config, metrics log, lock, and atomic checkpoints.
+
+Layout::
+
+    RUN/config.json            resolved options, versions, input sha256s
+    RUN/metrics.jsonl          one JSON object per log step
+    RUN/checkpoints/step-000000123/{weights.safetensors,state.pt}
+    RUN/run.lock               held (flock) while a process works in RUN
+
+A checkpoint is written into a hidden temporary folder, fsynced, then renamed:
+a folder named ``step-*`` is always complete. The last two are kept.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from clipsan.errors import UserError
+
+KEEP_CHECKPOINTS = 2
+_PREFIX = "step-"
+
+
+def default_run_dir(command: str) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{command}-{stamp}"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """A run directory owned by this process (main rank) for the duration of a run."""
+
+    def __init__(self, path: str | os.PathLike, *, is_main: bool = True):
+        self.path = Path(path)
+        self.is_main = is_main
+        self._lock_fh = None
+
+    # --- life cycle -----------------------------------------------------------
+
+    def open(self, *, resume: bool) -> "RunDir":
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"{self.path}: --run-dir exists and is not a directory")
+        if resume and not self.path.is_dir():
+            raise UserError(f"{self.path}: --resume needs an existing run directory")
+        if self.is_main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+            if not resume and self.latest_checkpoint() is not None:
+                raise UserError(
+                    f"{self.path}: run directory already holds checkpoints; pass --resume to continue it "
+                    "or choose another --run-dir"
+                )
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True) if self.is_main else None
+        return self
+
+    def _take_lock(self) -> None:
+        self._lock_fh = open(self.path / "run.lock", "a+")
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_fh.close()
+            self._lock_fh = None
+            raise UserError(f"{self.path}: run directory is in use by another clipsan process") from None
+        self._lock_fh.seek(0)
+        self._lock_fh.truncate()
+        self._lock_fh.write(f"{os.getpid()}\n")
+        self._lock_fh.flush()
+
+    def close(self) -> None:
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- records ----------------------------------------------------------------
+
+    def write_config(self, config: dict) -> None:
+        if self.is_main:
+            atomic_write_bytes(self.path / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
+
+    def read_config(self) -> dict | None:
+        path = self.path / "config.json"
+        if not path.exists():
+            return None
+        return json.loads(path.read_text())
+
+    def log_metrics(self, record: dict) -> None:
+        if self.is_main:
+            with open(self.path / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drop log lines past the resumed checkpoint, so a resumed log reads like an uninterrupted one."""
+        path = self.path / "metrics.jsonl"
+        if not self.is_main or not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= after_step]
+        atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+    # --- checkpoints --------------------------------------------------------------
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoints(self) -> list[Path]:
+        root = self.checkpoint_root
+        if not root.is_dir():
+            return []
+        found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_PREFIX)]
+        return sorted(found, key=lambda p: int(p.name[len(_PREFIX) :]))
+
+    def latest_checkpoint(self) -> Path | None:
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def save_checkpoint(self, step: int, tensors: dict[str, torch.Tensor], state: dict, metadata: dict[str, str]) -> Path:
+        """Write weights (safetensors) + training state (state.pt) atomically; keep the last two."""
+        final = self.checkpoint_root / f"{_PREFIX}{step:09d}"
+        if final.exists():
+            return final
+        tmp = self.checkpoint_root / f".tmp-{_PREFIX}{step:09d}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "weights.safetensors"), metadata=metadata)
+        torch.save(state, tmp / "state.pt")
+        for name in ("weights.safetensors", "state.pt"):
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        os.replace(tmp, final)
+        _fsync_dir(self.checkpoint_root)
+        for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def load_checkpoint(self, folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+        # state.pt is our own file (optimizer, RNG states); we only unpickle it after
+        # checking it sits inside the run directory this process locked.
+        folder = folder.resolve()
+        if self.checkpoint_root.resolve() not in folder.parents:
+            raise UserError(f"{folder}: not a checkpoint of run directory {self.path}")
+        tensors = load_file(str(folder / "weights.safetensors"))
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        return tensors, state

@@ -1,0 +1,86 @@
+"""A whole fine-tuning job: load model and data, train with a recipe, save the result.
+
+``purify`` (every defense) and ``poison`` are this job with different recipes.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import open_clip
+import torch
+
+from clipsan import __version__
+from clipsan.checkpoint import load_model, save_model
+from clipsan.engine.loader import RecipeSamples
+from clipsan.engine.loop import TrainConfig, train
+from clipsan.engine.rundir import RunDir, default_run_dir
+from clipsan.engine.runtime import setup_runtime, shutdown_runtime
+
+
+@dataclass
+class JobSpec:
+    command: str  # "purify", "poison"
+    model: str
+    arch: str | None
+    out: str | None
+    run_dir: str | None
+    resume: bool
+    device: str = "auto"
+    precision: str = "auto"
+    metadata: dict | None = None  # extra safetensors metadata for the output
+
+
+def versions() -> dict:
+    return {"clipsan": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__}
+
+
+def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print) -> dict:
+    rt = setup_runtime(job.device, job.precision)
+    try:
+        loaded = load_model(job.model, arch=job.arch)
+        if rt.is_main:
+            notes(f"model {loaded.path}: arch {loaded.arch} ({loaded.arch_source})")
+            notes(f"data {captions.describe()}")
+        run_path = Path(job.run_dir) if job.run_dir else default_run_dir(job.command)
+        run_path = Path(rt.broadcast_object(str(run_path)))
+        with RunDir(run_path, is_main=rt.is_main).open(resume=job.resume) as run:
+            run.write_config(
+                {
+                    "command": job.command,
+                    "argv": sys.argv,
+                    "method": recipe.name,
+                    "recipe": recipe.options(),
+                    "training": cfg.fingerprint(),
+                    "inputs": {"model": {"path": str(loaded.path), "sha256": loaded.sha256, "arch": loaded.arch}, "data": str(captions.root)},
+                    "runtime": {"device": str(rt.device), "precision": rt.precision, "world_size": rt.world_size},
+                    "versions": versions(),
+                }
+            )
+            model = loaded.model
+            samples = RecipeSamples(captions, recipe, model.image_size, model.tokenize, cfg.seed)
+            metadata = {"clipsan.command": job.command, "clipsan.method": recipe.name, "clipsan.source_sha256": loaded.sha256}
+            metadata.update(job.metadata or {})
+            result = train(model, recipe, samples, cfg, rt, run, resume=job.resume, checkpoint_metadata=metadata)
+            out = Path(job.out) if job.out else run.path / f"{job.command}.safetensors"
+            if rt.is_main:
+                save_model(model.cpu(), out, metadata)
+            return {
+                "output": str(out),
+                "run_dir": str(run.path),
+                "method": recipe.name,
+                "arch": loaded.arch,
+                "arch_source": loaded.arch_source,
+                "source_sha256": loaded.sha256,
+                "steps": result.steps,
+                "epochs": result.epochs_completed,
+                "resumed_from_step": result.resumed_from,
+                "seconds": round(result.seconds, 2),
+                "samples": len(captions),
+                "skipped": result.skipped,
+                "final": result.last,
+            }
+    finally:
+        shutdown_runtime(rt)

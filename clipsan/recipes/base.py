@@ -1,0 +1,67 @@
+"""What a recipe is: per-sample views (run in data workers) and a loss over a batch.
+
+The engine owns everything else: the optimizer, schedule, precision, data
+parallelism, checkpoints and resume. A recipe that keeps its own state across
+steps (e.g. a sampled subset, a discriminator) exposes it through
+``state_dict``/``load_state_dict`` so resume restores it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from clipsan.engine.loader import Sample
+from clipsan.engine.runtime import Runtime
+
+MAX_LOGIT_SCALE = math.log(100.0)
+
+
+class Recipe:
+    name = "base"
+    # Training defaults from the recipe's paper; flags override them.
+    defaults = {"epochs": 10, "batch_size": 64, "lr": 1e-5, "warmup": 50}
+
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        """Recipe-specific command-line flags (an argparse argument group)."""
+
+    @classmethod
+    def from_args(cls, args) -> "Recipe":
+        return cls()
+
+    def views(self, sample: Sample) -> dict:
+        """Tensors (or strings, tokenised by the loader) this recipe's loss needs for one sample."""
+        raise NotImplementedError
+
+    def loss_terms(self, model, batch: dict, rt: Runtime) -> dict[str, torch.Tensor]:
+        """Named, already-weighted loss terms over the *global* batch; the engine sums them."""
+        raise NotImplementedError
+
+    def after_step(self, model) -> None:
+        # CLIP's temperature is clamped to at most 100 after every update.
+        scale = getattr(model, "logit_scale", None)
+        if isinstance(scale, torch.Tensor):
+            with torch.no_grad():
+                scale.clamp_(0.0, MAX_LOGIT_SCALE)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Hook for per-epoch choices made on the main process (must be deterministic in epoch)."""
+
+    def options(self) -> dict:
+        """The recipe's settings, recorded in config.json."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def encode_pair(model, images: torch.Tensor, tokens: torch.Tensor, rt: Runtime):
+    """Global-batch image and text features plus the (shared) logit scale."""
+    image_features = rt.gather(model.encode_image(images))
+    text_features = rt.gather(model.encode_text(tokens))
+    return image_features, text_features, rt.shared(model.logit_scale.exp())

@@ -1,0 +1,17 @@
+"""Plain fine-tuning with the CLIP loss: the baseline every defense is compared with."""
+
+from __future__ import annotations
+
+from clipsan.losses import contrastive_loss
+from clipsan.recipes.base import Recipe, encode_pair
+
+
+class FineTune(Recipe):
+    name = "ft"
+
+    def views(self, sample):
+        return {"image": sample.pixels, "text": sample.caption}
+
+    def loss_terms(self, model, batch, rt):
+        images, texts, scale = encode_pair(model, batch["image"], batch["text"], rt)
+        return {"clip": contrastive_loss(images, texts, scale)}
