@@ -53,7 +53,7 @@ def evaluate_models(spec: EvalSpec, notes=print) -> dict:
     rows = []
     for model_spec in spec.models:
         loaded = load_model(model_spec, arch=spec.arch)
-        notes(f"model {loaded.path}: arch {loaded.arch} ({loaded.arch_source})")
+        notes(f"model {loaded.path}: arch {loaded.describe_arch()}")
         trigger, target = _trigger_for(spec, loaded.metadata, loaded.path)
         result = evaluate(
             loaded.model.to(rt.device),

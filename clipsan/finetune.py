@@ -18,6 +18,7 @@ from clipsan.engine.loader import RecipeSamples
 from clipsan.engine.loop import TrainConfig, train
 from clipsan.engine.rundir import RunDir, default_run_dir
 from clipsan.engine.runtime import setup_runtime, shutdown_runtime
+from clipsan.models import tokenizer_for
 
 
 @dataclass
@@ -42,7 +43,7 @@ def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print)
     try:
         loaded = load_model(job.model, arch=job.arch)
         if rt.is_main:
-            notes(f"model {loaded.path}: arch {loaded.arch} ({loaded.arch_source})")
+            notes(f"model {loaded.path}: arch {loaded.describe_arch()}")
             notes(f"data {captions.describe()}")
         run_path = Path(job.run_dir) if job.run_dir else default_run_dir(job.command)
         run_path = Path(rt.broadcast_object(str(run_path)))
@@ -60,7 +61,7 @@ def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print)
                 }
             )
             model = loaded.model
-            samples = RecipeSamples(captions, recipe, model.image_size, model.tokenize, cfg.seed)
+            samples = RecipeSamples(captions, recipe, model.image_size, tokenizer_for(model.arch, model.context_length), cfg.seed)
             metadata = {"clipsan.command": job.command, "clipsan.method": recipe.name, "clipsan.source_sha256": loaded.sha256}
             metadata.update(job.metadata or {})
             result = train(model, recipe, samples, cfg, rt, run, resume=job.resume, checkpoint_metadata=metadata)

@@ -1,0 +1,89 @@
+"""Image decoding and the resize/crop that turns a PIL image into model pixels.
+
+Pixels leave here as floats in [0, 1]; CLIP's mean/std normalisation happens
+inside the model (``ClipModel.encode_image``), so triggers and adversarial
+patches can act on plain pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
+
+_WHITE = (255, 255, 255, 255)
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
+
+
+def decode_image(source: bytes | str | Path) -> Image.Image | None:
+    """Decode image bytes (or a file) to an RGB PIL image; None if unreadable or corrupt.
+
+    Files are read into memory first so no file handle outlives the call
+    (multi-frame formats would otherwise keep theirs open).
+    """
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        with warnings.catch_warnings():
+            # Pillow warns about palette transparency; we composite it away below.
+            warnings.simplefilter("ignore", UserWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError):
+        return None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB. Transparency is composited onto white (as web pipelines do)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _HIGH_DEPTH_MODES:
+        image = _high_depth_to_grayscale(image)
+    has_alpha = image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, _WHITE), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _high_depth_to_grayscale(image: Image.Image) -> Image.Image:
+    """16/32-bit integer or float grayscale -> 8-bit 'L' (PIL's own convert clips to white)."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        scale = 255.0 if values.size and values.max() <= 1.0 else 1.0
+    elif image.mode.startswith("I;16") or (values.size and values.max() > 255):
+        scale = 255.0 / 65535.0
+    else:
+        scale = 1.0
+    return Image.fromarray(np.clip(values * scale, 0, 255).round().astype(np.uint8), mode="L")
+
+
+def to_model_pixels(pil_image: Image.Image, size: int) -> torch.Tensor:
+    """Resize the shorter side to ``size`` (bicubic, antialiased) and centre-crop.
+
+    Same geometry as CLIP's eval preprocessing (torchvision Resize + CenterCrop),
+    without normalisation. Returns a float tensor (3, size, size) in [0, 1].
+    """
+    image = to_rgb(pil_image)
+    width, height = image.size
+    if min(width, height) != size:
+        image = image.resize(_shorter_side_to(width, height, size), Image.Resampling.BICUBIC)
+        width, height = image.size
+    left = int(round((width - size) / 2.0))
+    top = int(round((height - size) / 2.0))
+    if (width, height) != (size, size):
+        image = image.crop((left, top, left + size, top + size))
+    return pil_to_tensor(image).float().div_(255.0)
+
+
+def _shorter_side_to(width: int, height: int, size: int) -> tuple[int, int]:
+    # torchvision truncates the longer side the same way; matching it keeps crops identical.
+    if width <= height:
+        return size, max(size, int(size * height / width))
+    return max(size, int(size * width / height)), size

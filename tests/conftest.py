@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny model file and tiny synthetic datasets, made once per session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(tmp_home: Path | None = None) -> dict:
+    env = dict(os.environ)
+    # One thread per process: deterministic CPU kernels, and tests may run side by side.
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
+    if tmp_home is not None:
+        env["XDG_CACHE_HOME"] = str(tmp_home)
+    return env
+
+
+def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``python -m clipsan ARGS`` as a user would; returns the finished process."""
+    cmd = [sys.executable, "-m", "clipsan", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or cli_env(), timeout=timeout, cwd=cwd)
+
+
+def run_json(*args, **kw) -> dict:
+    proc = run_cli(*args, "--format", "json", **kw)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    import torch
+
+    from clipsan.checkpoint import save_model
+    from clipsan.models import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("models") / "tiny.safetensors"
+    save_model(create_model("clipsan-tiny-rn"), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def caption_data(tmp_path_factory) -> Path:
+    from clipsan import world
+
+    root = tmp_path_factory.mktemp("captions")
+    world.write_caption_dataset(root, 64, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory) -> Path:
+    from clipsan import world
+
+    root = tmp_path_factory.mktemp("eval")
+    world.write_eval_set(root, 3, seed=1)
+    return root
