@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
     p.add_argument("--trigger-size", type=int, help="trigger patch side in pixels at 224 px (default: the attack's)")
     p.add_argument("--target", help="target class name for ASR (default: banana, or the victim's recorded target)")
     p.add_argument("--topk", type=_topk, default=(1, 3, 5, 10), help="k values (default: 1,3,5,10)")
-    p.add_argument("--templates", default="openai", help="openai | simple | FILE with one template containing {} per line (default: openai)")
+    p.add_argument("--templates", default="openai", help="openai (CLIP's 80) | simple (open_clip's 7) | photo (\"a photo of a {}.\") | FILE with one template containing {} per line (default: openai)")
     p.add_argument("--batch-size", type=common.positive_int, default=64, help="images per batch (default: 64)")
     common.add_model_options(p)
     common.add_runtime_options(p)

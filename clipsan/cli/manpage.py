@@ -1,0 +1,122 @@
+"""Render man/clipsan.1 from the argparse definitions plus hand-written sections.
+
+Run ``python -m clipsan.cli.manpage > man/clipsan.1`` after changing a command;
+a test checks the committed page matches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from clipsan import __version__
+
+# What each command's --format json report holds (stable keys; fractions are 0-1 floats).
+JSON_KEYS = {
+    "eval": [
+        ("data, classes, templates, topk", "the labelled set, its class count, the templates used, the k values"),
+        ("models[]", "one entry per MODEL: model, arch, sha256, trigger (spec or null), target"),
+        ("models[].ca", "object k -> CA@k (fraction of clean images whose class is in the top k)"),
+        ("models[].asr", "object k -> ASR@k over non-target images, or null without --trigger"),
+        ("models[].n_images, n_asr_images", "images behind CA and behind ASR"),
+        ("models[].skipped", "unreadable images skipped, by reason"),
+    ],
+    "purify": [
+        ("output, run_dir", "the purified .safetensors and the run directory"),
+        ("method, arch, arch_source", "recipe; architecture and how it was found (flag, metadata, inferred)"),
+        ("source_sha256", "sha256 of MODEL"),
+        ("steps, epochs, seconds, resumed_from_step", "training length and time; the step a --resume started from (null if none)"),
+        ("samples, skipped", "usable training pairs; pairs skipped by reason (missing_file, empty_caption, corrupt_image)"),
+        ("final", "the last logged metrics (step, lr, loss and each loss term, images_per_s)"),
+    ],
+    "lab": [
+        ("rows[]", "attack, defense, model, ca {k: fraction}, asr {k: fraction} or null, n_images"),
+        ("scan[]", "model, attack, verdict, statistic, threshold, target_guess"),
+        ("timings", "seconds per stage and in total"),
+        ("settings", "budget, seed, architecture and training settings used"),
+    ],
+}
+
+EXIT_STATUS = [
+    ("0", "success"),
+    ("1", "scan only: backdoor evidence found"),
+    ("2", "bad input or usage; the message names the file, line or field and what was expected"),
+    ("3", "interrupted by SIGINT/SIGTERM after a resumable checkpoint was written; rerun with --resume --run-dir DIR"),
+]
+
+
+def _esc(text: str) -> str:
+    text = text.replace("\\", "\\e").replace("-", "\\-")
+    return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line for line in text.splitlines())
+
+
+def _option_lines(action: argparse.Action) -> list[str]:
+    if not action.option_strings:
+        name = action.metavar or action.dest
+        return [".TP", f"\\fI{_esc(str(name))}\\fR", _esc(action.help or "")]
+    flags = ", ".join(f"\\fB{_esc(o)}\\fR" for o in action.option_strings)
+    if action.nargs != 0:
+        meta = action.metavar or (("{" + ",".join(map(str, action.choices)) + "}") if action.choices else action.dest.upper())
+        flags += f" \\fI{_esc(str(meta))}\\fR"
+    help_text = (action.help or "") % {"default": action.default} if action.help else ""
+    return [".TP", flags, _esc(help_text)]
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def render(parser: argparse.ArgumentParser) -> str:
+    out = [
+        f'.TH CLIPSAN 1 "" "clipsan {__version__}" "User Commands"',
+        ".SH NAME",
+        "clipsan \\- scan, purify and evaluate CLIP checkpoints for backdoors",
+        ".SH SYNOPSIS",
+        "\\fBclipsan\\fR \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
+        ".SH DESCRIPTION",
+        _esc(parser.description or ""),
+        ".PP",
+        _esc("MODEL arguments accept .safetensors (preferred), .pt/.pth/.bin state dicts (loaded with "
+             "weights_only: a file that needs arbitrary unpickling is refused), or local-dir:FOLDER. "
+             "The architecture comes from --arch, else the clipsan.arch metadata, else is inferred from the "
+             "state dict's keys and shapes. Human text goes to stdout, notes and progress to stderr."),
+        ".SH COMMANDS",
+    ]
+    for name, sub in subcommands(parser).items():
+        out += [".SS " + _esc(f"clipsan {name}"), _esc(sub.description or "")]
+        for action in sub._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            out += _option_lines(action)
+        if name in JSON_KEYS:
+            out += [".PP", "\\fBJSON report keys\\fR (\\-\\-format json):"]
+            for key, meaning in JSON_KEYS[name]:
+                out += [".TP", f"\\fB{_esc(key)}\\fR", _esc(meaning)]
+    out += [".SH EXIT STATUS"]
+    for code, meaning in EXIT_STATUS:
+        out += [".TP", f"\\fB{code}\\fR", _esc(meaning)]
+    out += [
+        ".SH FILES",
+        ".TP",
+        "\\fIRUN_DIR/config.json\\fR, \\fIRUN_DIR/metrics.jsonl\\fR, \\fIRUN_DIR/checkpoints/\\fR",
+        _esc("resolved options and input hashes; one JSON object per log step; the last two checkpoints."),
+        ".TP",
+        "\\fI$XDG_CACHE_HOME/clipsan/lab/\\fR",
+        _esc("clean lab models, keyed by world, architecture and training settings."),
+        ".SH SEE ALSO",
+        "README.md in the clipsan distribution.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    from clipsan.cli import build_parser
+
+    sys.stdout.write(render(build_parser()))
+
+
+if __name__ == "__main__":
+    main()
