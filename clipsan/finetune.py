@@ -19,6 +19,10 @@ from clipsan.engine.loop import TrainConfig, train
 from clipsan.engine.rundir import RunDir, default_run_dir
 from clipsan.engine.runtime import setup_runtime, shutdown_runtime
 from clipsan.models import tokenizer_for
+from clipsan.recipes.base import RunContext
+
+
+INHERITED_METADATA = ("clipsan.trigger", "clipsan.target")
 
 
 @dataclass
@@ -61,8 +65,13 @@ def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print)
                 }
             )
             model = loaded.model
+            recipe.prepare(captions)
+            recipe.prepare_run(RunContext(job, loaded, captions, cfg, rt, run, notes))
             samples = RecipeSamples(captions, recipe, model.image_size, tokenizer_for(model.arch, model.context_length), cfg.seed)
             metadata = {"clipsan.command": job.command, "clipsan.method": recipe.name, "clipsan.source_sha256": loaded.sha256}
+            # A defended victim keeps the record of the attack it was built with, so
+            # `clipsan eval --trigger from-metadata` can measure what the defense left.
+            metadata.update({k: v for k, v in loaded.metadata.items() if k in INHERITED_METADATA})
             metadata.update(job.metadata or {})
             result = train(model, recipe, samples, cfg, rt, run, resume=job.resume, checkpoint_metadata=metadata)
             out = Path(job.out) if job.out else run.path / f"{job.command}.safetensors"

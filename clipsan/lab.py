@@ -1,9 +1,12 @@
 """The lab: the whole pipeline on the synthetic world, no download needed.
 
-Stages (each reads and writes real files in the layouts users have):
-world -> clean model (trained from scratch with the same engine as purify)
--> evaluation -> lab.json / lab.md. Later stages add victims, defenses and
-scans as rows of the same report.
+world -> clean model -> victims (poison) -> defenses (purify) + scans -> eval
+-> lab.json / lab.md
+
+Every stage after the world is a real ``clipsan`` command run in its own
+process, on the files the previous stages wrote, exactly as a user would run
+it. Independent stages run side by side (two single-threaded processes beat
+one two-threaded process on the 2-core machines the budgets are set for).
 """
 
 from __future__ import annotations
@@ -18,11 +21,10 @@ from pathlib import Path
 
 from clipsan import __version__, world
 from clipsan.checkpoint import save_model
-from clipsan.engine.loop import TrainConfig
-from clipsan.evaluation import EvalSpec, evaluate_models
-from clipsan.finetune import JobSpec, run_fine_tune
+from clipsan.errors import UserError
+from clipsan.lab_jobs import Job, run_jobs
+from clipsan.lab_plan import LabPlan, make_plan
 from clipsan.models import create_model
-from clipsan.recipes.ft import FineTune
 
 LAB_ARCH = "clipsan-tiny-rn"
 # Prompts for zero-shot evaluation on the world (written next to the eval set).
@@ -34,10 +36,10 @@ class LabOptions:
     out: Path
     quick: bool = True
     seed: int = 0
-    workers: int = 1
     device: str = "cpu"
+    parallel: int = 2  # stage processes side by side
     train_pairs: int | None = None  # override the world's size (smoke tests)
-    max_steps: int | None = None  # override training length (smoke tests)
+    max_steps: int | None = None  # override every stage's training length (smoke tests)
     eval_per_class: int | None = None
     use_cache: bool = True
 
@@ -48,6 +50,7 @@ class LabReport:
     scan: list = field(default_factory=list)
     timings: dict = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    extras: dict = field(default_factory=dict)
 
 
 def _cache_dir() -> Path:
@@ -55,17 +58,9 @@ def _cache_dir() -> Path:
     return Path(base) / "clipsan" / "lab"
 
 
-def _clean_training(opts: LabOptions) -> dict:
-    settings = dict(world.QUICK_TRAINING if opts.quick else world.FULL_TRAINING)
-    if opts.train_pairs is not None:
-        settings["n_pairs"] = opts.train_pairs
-    settings["max_steps"] = opts.max_steps
-    return settings
-
-
-def _cache_key(settings: dict, opts: LabOptions) -> str:
+def _cache_key(plan: LabPlan, opts: LabOptions) -> str:
     arch_config = (Path(__file__).parent / "model_configs" / f"{LAB_ARCH}.json").read_text()
-    blob = json.dumps([__version__, asdict(world.WorldConfig()), arch_config, settings, opts.seed], sort_keys=True, default=str)
+    blob = json.dumps([__version__, asdict(world.WorldConfig()), arch_config, plan.clean_args, plan.train_pairs, opts.seed], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -80,51 +75,52 @@ class _Timer:
         self.timings[self.name] = round(time.perf_counter() - self.start, 1)
 
 
-def build_world(opts: LabOptions, settings: dict, report: LabReport) -> tuple[Path, Path, Path]:
+@dataclass
+class WorldFiles:
+    train: Path  # caption data the clean model and the victims are trained on
+    defense: Path  # held-out clean caption data the defenses fine-tune on
+    eval: Path  # labelled ImageFolder
+    templates: Path
+
+
+def build_world(opts: LabOptions, plan: LabPlan, report: LabReport) -> WorldFiles:
     root = opts.out / "world"
-    train_dir, eval_dir = root / "train", root / "eval"
+    files = WorldFiles(root / "train", root / "defense", root / "eval", root / "templates.txt")
     with _Timer(report.timings, "world"):
-        if not (train_dir / "captions.csv").exists():
-            world.write_caption_dataset(train_dir, settings["n_pairs"], seed=opts.seed)
-        if not eval_dir.exists():
-            per_class = opts.eval_per_class or world.EVAL_PER_CLASS
-            world.write_eval_set(eval_dir, per_class, seed=opts.seed + 1)
-        templates = root / "templates.txt"
-        templates.write_text("\n".join(LAB_TEMPLATES) + "\n")
-    return train_dir, eval_dir, templates
+        if not (files.train / "captions.csv").exists():
+            world.write_caption_dataset(files.train, plan.train_pairs, seed=opts.seed)
+        if not (files.defense / "captions.csv").exists():
+            world.write_caption_dataset(files.defense, plan.defense_pairs, seed=opts.seed + 1000)
+        if not files.eval.exists():
+            world.write_eval_set(files.eval, opts.eval_per_class or world.EVAL_PER_CLASS, seed=opts.seed + 1)
+        files.templates.write_text("\n".join(LAB_TEMPLATES) + "\n")
+    return files
 
 
-def train_clean_model(opts: LabOptions, settings: dict, train_dir: Path, report: LabReport, notes) -> Path:
+def _common(opts: LabOptions) -> list[str]:
+    extra = ["--max-steps", str(opts.max_steps)] if opts.max_steps else []
+    return ["--device", opts.device, "--seed", str(opts.seed), "--workers", "0", *extra]
+
+
+def train_clean_model(opts: LabOptions, plan: LabPlan, files: WorldFiles, report: LabReport) -> Path:
     models = opts.out / "models"
     models.mkdir(parents=True, exist_ok=True)
     target = models / "clean.safetensors"
-    cached = _cache_dir() / f"clean-{_cache_key(settings, opts)}.safetensors"
+    cached = _cache_dir() / f"clean-{_cache_key(plan, opts)}.safetensors"
     with _Timer(report.timings, "clean_model"):
         if opts.use_cache and cached.exists():
-            notes(f"clean model from cache {cached}")
             shutil.copyfile(cached, target)
             report.settings["clean_model_cached"] = True
             return target
         init = models / "init.safetensors"
         save_model(create_model(LAB_ARCH), init, {"clipsan.command": "lab", "clipsan.method": "random-init"})
-        cfg = TrainConfig(
-            epochs=settings["epochs"],
-            batch_size=settings["batch_size"],
-            lr=settings["lr"],
-            warmup_steps=settings["warmup"],
-            weight_decay=settings["weight_decay"],
-            seed=opts.seed,
-            workers=opts.workers,
-            save_every=10_000,
-            log_every=50,
-            max_steps=settings["max_steps"],
-            batchnorm="train",  # trained from scratch: BatchNorm must learn its statistics
+        job = Job(
+            "clean",
+            ["purify", str(init), "--method", "ft", "--data", str(files.train), "--out", str(target),
+             "--run-dir", str(opts.out / "runs" / "clean"), *plan.clean_args, *_common(opts)],
+            opts.out / "logs",
         )
-        from clipsan.data.captions import open_caption_dataset
-
-        job = JobSpec("lab-clean", str(init), LAB_ARCH, str(target), str(opts.out / "runs" / "clean"), resume=False, device=opts.device)
-        result = run_fine_tune(job, FineTune(), open_caption_dataset(train_dir), cfg, notes=notes)
-        report.settings["clean_training"] = {**settings, "steps": result["steps"], "seconds": result["seconds"]}
+        _run_or_fail([job], opts)
         init.unlink()
         if opts.use_cache:
             cached.parent.mkdir(parents=True, exist_ok=True)
@@ -132,19 +128,78 @@ def train_clean_model(opts: LabOptions, settings: dict, train_dir: Path, report:
     return target
 
 
-def evaluate_row(model: Path, eval_dir: Path, templates: Path, opts: LabOptions, attack: str, defense: str, trigger: str | None = None) -> dict:
-    spec = EvalSpec(
-        models=[str(model)],
-        data=str(eval_dir),
-        trigger=trigger,
-        ks=(1, 10),
-        templates=str(templates),
-        workers=0,
-        device=opts.device,
-        batch_size=256,
-    )
-    result = evaluate_models(spec, notes=lambda _m: None)["models"][0]
-    return {"attack": attack, "defense": defense, "model": str(model), "ca": result["ca"], "asr": result["asr"], "n_images": result["n_images"]}
+def _run_or_fail(jobs: list[Job], opts: LabOptions) -> dict[str, Job]:
+    done = run_jobs(jobs, parallel=opts.parallel)
+    failed = [job for job in done.values() if not job.ok]
+    if failed:
+        raise UserError("lab stage failed: " + "; ".join(f"{job.name} (exit {job.returncode}, see {job.log})" for job in failed))
+    return done
+
+
+def stage_jobs(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path) -> list[Job]:
+    """Victims, their defenses and the scans, with their dependencies."""
+    logs, runs, models = opts.out / "logs", opts.out / "runs", opts.out / "models"
+    jobs: list[Job] = []
+    for attack, poison_args in plan.attacks.items():
+        victim = models / f"victim-{attack}.safetensors"
+        jobs.append(Job(f"poison-{attack}", ["poison", str(clean), "--data", str(files.train), "--out", str(victim),
+                                             "--run-dir", str(runs / f"poison-{attack}"), *poison_args, *_common(opts)], logs))
+        for defense, defense_args in plan.defenses.items():
+            out = models / f"{attack}-{defense}.safetensors"
+            extra = ["--reference", str(clean)] if defense == "abd" else []
+            jobs.append(Job(f"{defense}-{attack}", ["purify", str(victim), "--method", defense, "--data", str(files.defense),
+                                                    "--out", str(out), "--run-dir", str(runs / f"{defense}-{attack}"),
+                                                    *extra, *defense_args, *_common(opts)], logs, after=[f"poison-{attack}"]))
+        if plan.scan_args is not None:
+            jobs.append(_scan_job(f"scan-{attack}", victim, opts, plan, files, clean, after=[f"poison-{attack}"]))
+    if plan.scan_args is not None:
+        jobs.append(_scan_job("scan-clean", clean, opts, plan, files, clean, after=[]))
+    return jobs
+
+
+def _scan_job(name: str, model: Path, opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path, after: list[str]) -> Job:
+    argv = ["scan", str(model), "--run-dir", str(opts.out / "runs" / name), "--device", opts.device, "--seed", str(opts.seed), *plan.scan_args]
+    # scan's exit 1 means "backdoor evidence": a result, not a failure.
+    return Job(name, argv, opts.out / "logs", after=after, ok_codes=(0, 1))
+
+
+def _eval(models: list[Path], files: WorldFiles, opts: LabOptions, trigger: bool) -> list[dict]:
+    argv = ["eval", *map(str, models), "--data", str(files.eval), "--templates", str(files.templates), "--topk", "1,10",
+            "--device", opts.device, "--workers", "0", "--batch-size", "256"]
+    if trigger:
+        argv += ["--trigger", "from-metadata"]
+    name = "eval-" + models[0].stem
+    job = _run_or_fail([Job(name, argv, opts.out / "logs")], opts)[name]
+    return job.report()["models"]
+
+
+def collect_rows(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path, report: LabReport) -> None:
+    models = opts.out / "models"
+    with _Timer(report.timings, "eval"):
+        row = _eval([clean], files, opts, trigger=False)[0]
+        report.rows.append({"attack": "none", "defense": "none", "model": str(clean), "ca": row["ca"], "asr": None, "n_images": row["n_images"]})
+        for attack in plan.attacks:
+            names = ["none", *plan.defenses]
+            paths = [models / f"victim-{attack}.safetensors"] + [models / f"{attack}-{d}.safetensors" for d in plan.defenses]
+            for defense, result in zip(names, _eval(paths, files, opts, trigger=True)):
+                report.rows.append({"attack": attack, "defense": defense, "model": result["model"], "ca": result["ca"],
+                                    "asr": result["asr"], "n_images": result["n_images"]})
+
+
+def collect_scans(done: dict[str, Job], plan: LabPlan, clean: Path, report: LabReport) -> None:
+    for name, job in sorted(done.items()):
+        if not name.startswith("scan-"):
+            continue
+        result = job.report()
+        attack = name[len("scan-") :]
+        report.scan.append({
+            "model": Path(result.get("model", "")).name,
+            "attack": "none" if attack == "clean" else attack,
+            "verdict": result["verdict"],
+            "statistic": result["statistic"],
+            "threshold": result["threshold"],
+            "target_guess": result.get("target_guess"),
+        })
 
 
 def write_report(opts: LabOptions, report: LabReport) -> None:
@@ -179,15 +234,19 @@ def render_markdown(payload: dict) -> str:
 
 def run_lab(opts: LabOptions, notes=print) -> dict:
     opts.out.mkdir(parents=True, exist_ok=True)
-    report = LabReport(settings={"quick": opts.quick, "seed": opts.seed, "arch": LAB_ARCH})
+    plan = make_plan(opts.quick, opts.train_pairs)
+    report = LabReport(settings={"quick": opts.quick, "seed": opts.seed, "arch": LAB_ARCH, "plan": plan.describe()})
     started = time.perf_counter()
-    settings = _clean_training(opts)
-    train_dir, eval_dir, templates = build_world(opts, settings, report)
+    files = build_world(opts, plan, report)
     notes(f"world written to {opts.out / 'world'}")
-    clean = train_clean_model(opts, settings, train_dir, report, notes)
-    with _Timer(report.timings, "eval_clean"):
-        report.rows.append(evaluate_row(clean, eval_dir, templates, opts, "none", "none"))
-    notes(f"clean model CA@1 {report.rows[0]['ca']['1']:.3f}")
+    clean = train_clean_model(opts, plan, files, report)
+    notes(f"clean model {clean}")
+    with _Timer(report.timings, "victims_defenses_scans"):
+        done = _run_or_fail(stage_jobs(opts, plan, files, clean), opts)
+    for name, job in done.items():
+        report.timings[name] = job.seconds
+    collect_scans(done, plan, clean, report)
+    collect_rows(opts, plan, files, clean, report)
     report.timings["total"] = round(time.perf_counter() - started, 1)
     write_report(opts, report)
     return asdict(report)

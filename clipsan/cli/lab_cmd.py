@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="retrain the clean model even if a cached one matches")
     p.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu, the lab is tiny)")
     p.add_argument("--seed", type=int, default=0, help="seed of the world and of every stage (default: 0)")
-    p.add_argument("--workers", type=int, default=1, help="data-loading worker processes per stage (default: 1)")
+    p.add_argument("--parallel", type=common.positive_int, default=2, help="stage processes run side by side (default: 2)")
     common.add_output_options(p)
     p.set_defaults(run=run)
 
@@ -42,7 +42,7 @@ def run(args) -> int:
         out=out,
         quick=args.quick,
         seed=args.seed,
-        workers=args.workers,
+        parallel=args.parallel,
         device=args.device,
         train_pairs=args.train_pairs,
         max_steps=args.max_steps,
