@@ -1,0 +1,42 @@
+"""Image augmentation for CleanCLIP's in-modal views: AutoAugment, made deterministic.
+
+CleanCLIP augments images with torchvision's ``AutoAugment()`` (ImageNet policy).
+torchvision draws the sub-policy, the application probabilities and the signs
+from torch's *global* CPU generator, which would make a sample's view depend on
+whatever else ran in the process. We run it with the global CPU generator
+temporarily reseeded from the sample's own seed and restore it afterwards, so
+the view depends on (seed, epoch, index) only and the caller's RNG is untouched.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torchvision.transforms import AutoAugment, AutoAugmentPolicy
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_policy() -> AutoAugment:
+    return AutoAugment(AutoAugmentPolicy.IMAGENET)
+
+
+def _seed_from(generator_or_seed: torch.Generator | int) -> int:
+    if isinstance(generator_or_seed, torch.Generator):
+        return int(torch.randint(0, 2**62, (1,), generator=generator_or_seed).item())
+    return int(generator_or_seed)
+
+
+def auto_augment(pixels01: torch.Tensor, generator_or_seed: torch.Generator | int) -> torch.Tensor:
+    """AutoAugment (ImageNet policy) of a (3, H, W) image in [0, 1]; returns the same shape in [0, 1].
+
+    The policy acts on uint8 pixels (posterize, solarize and equalize are
+    defined on 8-bit values), so the image is quantised to 8 bits first.
+    """
+    as_uint8 = (pixels01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    # fork_rng restores the global CPU generator on exit; only the CPU one is
+    # reseeded (torch.manual_seed would also reseed CUDA generators).
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(_seed_from(generator_or_seed))
+        augmented = _imagenet_policy()(as_uint8)
+    return augmented.float() / 255.0

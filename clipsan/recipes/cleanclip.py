@@ -1,0 +1,104 @@
+"""CleanCLIP (Bansal et al., 2023): the CLIP loss plus in-modal self-supervision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from clipsan.augment import auto_augment
+from clipsan.errors import UserError
+from clipsan.losses import contrastive_loss, info_nce
+from clipsan.recipes.base import Recipe
+from clipsan.text.eda import eda
+
+
+@dataclass
+class PairFeatures:
+    """Global-batch features of the pairs and of their augmented views (rows aligned)."""
+
+    images: torch.Tensor
+    images_aug: torch.Tensor
+    texts: torch.Tensor
+    texts_aug: torch.Tensor
+    scale: torch.Tensor  # the learned logit scale, exp'd, shared across processes
+
+
+def encode_with_view(encode, originals: torch.Tensor, views: torch.Tensor, rt) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode originals and their views in one forward pass; gather both over the global batch.
+
+    Gathering (original, view) stacked row by row keeps every view next to its
+    original in rank order with a single collective.
+    """
+    n = originals.shape[0]
+    features = encode(torch.cat([originals, views]))
+    pairs = rt.gather(torch.stack([features[:n], features[n:]], dim=1))
+    return pairs[:, 0], pairs[:, 1]
+
+
+def non_negative(value: float, flag: str) -> float:
+    if not value >= 0:
+        raise UserError(f"{flag} {value}: expected a weight >= 0")
+    return float(value)
+
+
+class CleanCLIP(Recipe):
+    """λ1·L_CLIP + λ2·L_SS (CleanCLIP eq. 1).
+
+    L_CLIP is CLIP's symmetric InfoNCE over the global batch. L_SS follows eq. 3:
+    each image must pick its own AutoAugment view among the batch's augmented
+    images, and each caption its own EDA view among the augmented captions, with
+    the learned logit scale; the two one-directional losses are averaged. Paper
+    and public code agree here (the code takes the cross-entropy of
+    image·augmented-imageᵀ and of text·augmented-textᵀ and halves their sum), so
+    the in-modal loss is not symmetrised the way L_CLIP is.
+
+    Terms: ``clip`` = λ1·L_CLIP, ``inmodal_image`` = λ2·½·InfoNCE(I→Ĩ),
+    ``inmodal_text`` = λ2·½·InfoNCE(T→T̃); they sum to eq. 1. Unlike CleanCLIP's
+    code, EDA views are re-drawn every epoch (see ``clipsan.text.eda``).
+    """
+
+    name = "cleanclip"
+    defaults = {"epochs": 10, "batch_size": 64, "lr": 1e-5, "warmup": 50}
+
+    def __init__(self, clip_weight: float = 1.0, inmodal_weight: float = 1.0) -> None:
+        self.clip_weight = non_negative(clip_weight, "--clip-weight")
+        self.inmodal_weight = non_negative(inmodal_weight, "--inmodal-weight")
+
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        # Also read by cleanerclip, whose L_CleanCLIP is this loss.
+        group.add_argument("--clip-weight", type=float, default=1.0, help="λ1: weight of the CLIP loss (cleanclip, cleanerclip; default: 1)")
+        group.add_argument("--inmodal-weight", type=float, default=1.0, help="λ2: weight of the in-modal self-supervised loss (cleanclip, cleanerclip; default: 1)")
+
+    @classmethod
+    def from_args(cls, args) -> "CleanCLIP":
+        return cls(getattr(args, "clip_weight", 1.0), getattr(args, "inmodal_weight", 1.0))
+
+    def options(self) -> dict:
+        return {"clip_weight": self.clip_weight, "inmodal_weight": self.inmodal_weight}
+
+    def views(self, sample) -> dict:
+        return {
+            "image": sample.pixels,
+            "text": sample.caption,
+            "image_aug": auto_augment(sample.pixels, sample.generator("autoaugment")),
+            "text_aug": eda(sample.caption, sample.rng("eda")),
+        }
+
+    def encode_views(self, model, batch: dict, rt) -> PairFeatures:
+        images, images_aug = encode_with_view(model.encode_image, batch["image"], batch["image_aug"], rt)
+        texts, texts_aug = encode_with_view(model.encode_text, batch["text"], batch["text_aug"], rt)
+        return PairFeatures(images, images_aug, texts, texts_aug, rt.shared(model.logit_scale.exp()))
+
+    def cleanclip_terms(self, f: PairFeatures, weight: float = 1.0) -> dict[str, torch.Tensor]:
+        """weight·L_CleanCLIP as named terms (``weight`` is CleanerCLIP's α)."""
+        inmodal = weight * self.inmodal_weight * 0.5
+        return {
+            "clip": weight * self.clip_weight * contrastive_loss(f.images, f.texts, f.scale),
+            "inmodal_image": inmodal * info_nce(f.images, f.images_aug, f.scale),
+            "inmodal_text": inmodal * info_nce(f.texts, f.texts_aug, f.scale),
+        }
+
+    def loss_terms(self, model, batch, rt):
+        return self.cleanclip_terms(self.encode_views(model, batch, rt))

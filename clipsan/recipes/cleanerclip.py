@@ -1,0 +1,141 @@
+"""CleanerCLIP (Xun et al., 2024): CleanCLIP plus factual/counterfactual sub-caption contrast."""
+
+from __future__ import annotations
+
+import functools
+import random
+
+import torch
+
+from clipsan.errors import UserError
+from clipsan.losses import positive_negative_loss
+from clipsan.recipes.cleanclip import CleanCLIP, non_negative
+from clipsan.seeding import derive_seed
+from clipsan.text.subcaptions import SubcaptionMaker
+
+# Unselected samples still need a string in every view so batches stack; it is never encoded.
+PLACEHOLDER = ""
+
+
+@functools.lru_cache(maxsize=1)
+def subcaption_maker() -> SubcaptionMaker:
+    # One per process (data workers inherit it when forked), holding spaCy and the parse cache.
+    return SubcaptionMaker()
+
+
+def epoch_subset(n: int, k: int, seed: int, epoch: int) -> frozenset[int]:
+    """The K indices that get sub-captions in ``epoch``: uniform without replacement, from (seed, epoch)."""
+    return frozenset(random.Random(derive_seed(seed, epoch, "cleanerclip-subset")).sample(range(n), min(k, n)))
+
+
+class CleanerCLIP(CleanCLIP):
+    """α·L_CleanCLIP + β·L_p-n (CleanerCLIP eq. 4).
+
+    Each epoch K pairs, drawn from (seed, epoch), get a factual positive
+    sub-caption ST_p and a counterfactual negative ST_n (``SubcaptionMaker``).
+    L_p-n = ½(loss_i2t + loss_t2i) over the selected pairs present in the global
+    batch, with fixed temperatures t_p on the positive-set logits and t_n on the
+    negative ones, cosine similarities (no learned scale):
+
+      loss_i2t(i) = -log e^{<z_i^I,z_i^p>/t_p} / (Σ_j e^{<z_i^I,z_j^p>/t_p} + Σ_k e^{<z_i^I,z_k^n>/t_n})
+      loss_t2i(i) = -log e^{<z_i^T,z_i^I>/t_p} / (Σ_j e^{<z_i^T,z_j^I>/t_p} + Σ_k e^{<z_i^T,z_k^n>/t_n})
+
+    j, k run over the selected pairs of the global batch; the loss is 0 when the
+    batch holds none. The paper writes the first denominator sum as
+    Σ_j <z_j^I, z_j^p> (matched pairs, independent of i), which reads as a typo for
+    the in-batch form above, implemented here.
+
+    Terms: ``clip``/``inmodal_image``/``inmodal_text`` are CleanCLIP's scaled by α;
+    ``pn_i2t`` = β·½·loss_i2t and ``pn_t2i`` = β·½·loss_t2i.
+    """
+
+    name = "cleanerclip"
+    # The paper's warmup of 10000 steps exceeds short runs; it stays the default, --warmup overrides.
+    defaults = {"epochs": 10, "batch_size": 64, "lr": 4.5e-6, "warmup": 10000}
+
+    def __init__(self, subcaptions_per_epoch: int = 1000, t_pos: float = 0.3, t_neg: float = 0.3,
+                 alpha: float = 1.0, beta: float = 1.0, clip_weight: float = 1.0, inmodal_weight: float = 1.0) -> None:
+        super().__init__(clip_weight, inmodal_weight)
+        if subcaptions_per_epoch < 0:
+            raise UserError(f"--subcaptions-per-epoch {subcaptions_per_epoch}: expected a count >= 0")
+        for flag, t in (("--t-pos", t_pos), ("--t-neg", t_neg)):
+            if not t > 0:
+                raise UserError(f"{flag} {t}: expected a temperature > 0")
+        self.subcaptions_per_epoch = int(subcaptions_per_epoch)
+        self.t_pos, self.t_neg = float(t_pos), float(t_neg)
+        self.alpha, self.beta = non_negative(alpha, "--alpha"), non_negative(beta, "--beta")
+        self.dataset_size: int | None = None
+        self._subset_key: tuple | None = None
+        self._subset: frozenset[int] = frozenset()
+
+    @classmethod
+    def add_arguments(cls, group) -> None:
+        # --clip-weight/--inmodal-weight come from cleanclip's group (one parser holds every recipe's flags).
+        group.add_argument("--subcaptions-per-epoch", type=int, default=1000, metavar="K", help="pairs given sub-captions each epoch (default: 1000; the paper uses 3000 against BadCLIP)")
+        group.add_argument("--t-pos", type=float, default=0.3, help="temperature t_p of the positive logits in L_p-n (default: 0.3)")
+        group.add_argument("--t-neg", type=float, default=0.3, help="temperature t_n of the counterfactual logits in L_p-n (default: 0.3)")
+        group.add_argument("--alpha", type=float, default=1.0, help="α: weight of the CleanCLIP loss (default: 1)")
+        group.add_argument("--beta", type=float, default=1.0, help="β: weight of L_p-n (default: 1)")
+
+    @classmethod
+    def from_args(cls, args) -> "CleanerCLIP":
+        def get(name, default):
+            return getattr(args, name, default)
+
+        return cls(get("subcaptions_per_epoch", 1000), get("t_pos", 0.3), get("t_neg", 0.3), get("alpha", 1.0),
+                   get("beta", 1.0), get("clip_weight", 1.0), get("inmodal_weight", 1.0))
+
+    def options(self) -> dict:
+        return {**super().options(), "subcaptions_per_epoch": self.subcaptions_per_epoch,
+                "t_pos": self.t_pos, "t_neg": self.t_neg, "alpha": self.alpha, "beta": self.beta}
+
+    def prepare(self, captions) -> None:
+        self.dataset_size = len(captions)
+        if self.subcaptions_per_epoch:
+            subcaption_maker().parse("a photo of a dog")  # load spaCy once, before workers fork
+
+    def selected(self, seed: int, epoch: int) -> frozenset[int]:
+        if self.dataset_size is None:
+            raise RuntimeError("CleanerCLIP.prepare(captions) must be called before training")
+        if self._subset_key != (seed, epoch):  # each worker draws the epoch's subset once
+            self._subset = epoch_subset(self.dataset_size, self.subcaptions_per_epoch, seed, epoch)
+            self._subset_key = (seed, epoch)
+        return self._subset
+
+    def views(self, sample) -> dict:
+        views = super().views(sample)
+        if sample.index in self.selected(sample.seed, sample.epoch):
+            maker = subcaption_maker()
+            negative, _component = maker.negative(sample.caption, sample.rng("negative-subcaption"))
+            views.update(subcaption_pos=maker.positive(sample.caption), subcaption_neg=negative,
+                         subcaption_mask=torch.tensor(1))
+        else:
+            views.update(subcaption_pos=PLACEHOLDER, subcaption_neg=PLACEHOLDER, subcaption_mask=torch.tensor(0))
+        return views
+
+    def loss_terms(self, model, batch, rt):
+        f = self.encode_views(model, batch, rt)
+        terms = self.cleanclip_terms(f, weight=self.alpha)
+        local_mask = batch["subcaption_mask"].bool()
+        global_mask = rt.gather(batch["subcaption_mask"].long()).bool()  # same on every rank
+        if global_mask.any():
+            positives, negatives = self._encode_subcaptions(model, batch, local_mask, f.texts, rt)
+            i2t, t2i = positive_negative_loss(f.images[global_mask], f.texts[global_mask], positives, negatives, self.t_pos, self.t_neg)
+        else:
+            i2t = t2i = f.texts.new_zeros((), dtype=torch.float32)
+        terms["pn_i2t"] = self.beta * 0.5 * i2t
+        terms["pn_t2i"] = self.beta * 0.5 * t2i
+        return terms
+
+    @staticmethod
+    def _encode_subcaptions(model, batch, local_mask: torch.Tensor, like: torch.Tensor, rt):
+        """Sub-caption features of the selected rows only (a few per batch), gathered in rank order."""
+        k = int(local_mask.sum())
+        if k:
+            pos, neg = batch["subcaption_pos"][local_mask], batch["subcaption_neg"][local_mask]
+            both = model.encode_text(torch.cat([pos, neg]))
+            pairs = torch.stack([both[:k], both[k:]], dim=1)
+        else:  # other ranks hold selected rows; this one contributes none
+            pairs = like.new_zeros((0, 2, like.shape[1]))
+        pairs = rt.gather(pairs)
+        return pairs[:, 0], pairs[:, 1]
