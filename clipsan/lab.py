@@ -193,12 +193,12 @@ def collect_scans(done: dict[str, Job], plan: LabPlan, clean: Path, report: LabR
         result = job.report()
         attack = name[len("scan-") :]
         report.scan.append({
-            "model": Path(result.get("model", "")).name,
+            "model": Path(job.argv[1]).name,
             "attack": "none" if attack == "clean" else attack,
             "verdict": result["verdict"],
             "statistic": result["statistic"],
             "threshold": result["threshold"],
-            "target_guess": result.get("target_guess"),
+            "target_guess": (result.get("target") or {}).get("label"),
         })
 
 
@@ -234,7 +234,7 @@ def render_markdown(payload: dict) -> str:
 
 def run_lab(opts: LabOptions, notes=print) -> dict:
     opts.out.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(opts.quick, opts.train_pairs)
+    plan = make_plan(opts.quick, opts.train_pairs, opts.max_steps)
     report = LabReport(settings={"quick": opts.quick, "seed": opts.seed, "arch": LAB_ARCH, "plan": plan.describe()})
     started = time.perf_counter()
     files = build_world(opts, plan, report)

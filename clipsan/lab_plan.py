@@ -33,13 +33,45 @@ def _clean_args(settings: dict) -> list[str]:
             "--save-every", "100000", "--log-every", "50"]
 
 
-def make_plan(quick: bool, train_pairs: int | None = None) -> LabPlan:
+def _poison_args(attack) -> list[str]:
+    args = ["--trigger", attack.trigger, "--rate", str(attack.rate), "--epochs", str(attack.epochs), "--lr", str(attack.lr),
+            "--batch-size", str(attack.batch_size), "--warmup", str(attack.warmup), "--save-every", "100000", "--log-every", "25"]
+    if attack.trigger_size:
+        args += ["--trigger-size", str(attack.trigger_size)]
+    if attack.label_consistent:
+        args.append("--label-consistent")
+    elif attack.natural_captions:
+        args.append("--natural-captions")
+    if attack.trigger == "badclip":
+        b = attack.badclip
+        args += ["--patch-epochs", str(b.epochs), "--patch-lr", str(b.lr), "--patch-images", str(b.images)]
+    return args
+
+
+# Every defense gets the same fine-tuning budget as ABD's lab setting, so rows compare like with like.
+_DEFENSE_TRAINING = ["--epochs", "2", "--batch-size", "64", "--lr", "1e-4", "--warmup", "10", "--save-every", "100000", "--log-every", "25"]
+
+
+def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None = None) -> LabPlan:
+    from clipsan.abd import LAB_PURIFY_ARGS
+    from clipsan.lab_victims import LAB_ATTACKS, LAB_ATTACKS_FULL, LAB_ATTACKS_QUICK
+
     clean = dict(world.QUICK_TRAINING if quick else world.FULL_TRAINING)
     pairs = train_pairs or clean["n_pairs"]
+    defense_pairs = max(256, pairs // 4)
+    attacks = LAB_ATTACKS_QUICK if quick else LAB_ATTACKS_FULL
+    scan = ["--budget", "quick"] + (["--steps", str(max_steps), "--probes", "32"] if max_steps else [])
     return LabPlan(
         train_pairs=pairs,
-        defense_pairs=max(256, pairs // 4),
+        defense_pairs=defense_pairs,
         clean_args=_clean_args(clean),
-        attacks={},
-        defenses={},
+        attacks={name: _poison_args(LAB_ATTACKS[name]) for name in attacks},
+        defenses={
+            "ft": _DEFENSE_TRAINING,
+            "cleanclip": _DEFENSE_TRAINING,
+            # K/N = 1/10 of the defense set (the paper: 1000-3000 of 250K-500K pairs, on far longer captions)
+            "cleanerclip": _DEFENSE_TRAINING + ["--subcaptions-per-epoch", str(defense_pairs // 10)],
+            "abd": ["--save-every", "100000", "--log-every", "25", *LAB_PURIFY_ARGS],
+        },
+        scan_args=scan,
     )

@@ -38,11 +38,12 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int | None = None  # stop early (the lab's time budgets)
     batchnorm: str = "frozen"  # frozen: BN layers use their running statistics (see docs)
+    schedule: str = "cosine"  # after warmup: cosine decay to 0, or "constant" (GAN training)
     progress: bool = False
 
     # Options that change the result: a resumed run must use the same ones.
     def fingerprint(self) -> dict:
-        keep = ("epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "seed", "max_steps", "batchnorm")
+        keep = ("epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "seed", "max_steps", "batchnorm", "schedule")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
 
 
@@ -184,7 +185,7 @@ def train(
             if step % per_epoch == 0:
                 recipe.begin_epoch(epoch)
             skipped["corrupt_image"] += int(rt.sum_scalar(batch.pop("n_corrupt")))
-            lr = optim.lr_at(step, total, cfg.lr, cfg.warmup_steps)
+            lr = optim.lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.schedule)
             optim.set_lr(optimizer, lr)
             batch = rt.to_device(batch)
 

@@ -33,14 +33,16 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
 
 
-def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int) -> float:
-    """Linear warmup from 0, then cosine decay to 0 over the remaining steps.
+def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int, schedule: str = "cosine") -> float:
+    """Linear warmup from 0, then cosine decay to 0 over the remaining steps (or ``constant``: stay at base_lr).
 
     ``step`` counts from 0 (the first optimizer step), so warmup really happens
-    (CleanCLIP's code starts its counter at epoch 1 and skips it).
+    (CleanCLIP's code starts its counter at epoch 1 and skips it). GANs (AdvCLIP) train at a constant rate.
     """
     if warmup_steps > 0 and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))

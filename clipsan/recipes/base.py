@@ -9,6 +9,8 @@ steps (e.g. a sampled subset, a discriminator) exposes it through
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -16,6 +18,19 @@ from clipsan.engine.loader import Sample
 from clipsan.engine.runtime import Runtime
 
 MAX_LOGIT_SCALE = math.log(100.0)
+
+
+@dataclass
+class RunContext:
+    """What a fine-tuning job hands to ``Recipe.prepare_run``."""
+
+    job: Any  # finetune.JobSpec: model spec, resume flag, device
+    loaded: Any  # checkpoint.LoadedModel about to be trained
+    captions: Any  # the training pairs
+    cfg: Any  # engine TrainConfig of the fine-tune
+    rt: Runtime
+    run: Any  # the open, locked engine RunDir
+    notes: Callable[[str], None]
 
 
 class Recipe:
@@ -45,6 +60,16 @@ class Recipe:
         if isinstance(scale, torch.Tensor):
             with torch.no_grad():
                 scale.clamp_(0.0, MAX_LOGIT_SCALE)
+
+    def prepare(self, captions) -> None:
+        """Called once with the training pairs before training starts (before data workers fork).
+
+        For recipes whose views depend on dataset-wide facts, such as its size.
+        """
+
+    def prepare_run(self, ctx: RunContext) -> None:
+        """Work a recipe must do inside the run before training (after ``prepare``), e.g. ABD
+        crafting its adversarial patch in a sub-folder of the run directory; resumable itself."""
 
     def begin_epoch(self, epoch: int) -> None:
         """Hook for per-epoch choices made on the main process (must be deterministic in epoch)."""

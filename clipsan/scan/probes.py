@@ -1,0 +1,91 @@
+"""Probe images for a scan: a user's folder (images only) or the synthetic world."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from clipsan import world
+from clipsan.errors import UserError
+from clipsan.seeding import derive_seed
+
+
+@dataclass
+class Probes:
+    images: torch.Tensor             # (N, 3, S, S) in [0, 1] at the model's input size
+    source: str                      # "world" | "captions" | "labelled"
+    data: str | None                 # the --data folder, if any
+    classnames: list[str] | None     # class names to name the target with (world / labelled set)
+    skipped: int = 0                 # unreadable images passed over
+
+    @property
+    def synthetic(self) -> bool:
+        return self.source == "world"
+
+    def describe(self) -> str:
+        if self.synthetic:
+            return f"{len(self.images)} synthetic world images (no --data given)"
+        text = f"{len(self.images)} images from {self.data} ({'labelled set' if self.source == 'labelled' else 'caption dataset'})"
+        return text + (f"; {self.skipped} unreadable skipped" if self.skipped else "")
+
+
+def world_probes(n: int, size: int, seed: int) -> Probes:
+    # A stream of its own, so probes are not the lab's training images.
+    images = world.probe_images(n, seed=derive_seed("scan-probes", seed) % (2**31))
+    return Probes(_resize(images, size), "world", None, world.classnames())
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+
+
+def folder_probes(data: str, n: int, size: int, seed: int) -> Probes:
+    """Images of a caption dataset or a labelled set (whichever `data` is); captions and labels unused."""
+    dataset, source, classnames = _open_either(data)
+    from clipsan.data.transforms import to_model_pixels
+
+    # A seeded shuffle (labelled sets are sorted by class); unreadable images are passed over.
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(derive_seed("scan-probes", seed)))
+    images, skipped = [], 0
+    for index in order.tolist():
+        image, _ = dataset.load(index)
+        if image is None:
+            skipped += 1
+            continue
+        images.append(to_model_pixels(image, size))
+        if len(images) == n:
+            break
+    if len(images) < 2:
+        raise UserError(f"{data}: fewer than 2 readable images ({skipped} unreadable); a scan needs clean probe images")
+    return Probes(torch.stack(images), source, str(data), classnames, skipped)
+
+
+def _open_either(data: str):
+    from clipsan.data.captions import open_caption_dataset
+    from clipsan.data.labelled import open_labelled_dataset
+
+    try:
+        return open_caption_dataset(data), "captions", None
+    except UserError as caption_error:
+        try:
+            labelled = open_labelled_dataset(data)
+        except UserError as labelled_error:
+            raise UserError(
+                f"{data}: neither a caption dataset ({_reason(caption_error)}) nor a labelled set ({_reason(labelled_error)})"
+            ) from None
+        return labelled, "labelled", list(labelled.classnames)
+
+
+def _reason(err: UserError) -> str:
+    text = str(err)
+    head, sep, tail = text.partition(": ")
+    return tail if sep and Path(head).name else text
+
+
+def load_probes(data: str | None, n: int, size: int, seed: int) -> Probes:
+    return world_probes(n, size, seed) if data is None else folder_probes(data, n, size, seed)

@@ -1,0 +1,196 @@
+"""Calibrate `clipsan scan`'s PL1 thresholds on clean models, and check them on victims.
+
+Scans every model with several scan seeds, records each signal's statistic
+(PL1: the smallest mask, as a fraction of the image, that collapses the
+embeddings - or, with a reference, diverts them from the reference's), and
+proposes per input size:
+
+    threshold = MARGIN x (smallest PL1 seen on any clean model at that size)
+
+i.e. a clean model must come MARGIN times closer to a collapse than the
+cleanest seen so far before the scan fires. For target alignment (a ratio,
+higher = more backdoor-like): threshold = ABOVE_MARGIN x the largest ratio of a
+clean model whose best match is specific (ahead of the runner-up by the
+scan's MIN_TARGET_MARGIN; less specific matches cannot fire). Victims are listed beside it to
+show the margin on the other side. The table goes to docs/scan-calibration.md;
+the thresholds to clipsan/scan/thresholds.py.
+
+    OMP_NUM_THREADS=1 python scripts/calibrate_scan.py \
+        --clean lab-s0=models/clean-s0.safetensors --clean lab-s1=... \
+        --clean-ft ft-s0=models/clean-ft.safetensors \
+        --victim badnet=models/badnet.safetensors --victim blended=... \
+        --reference models/clean-s0.safetensors \
+        --random-arch RN50 --random-arch ViT-B-32 \
+        --seeds 0 1 2 --budgets quick full --out calibration.jsonl
+
+--clean-ft: clean fine-tunes of the reference (same schedule as a victim, no
+poison): the controls for the reference-divergence signal. Victims and
+clean-ft models are scanned with --reference (which runs both signals); other
+clean models without. Random-init models of other archs are scanned with few probes and
+steps (CPU time), as a sanity check at 224 px, not as a calibration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MARGIN = 0.7
+ABOVE_MARGIN = 1.3
+
+
+def _named(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def scan_row(name: str, kind: str, path: str, seed: int, budget: str, reference: str | None,
+             probes: int | None = None, steps: int | None = None) -> dict:
+    from clipsan.scan import ScanOptions, scan_model
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        report = scan_model(ScanOptions(model=path, reference=reference, budget=budget, run_dir=run_dir,
+                                        device="cpu", seed=seed, probes=probes, steps=steps))
+    by_name = {s["name"]: s for s in report["signals"]}
+    div = by_name.get("reference-divergence")
+    candidates = report["target"]["candidates"]
+    return {
+        "alignment": by_name["target-alignment"]["statistic"],
+        "target_margin": round(candidates[0]["similarity"] - candidates[1]["similarity"], 6),
+        "name": name, "kind": kind, "model": path, "arch": report["arch"], "image_size": report["image_size"],
+        "seed": seed, "budget": budget, "reference": reference,
+        "decree_pl1": by_name["decree"]["statistic"], "clean_cosine": by_name["decree"]["clean_cosine"],
+        "divergence_pl1": div["statistic"] if div else None,
+        "clean_divergence": div["clean_divergence"] if div else None,
+        "target": report["target"]["label"], "target_similarity": report["target"]["similarity"],
+        "seconds": report["seconds"], "probes": report["probes"]["count"],
+    }
+
+
+def random_init_model(arch: str, folder: Path) -> str:
+    import torch
+
+    from clipsan.checkpoint import save_model
+    from clipsan.models import create_model
+
+    torch.manual_seed(0)
+    path = folder / f"random-{arch}.safetensors"
+    save_model(create_model(arch), path)
+    return str(path)
+
+
+def propose(rows: list[dict]) -> dict:
+    """Per input size and signal: the smallest clean PL1, the largest victim PL1, the proposed threshold."""
+    from clipsan.scan import MIN_TARGET_MARGIN
+
+    out: dict = {}
+    for size in sorted({r["image_size"] for r in rows}):
+        at = [r for r in rows if r["image_size"] == size and r.get("alignment") is not None]
+        specific = [r for r in at if r["target_margin"] >= MIN_TARGET_MARGIN]
+        clean = [r["alignment"] for r in specific if r["kind"] in ("clean", "clean-ft")]
+        if clean:
+            victims = [r["alignment"] for r in specific if r["kind"] == "victim"]
+            out[f"{size}px/alignment"] = {
+                "clean_max": max(clean), "n_clean": len(clean),
+                "n_clean_unspecific": sum(r["kind"] in ("clean", "clean-ft") for r in at) - len(clean),
+                "victim_min": min(victims) if victims else None, "n_victims": len(victims),
+                "threshold": round(ABOVE_MARGIN * max(clean), 2),
+            }
+        for signal in ("decree_pl1", "divergence_pl1"):
+            at = [r for r in rows if r["image_size"] == size and r[signal] is not None]
+            # Random-init models are a sanity check (no false positive), not a calibration:
+            # their inversions rarely succeed within the few steps affordable at 224 px.
+            clean = [r[signal] for r in at if r["kind"] in ("clean", "clean-ft")]
+            victims = [r[signal] for r in at if r["kind"] == "victim"]
+            if not clean:
+                continue
+            out[f"{size}px/{signal}"] = {
+                "clean_min": min(clean), "clean_max": max(clean), "n_clean": len(clean),
+                "victim_max": max(victims) if victims else None, "n_victims": len(victims),
+                "threshold": round(MARGIN * min(clean), 3),
+            }
+    return out
+
+
+def markdown(rows: list[dict], proposal: dict) -> str:
+    def num(value, digits=4):
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = ["| model | kind | px | budget | seed | decree PL1 | divergence PL1 | alignment (margin) | target (cos) | s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['kind']} | {r['image_size']} | {r['budget']} | {r['seed']} | {num(r['decree_pl1'])} | "
+                     f"{num(r['divergence_pl1'])} | {num(r.get('alignment'), 3)} ({num(r.get('target_margin'), 3)}) | "
+                     f"{r['target']} ({r['target_similarity']:.2f}) | {r['seconds']:.0f} |")
+    lines += ["", "| size / signal | clean | victims | proposed threshold |", "|---|---|---|---|"]
+    for key, p in proposal.items():
+        if key.endswith("alignment"):
+            lines.append(f"| {key} | max {p['clean_max']:.3f} ({p['n_clean']} specific, {p['n_clean_unspecific']} unspecific) | "
+                         f"min {num(p['victim_min'], 3)} ({p['n_victims']}) | {p['threshold']} |")
+        else:
+            lines.append(f"| {key} | min {p['clean_min']:.4f} .. max {p['clean_max']:.4f} ({p['n_clean']}) | "
+                         f"max {num(p['victim_max'])} ({p['n_victims']}) | {p['threshold']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clean", type=_named, action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--clean-ft", type=_named, action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--victim", type=_named, action="append", default=[], metavar="ATTACK=PATH")
+    parser.add_argument("--reference", help="the clean base victims and clean-ft models were fine-tuned from")
+    parser.add_argument("--random-arch", action="append", default=[], metavar="ARCH")
+    parser.add_argument("--random-probes", type=int, default=16)
+    parser.add_argument("--random-steps", type=int, default=40)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--budgets", nargs="+", default=["quick"], choices=("quick", "full"),
+                        help="scan budgets; thresholds are proposed over all of them (default: quick)")
+    parser.add_argument("--full-seeds", type=int, nargs="+", default=[0], help="scan seeds for the full budget (default: 0)")
+    parser.add_argument("--out", type=Path, required=True, help="JSONL of every scan (appended; rows already there are reused)")
+    args = parser.parse_args()
+
+    done = {}
+    if args.out.exists():
+        for line in args.out.read_text().splitlines():
+            row = json.loads(line)
+            done[(row["name"], row["seed"], row["budget"], row["reference"])] = row
+    jobs = [(n, "clean", p, None) for n, p in args.clean]
+    jobs += [(n, kind, p, ref) for kind, items in (("clean-ft", args.clean_ft), ("victim", args.victim))
+             for n, p in items for ref in [args.reference]]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in args.random_arch:
+            jobs.append((f"random-{arch}", "random-init", random_init_model(arch, Path(tmp)), None))
+        for budget in args.budgets:
+            for name, kind, path, ref in jobs:
+                seeds = args.seeds if budget == "quick" else args.full_seeds
+                if kind == "random-init":
+                    if budget != args.budgets[0]:
+                        continue
+                    seeds = seeds[:1]
+                for seed in seeds:
+                    key = (name, seed, budget, ref)
+                    if key not in done:
+                        started = time.perf_counter()
+                        small = kind == "random-init"
+                        done[key] = scan_row(name, kind, path, seed, budget, ref,
+                                             probes=args.random_probes if small else None,
+                                             steps=args.random_steps if small else None)
+                        with open(args.out, "a") as fh:
+                            fh.write(json.dumps(done[key], sort_keys=True) + "\n")
+                        print(f"{name} {budget} seed {seed} ref {bool(ref)}: decree {done[key]['decree_pl1']:.4f} "
+                              f"div {done[key]['divergence_pl1']} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+                    rows.append(done[key])
+    proposal = propose(rows)
+    print(markdown(rows, proposal))
+    print(json.dumps(proposal, indent=2))
+
+
+if __name__ == "__main__":
+    main()

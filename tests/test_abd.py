@@ -1,0 +1,169 @@
+"""ABD: the AdvCLIP generator and losses, `clipsan craft-adv`, and `purify --method abd` with its craft stage."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import cli_env
+from clipsan.advclip import (
+    CraftFeatures,
+    Discriminator,
+    PatchBox,
+    PatchGenerator,
+    backdoor_loss,
+    generator_terms,
+    paste,
+)
+
+
+@pytest.mark.parametrize("size, side, corner", [(32, 5, 25), (224, 38, 172)])
+def test_generator_output_range_and_patch_placement(size, side, corner):
+    box = PatchBox.for_image(size)
+    # AdvCLIP: side int(sqrt(0.03 * S^2)), 14 px (scaled) from the bottom-right corner.
+    assert (box.x, box.y, box.side) == (corner, corner, side)
+    with torch.no_grad():
+        pattern = PatchGenerator(size, seed=0)()
+    assert pattern.shape == (3, size, size)
+    assert 0.0 <= pattern.min().item() and pattern.max().item() <= 1.0
+    images = torch.rand(2, 3, size, size)
+    patched = paste(images, box.crop(pattern), box)
+    changed = (patched != images).any(dim=(0, 1))
+    rows, cols = changed.nonzero(as_tuple=True)
+    assert (int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())) == (corner, corner + side - 1, corner, corner + side - 1)
+    assert torch.equal(patched[..., corner : corner + side, corner : corner + side], box.crop(pattern).expand(2, -1, -1, -1))
+    assert Discriminator(size, width=8)(patched).shape == (2,)
+
+
+def test_generator_gets_gradient_through_the_patch_only_region():
+    box = PatchBox.for_image(32)
+    generator = PatchGenerator(32, seed=0)
+    patched = paste(torch.rand(2, 3, 32, 32), box.crop(generator()), box)
+    patched.sum().backward()
+    assert generator.mix.weight.grad is not None and generator.mix.weight.grad.abs().sum() > 0
+
+
+def test_backdoor_loss_on_a_hand_made_example():
+    reference = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    suspect = torch.tensor([[0.6, 0.8], [0.0, 1.0]])
+    # tau = 0.1. Row 0: cos to suspect rows = (0.6, 0.0) -> -log(e^6 / (e^6 + e^0)) = log(1 + e^-6)
+    # Row 1: cos = (0.8, 1.0), its positive is the 1.0 -> -log(e^10 / (e^8 + e^10)) = log(1 + e^-2).
+    # L_bd is their mean: (0.00248 + 0.12693) / 2 = 0.06470.
+    expected = (math.log(1 + math.exp(-6)) + math.log(1 + math.exp(-2))) / 2
+    assert expected == pytest.approx(0.06470, abs=1e-5)
+    assert backdoor_loss(reference, suspect).item() == pytest.approx(expected, rel=1e-6)
+    # Scale does not matter (cosine), and the generator is *rewarded* by L_bd: its term is -w * L_bd.
+    assert backdoor_loss(3 * reference, 0.5 * suspect).item() == pytest.approx(expected, rel=1e-6)
+    feats = CraftFeatures(clean_images=torch.randn(2, 2), captions=torch.randn(2, 2), adv_images=suspect, reference_adv=reference)
+    assert generator_terms(feats, bd_weight=4.0)["bd"].item() == pytest.approx(-4.0 * expected, rel=1e-6)
+    assert "bd" not in generator_terms(CraftFeatures(feats.clean_images, feats.captions, suspect), bd_weight=4.0)
+
+
+# --------------------------------------------------------------------------- resume through the CLI
+
+
+def _start(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "clipsan", *map(str, args)], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> tuple[dict, str]:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    return json.loads(out), err
+
+
+def _kill_at_first_checkpoint(*runs: tuple[subprocess.Popen, Path, Path]) -> None:
+    """SIGKILL each (process, checkpoints folder, final output) as soon as its first checkpoint exists."""
+    pending, deadline = list(runs), time.time() + 240
+    while pending:
+        for run in list(pending):
+            proc, checkpoints, output = run
+            if checkpoints.is_dir() and any(p.name.startswith("step-") for p in checkpoints.iterdir()):
+                proc.kill()
+                proc.communicate()
+                assert not output.exists(), "run finished before it could be killed"
+                pending.remove(run)
+            else:
+                assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+
+
+def _assert_same_tensors(a: Path, b: Path) -> None:
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert ta.keys() == tb.keys()
+    different = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def reference_model(tmp_path_factory) -> Path:
+    from clipsan.checkpoint import save_model
+    from clipsan.models import create_model
+
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("reference") / "reference.safetensors"
+    save_model(create_model("clipsan-tiny-rn"), path)
+    return path
+
+
+CRAFT = ["--epochs", "2", "--batch-size", "16", "--save-every", "1", "--log-every", "1", "--workers", "0", "--device", "cpu"]
+
+
+def test_craft_adv_sigkill_then_resume_is_bitwise_equal(tiny_model, reference_model, caption_data, tmp_path):
+    def args(name):
+        return ["craft-adv", tiny_model, "--data", caption_data, "--reference", reference_model, "--run-dir", tmp_path / name, "--out", tmp_path / f"{name}.safetensors", *CRAFT]
+
+    straight, killed = _start(*args("straight"), "--format", "json"), _start(*args("killed"))
+    _kill_at_first_checkpoint((killed, tmp_path / "killed" / "checkpoints", tmp_path / "killed.safetensors"))
+    resumed, _ = _finish(_start(*args("killed"), "--resume", "--format", "json"))
+    report, _ = _finish(straight)
+    assert report["steps"] == 8 and report["objective"] == "advclip+bd" and report["patch_box"]["side"] == 5
+    assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] < 8
+    _assert_same_tensors(tmp_path / "straight.safetensors", tmp_path / "killed.safetensors")
+    # the critic (recipe state) resumed bitwise too
+    critics = [torch.load(sorted((tmp_path / n / "checkpoints").iterdir())[-1] / "state.pt", weights_only=False)["recipe"]["discriminator"] for n in ("straight", "killed")]
+    assert critics[0].keys() == critics[1].keys() and all(torch.equal(critics[0][k], critics[1][k]) for k in critics[0])
+    lines = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 9)) and {"loss_bd", "loss_gan", "loss_critic", "loss_topo"} <= lines[0].keys()
+    # the generator file is also a patch:FILE trigger at the recorded place
+    from clipsan.triggers import parse_trigger
+
+    box = report["patch_box"]
+    trigger = parse_trigger(f"patch:{tmp_path / 'straight.safetensors'}@{box['x']},{box['y']}")
+    patched = trigger.apply(torch.zeros(1, 3, 32, 32))
+    assert torch.equal(patched[0, :, 25:30, 25:30], load_file(str(tmp_path / "straight.safetensors"))["patch"])
+    assert (tmp_path / "straight.png").is_file()
+
+
+ABD_ARGS = ["--method", "abd", "--craft-epochs", "1", "--craft-batch-size", "16", "--epochs", "2", "--batch-size", "16", "--lr", "1e-4", "--warmup", "2", "--save-every", "1", "--log-every", "1", "--workers", "0", "--device", "cpu"]
+
+
+def test_abd_resumes_across_the_craft_to_fine_tune_boundary(tiny_model, caption_data, tmp_path):
+    def args(name):
+        return ["purify", tiny_model, "--data", caption_data, "--run-dir", tmp_path / name, "--out", tmp_path / f"{name}.safetensors", *ABD_ARGS]
+
+    straight, in_craft, in_tune = _start(*args("straight"), "--format", "json"), _start(*args("in-craft")), _start(*args("in-tune"))
+    _kill_at_first_checkpoint(
+        (in_craft, tmp_path / "in-craft" / "craft" / "checkpoints", tmp_path / "in-craft" / "craft" / "generator.safetensors"),  # while crafting
+        (in_tune, tmp_path / "in-tune" / "checkpoints", tmp_path / "in-tune.safetensors"),  # while fine-tuning
+    )
+    resumes = [_start(*args(name), "--resume", "--format", "json") for name in ("in-craft", "in-tune")]
+    report, err = _finish(straight)
+    assert "no --reference" in err  # plain AdvCLIP objective, and the user is told
+    assert report["method"] == "abd" and report["steps"] == 8
+    assert (tmp_path / "straight" / "craft" / "generator.safetensors").is_file()
+    (after_craft, _), (after_tune, _) = (_finish(p) for p in resumes)
+    assert after_craft["resumed_from_step"] is None  # the fine-tune had not started: only the craft resumed
+    assert after_tune["resumed_from_step"] is not None  # the crafted patch was kept, the fine-tune continued
+    for name in ("in-craft", "in-tune"):
+        _assert_same_tensors(tmp_path / "straight" / "craft" / "generator.safetensors", tmp_path / name / "craft" / "generator.safetensors")
+        _assert_same_tensors(tmp_path / "straight.safetensors", tmp_path / f"{name}.safetensors")
