@@ -158,7 +158,10 @@ def stage_jobs(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path) 
 
 
 def _scan_job(name: str, model: Path, opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path, after: list[str]) -> Job:
-    argv = ["scan", str(model), "--run-dir", str(opts.out / "runs" / name), "--device", opts.device, "--seed", str(opts.seed), *plan.scan_args]
+    # The clean model is the reference a user would have (the base the suspect was tuned from):
+    # it adds the divergence probe that catches blended triggers DECREE misses.
+    argv = ["scan", str(model), "--reference", str(clean), "--run-dir", str(opts.out / "runs" / name),
+            "--device", opts.device, "--seed", str(opts.seed), *plan.scan_args]
     # scan's exit 1 means "backdoor evidence": a result, not a failure.
     return Job(name, argv, opts.out / "logs", after=after, ok_codes=(0, 1))
 
