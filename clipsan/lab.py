@@ -23,7 +23,7 @@ from clipsan import __version__, world
 from clipsan.checkpoint import save_model
 from clipsan.errors import UserError
 from clipsan.lab_jobs import Job, run_jobs
-from clipsan.lab_plan import LabPlan, make_plan
+from clipsan.lab_plan import LabPlan, make_plan, method_of
 from clipsan.models import create_model
 
 LAB_ARCH = "clipsan-tiny-rn"
@@ -144,10 +144,10 @@ def stage_jobs(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path) 
         victim = models / f"victim-{attack}.safetensors"
         jobs.append(Job(f"poison-{attack}", ["poison", str(clean), "--data", str(files.train), "--out", str(victim),
                                              "--run-dir", str(runs / f"poison-{attack}"), *poison_args, *_common(opts)], logs))
-        for defense, defense_args in plan.defenses.items():
+        for defense, defense_args in plan.defenses_for(attack).items():
             out = models / f"{attack}-{defense}.safetensors"
-            extra = ["--reference", str(clean)] if defense == "abd" else []
-            jobs.append(Job(f"{defense}-{attack}", ["purify", str(victim), "--method", defense, "--data", str(files.defense),
+            extra = ["--reference", str(clean)] if method_of(defense) == "abd" else []
+            jobs.append(Job(f"{defense}-{attack}", ["purify", str(victim), "--method", method_of(defense), "--data", str(files.defense),
                                                     "--out", str(out), "--run-dir", str(runs / f"{defense}-{attack}"),
                                                     *extra, *defense_args, *_common(opts)], logs, after=[f"poison-{attack}"]))
         if plan.scan_args is not None:
@@ -182,8 +182,8 @@ def collect_rows(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path
         row = _eval([clean], files, opts, trigger=False)[0]
         report.rows.append({"attack": "none", "defense": "none", "model": str(clean), "ca": row["ca"], "asr": None, "n_images": row["n_images"]})
         for attack in plan.attacks:
-            names = ["none", *plan.defenses]
-            paths = [models / f"victim-{attack}.safetensors"] + [models / f"{attack}-{d}.safetensors" for d in plan.defenses]
+            names = ["none", *plan.defenses_for(attack)]
+            paths = [models / f"victim-{attack}.safetensors"] + [models / f"{attack}-{d}.safetensors" for d in names[1:]]
             for defense, result in zip(names, _eval(paths, files, opts, trigger=True)):
                 report.rows.append({"attack": attack, "defense": defense, "model": result["model"], "ca": result["ca"],
                                     "asr": result["asr"], "n_images": result["n_images"]})

@@ -20,11 +20,19 @@ class LabPlan:
     attacks: dict[str, list[str]]  # attack name -> `clipsan poison` flags
     defenses: dict[str, list[str]]  # method -> `clipsan purify` flags
     scan_args: list[str] | None = None  # `clipsan scan` flags; None: no scan stage
-    notes: list[str] = field(default_factory=list)
+    ablations: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # attack -> extra defense rows
+
+    def defenses_for(self, attack: str) -> dict[str, list[str]]:
+        return {**self.defenses, **self.ablations.get(attack, {})}
 
     def describe(self) -> dict:
         return {"train_pairs": self.train_pairs, "defense_pairs": self.defense_pairs, "clean": self.clean_args,
-                "attacks": self.attacks, "defenses": self.defenses, "scan": self.scan_args}
+                "attacks": self.attacks, "defenses": self.defenses, "scan": self.scan_args, "ablations": self.ablations}
+
+
+def method_of(defense: str) -> str:
+    """The purify --method behind a lab row label (ablation rows are ABD variants)."""
+    return "abd" if defense.startswith("abd") else defense
 
 
 def _clean_args(settings: dict) -> list[str]:
@@ -60,6 +68,13 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
     pairs = train_pairs or clean["n_pairs"]
     defense_pairs = max(256, pairs // 4)
     attacks = LAB_ATTACKS_QUICK if quick else LAB_ATTACKS_FULL
+    abd_args = ["--save-every", "100000", "--log-every", "25", *LAB_PURIFY_ARGS]
+    # ABD's Table II (I_adv only / T_eda only) and Table III (UAP without L_bd), full budget only.
+    ablation_rows = {
+        "abd_I_adv_only": abd_args + ["--no-eda"],
+        "abd_T_eda_only": abd_args + ["--adv-prob", "0"],
+        "abd_UAP_no_Lbd": abd_args + ["--bd-weight", "0"],
+    }
     scan = ["--budget", "quick"] + (["--steps", str(max_steps), "--probes", "32"] if max_steps else [])
     return LabPlan(
         train_pairs=pairs,
@@ -71,7 +86,8 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
             "cleanclip": _DEFENSE_TRAINING,
             # K/N = 1/10 of the defense set (the paper: 1000-3000 of 250K-500K pairs, on far longer captions)
             "cleanerclip": _DEFENSE_TRAINING + ["--subcaptions-per-epoch", str(defense_pairs // 10)],
-            "abd": ["--save-every", "100000", "--log-every", "25", *LAB_PURIFY_ARGS],
+            "abd": abd_args,
         },
         scan_args=scan,
+        ablations={} if quick else {attack: ablation_rows for attack in ("badnet", "badclip")},
     )
