@@ -35,6 +35,7 @@ from clipsan.engine.loop import TrainConfig, train
 from clipsan.engine.rundir import RunDir, atomic_write_bytes, default_run_dir
 from clipsan.engine.runtime import Runtime, setup_runtime, shutdown_runtime
 from clipsan.errors import UserError
+from clipsan.finetune import training_summary
 from clipsan.models import tokenizer_for
 from clipsan.recipes.abd import ADAM_BETAS, CraftAdv, CraftSettings, frozen
 from clipsan.seeding import derive_seed
@@ -193,13 +194,7 @@ def craft_in_run(
         "patch_box": asdict(box),
         "source_sha256": suspect.sha256,
         "reference_sha256": reference.sha256 if reference is not None else None,
-        "steps": result.steps,
-        "epochs": result.epochs_completed,
-        "resumed_from_step": result.resumed_from,
-        "seconds": round(result.seconds, 2),
-        "samples": len(captions),
-        "skipped": result.skipped,
-        "final": result.last,
+        **training_summary(result, captions),
     }
 
 

@@ -42,6 +42,19 @@ def versions() -> dict:
     return {"clipsan": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__}
 
 
+def training_summary(result, captions) -> dict:
+    """The report keys every training command shares (documented in the man page)."""
+    return {
+        "steps": result.steps,
+        "epochs": result.epochs_completed,
+        "resumed_from_step": result.resumed_from,
+        "seconds": round(result.seconds, 2),
+        "samples": len(captions),
+        "skipped": result.skipped,
+        "final": result.last,
+    }
+
+
 def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print) -> dict:
     rt = setup_runtime(job.device, job.precision)
     try:
@@ -84,13 +97,7 @@ def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print)
                 "arch": loaded.arch,
                 "arch_source": loaded.arch_source,
                 "source_sha256": loaded.sha256,
-                "steps": result.steps,
-                "epochs": result.epochs_completed,
-                "resumed_from_step": result.resumed_from,
-                "seconds": round(result.seconds, 2),
-                "samples": len(captions),
-                "skipped": result.skipped,
-                "final": result.last,
+                **training_summary(result, captions),
             }
     finally:
         shutdown_runtime(rt)
