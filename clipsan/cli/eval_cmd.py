@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--classnames", metavar="FILE", help="class names, one per line (for CSV labels, or to rename ImageFolder classes)")
     p.add_argument("--trigger", help="badnet | blended | sig | wanet | patch:FILE[@x,y] | from-metadata (the victim's own)")
     p.add_argument("--trigger-seed", type=int, default=0, help="seed of the trigger pattern (default: 0)")
-    p.add_argument("--trigger-size", type=int, help="trigger patch side in pixels at 224 px (default: the attack's)")
+    p.add_argument("--trigger-size", type=int, help="badnet patch side in pixels at the model's input size (default: 16 at 224 px, scaled)")
     p.add_argument("--target", help="target class name for ASR (default: banana, or the victim's recorded target)")
     p.add_argument("--topk", type=_topk, default=(1, 3, 5, 10), help="k values (default: 1,3,5,10)")
     p.add_argument("--templates", default="openai", help="openai (CLIP's 80) | simple (open_clip's 7) | photo (\"a photo of a {}.\") | FILE with one template containing {} per line (default: openai)")
