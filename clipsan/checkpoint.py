@@ -22,6 +22,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from clipsan import __version__
+from clipsan.engine.rundir import fsync_dir, fsync_file
 from clipsan.errors import UserError
 from clipsan.models import (
     ClipModel,
@@ -321,11 +322,11 @@ def save_model(model: ClipModel, path: str | os.PathLike[str], metadata: Mapping
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         save_file(tensors, str(tmp), metadata=header)
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return path
 
 
@@ -343,27 +344,6 @@ def _unshared_cpu_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
         seen.add(storage)
         out[key] = tensor.to("cpu")
     return out
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # not possible on every platform; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -34,10 +34,24 @@ def default_run_dir(command: str) -> Path:
     return Path("runs") / f"{command}-{stamp}"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path) -> None:
+    """Persist a rename inside ``path``; best effort where a platform cannot fsync folders."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -155,11 +169,10 @@ class RunDir:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "weights.safetensors"), metadata=metadata)
         torch.save(state, tmp / "state.pt")
         for name in ("weights.safetensors", "state.pt"):
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+            fsync_file(tmp / name)
+        fsync_dir(tmp)
         os.replace(tmp, final)
-        _fsync_dir(self.checkpoint_root)
+        fsync_dir(self.checkpoint_root)
         for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
         return final
