@@ -90,6 +90,13 @@ def training_config(args):
     )
 
 
+def job_spec(command: str, args):
+    """The fine-tuning job a training command's flags describe (purify, poison)."""
+    from clipsan.finetune import JobSpec
+
+    return JobSpec(command, args.model, args.arch, args.out, args.run_dir, args.resume, args.device, args.precision)
+
+
 def open_data(args):
     from clipsan.data.captions import open_caption_dataset
 

@@ -88,13 +88,12 @@ def settings_from_args(args):
 
 
 def run(args) -> int:
-    from clipsan.finetune import JobSpec
     from clipsan.poisoning import run_poison
 
     settings = settings_from_args(args)
     cfg = common.training_config(args)
     captions = common.open_data(args)
-    job = JobSpec("poison", args.model, args.arch, args.out, args.run_dir, args.resume, args.device, args.precision)
+    job = common.job_spec("poison", args)
     report = run_poison(job, settings, captions, cfg, notes=common.note)
     common.emit(report, args, render)
     return 0

@@ -44,14 +44,14 @@ def render(report: dict) -> str:
 
 
 def run(args) -> int:
-    from clipsan.finetune import JobSpec, run_fine_tune
+    from clipsan.finetune import run_fine_tune
 
     recipe_cls = RECIPES[args.method]
     _fill_recipe_defaults(args, recipe_cls)
     cfg = common.training_config(args)
     recipe = recipe_cls.from_args(args)
     captions = common.open_data(args)
-    job = JobSpec("purify", args.model, args.arch, args.out, args.run_dir, args.resume, args.device, args.precision)
+    job = common.job_spec("purify", args)
     report = run_fine_tune(job, recipe, captions, cfg, notes=common.note)
     common.emit(report, args, render)
     return 0
