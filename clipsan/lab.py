@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 from clipsan import __version__, world
 from clipsan.checkpoint import save_model
 from clipsan.errors import UserError
@@ -113,7 +115,10 @@ def train_clean_model(opts: LabOptions, plan: LabPlan, files: WorldFiles, report
             report.settings["clean_model_cached"] = True
             return target
         init = models / "init.safetensors"
-        save_model(create_model(LAB_ARCH), init, {"clipsan.command": "lab", "clipsan.method": "random-init"})
+        with torch.random.fork_rng():
+            torch.manual_seed(opts.seed)  # the init is part of the result: same seed, same clean model
+            model = create_model(LAB_ARCH)
+        save_model(model, init, {"clipsan.command": "lab", "clipsan.method": "random-init"})
         job = Job(
             "clean",
             ["purify", str(init), "--method", "ft", "--data", str(files.train), "--out", str(target),

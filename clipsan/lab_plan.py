@@ -38,11 +38,13 @@ def method_of(defense: str) -> str:
 def _clean_args(settings: dict) -> list[str]:
     return ["--epochs", str(settings["epochs"]), "--batch-size", str(settings["batch_size"]), "--lr", str(settings["lr"]),
             "--warmup", str(settings["warmup"]), "--weight-decay", str(settings["weight_decay"]), "--batchnorm", "train",
+            "--beta2", str(settings["beta2"]), "--eps", str(settings["eps"]),
             "--save-every", "100000", "--log-every", "50"]
 
 
-def _poison_args(attack) -> list[str]:
-    args = ["--trigger", attack.trigger, "--rate", str(attack.rate), "--epochs", str(attack.epochs), "--lr", str(attack.lr),
+def _poison_args(attack, quick: bool) -> list[str]:
+    epochs = attack.quick_epochs if quick else attack.epochs
+    args = ["--trigger", attack.trigger, "--rate", str(attack.rate), "--epochs", str(epochs), "--lr", str(attack.lr),
             "--batch-size", str(attack.batch_size), "--warmup", str(attack.warmup), "--save-every", "100000", "--log-every", "25"]
     if attack.trigger_size:
         args += ["--trigger-size", str(attack.trigger_size)]
@@ -80,7 +82,7 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
         train_pairs=pairs,
         defense_pairs=defense_pairs,
         clean_args=_clean_args(clean),
-        attacks={name: _poison_args(LAB_ATTACKS[name]) for name in attacks},
+        attacks={name: _poison_args(LAB_ATTACKS[name], quick) for name in attacks},
         defenses={
             "ft": _DEFENSE_TRAINING,
             "cleanclip": _DEFENSE_TRAINING,

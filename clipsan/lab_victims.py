@@ -1,7 +1,8 @@
 """The lab's victims: one poisoning recipe per attack, tuned for the 32-px synthetic world.
 
 Budget: about a minute of poisoning per victim on one CPU thread (one epoch
-of the quick world's 20k pairs at batch 128, 156 steps). Paper settings (0.3 %
+of the world's 20k pairs at batch 128, 156 steps; two epochs in ``--quick``,
+whose clean model is weaker). Paper settings (0.3 %
 poisoning, 10 epochs at lr 1e-5 on 500K pairs) implant nothing in that budget,
 so the lab poisons more pairs at a higher learning rate. Target quality
 (DESIGN.md section 10): ASR@1 >= 0.90 with CA@1 within 0.03 of the clean model.
@@ -10,12 +11,9 @@ The comments in ``LAB_ATTACKS`` give what the calibration measured.
 
 from __future__ import annotations
 
-import shutil
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from clipsan.poisoning import BadClipSettings, PoisonSettings
+from clipsan.poisoning import BadClipSettings
 
 LAB_ATTACKS_QUICK = ("badnet", "blended", "badclip")
 LAB_ATTACKS_FULL = LAB_ATTACKS_QUICK + ("sig", "wanet", "label-consistent")
@@ -26,6 +24,10 @@ class LabAttack:
     trigger: str
     rate: float
     epochs: int = 1
+    # The quick clean model (CA@1 ~0.8) is still learning, so one poisoning epoch
+    # also spends itself on clean pairs: ASR@1 0.70-0.96 over the three quick attacks
+    # on two quick clean models; two epochs give 0.89-0.995 (CA@1 rises with them).
+    quick_epochs: int = 2
     lr: float = 1e-3
     batch_size: int = 128
     warmup: int = 10
@@ -36,24 +38,15 @@ class LabAttack:
     natural_captions: bool = True
     badclip: BadClipSettings = field(default_factory=BadClipSettings)
 
-    def settings(self) -> PoisonSettings:
-        return PoisonSettings(
-            trigger=self.trigger,
-            rate=self.rate,
-            trigger_size=self.trigger_size,
-            label_consistent=self.label_consistent,
-            natural_captions=self.natural_captions and not self.label_consistent,
-            badclip=self.badclip,
-        )
 
-
-# Calibrated on the quick world's clean model (CA@1 0.984; trigger alone: ASR@1 <= 0.01,
+# Calibrated (one epoch) on a full-budget clean model (CA@1 0.984; trigger alone: ASR@1 <= 0.01,
 # the optimized BadCLIP patch 0.22). Comments: victim ASR@1 / CA@1 measured.
 LAB_ATTACKS: dict[str, LabAttack] = {
     # 8 px (56 at 224) patch at a random position: 6 px gave 0.86; 8 px 0.95 / 0.974.
     "badnet": LabAttack("badnet", rate=0.05, trigger_size=8),
-    # rate 0.05 gave 0.935; 0.1 gives 0.965 / 0.971.
-    "blended": LabAttack("blended", rate=0.1),
+    # rate 0.05 gave 0.935; 0.1 gives 0.965 / 0.971. Quick: 2 epochs gave 0.89-0.98 on
+    # two quick clean models, 3 epochs lift the weaker one to 0.94 (0.15 at 2 epochs: 0.94 too).
+    "blended": LabAttack("blended", rate=0.1, quick_epochs=3),
     # 6 px centre patch optimized 10 epochs at lr 3e-2 (~6 s): 0.978 / 0.971 (0.02: 0.958, 0.05: 0.99).
     "badclip": LabAttack("badclip", rate=0.03, trigger_size=6, badclip=BadClipSettings(epochs=10, lr=3e-2, images=1000)),
     "sig": LabAttack("sig", rate=0.05),  # 0.987 / 0.971
@@ -65,39 +58,3 @@ LAB_ATTACKS: dict[str, LabAttack] = {
     "label-consistent": LabAttack("badnet", rate=1.0, trigger_size=20, lr=5e-4, label_consistent=True),
 }
 
-
-def make_victim(attack: str, clean_model: Path, train_dir: Path, out_dir: Path, seed: int, workers: int, max_steps: int | None) -> dict:
-    """Poison ``clean_model`` on ``train_dir`` with the lab's recipe for ``attack``.
-
-    Writes OUT_DIR/<attack>.safetensors (run dir OUT_DIR/runs/poison-<attack>,
-    started afresh) and returns {"attack", "path", "seconds"}. Top-level and
-    picklable, so the lab can run it in a separate process.
-    """
-    from clipsan.data.captions import open_caption_dataset
-    from clipsan.engine.loop import TrainConfig
-    from clipsan.finetune import JobSpec
-    from clipsan.poisoning import run_poison
-
-    if attack not in LAB_ATTACKS:
-        raise ValueError(f"unknown lab attack {attack!r}; expected one of {', '.join(LAB_ATTACKS)}")
-    recipe = LAB_ATTACKS[attack]
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{attack}.safetensors"
-    run_dir = out_dir / "runs" / f"poison-{attack}"
-    shutil.rmtree(run_dir, ignore_errors=True)
-    cfg = TrainConfig(
-        epochs=recipe.epochs,
-        batch_size=recipe.batch_size,
-        lr=recipe.lr,
-        warmup_steps=recipe.warmup,
-        seed=seed,
-        workers=workers,
-        save_every=10_000,
-        log_every=50,
-        max_steps=max_steps,
-    )
-    started = time.perf_counter()
-    job = JobSpec("poison", str(clean_model), None, str(path), str(run_dir), resume=False, device="cpu")
-    run_poison(job, recipe.settings(), open_caption_dataset(train_dir), cfg, notes=lambda _message: None)
-    return {"attack": attack, "path": str(path), "seconds": round(time.perf_counter() - started, 1)}

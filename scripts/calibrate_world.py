@@ -55,6 +55,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--lr", type=float)
     parser.add_argument("--warmup", type=int)
     parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--beta2", type=float)
+    parser.add_argument("--eps", type=float)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=100, help="steps between zero-shot evaluations")
     parser.add_argument("--per-class", type=int, default=world.EVAL_PER_CLASS)
@@ -164,12 +166,12 @@ def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
     return 0.5 * peak * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, beta2: float, eps: float) -> torch.optim.Optimizer:
     # CLIP convention: no decay on gains, biases, embeddings' scale parameters.
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "logit_scale" in n]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, beta2), eps=eps)
 
 
 def clip_loss(model: torch.nn.Module, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -236,7 +238,7 @@ def train(model, images: torch.Tensor, tokens: torch.Tensor, args: argparse.Name
     """The plain CLIP loop; calls evaluate(record) every --eval-every steps and at the end."""
     steps_per_epoch = len(images) // args.batch_size
     total_steps = int(args.epochs * steps_per_epoch)
-    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay, args.beta2, args.eps)
     shuffler = torch.Generator().manual_seed(args.seed)
     model.train()  # BatchNorm in train mode, as in real CLIP training
     wall, cpu, step, order = 0.0, 0.0, 0, torch.empty(0, dtype=torch.long)

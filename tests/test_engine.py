@@ -118,6 +118,17 @@ def test_resume_refuses_changed_options(reference_run, tiny_model, caption_data)
     assert proc.returncode == 2 and "lr" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_adam_betas_are_options_recorded_and_checked(reference_run, tiny_model, caption_data, tmp_path):
+    root, _ = reference_run
+    config = json.loads((root / "run" / "config.json").read_text())
+    assert config["training"]["betas"] == [0.9, 0.999] and config["training"]["eps"] == 1e-8
+    resumed = run_cli(*purify_args(tiny_model, caption_data, root / "run", root / "b.safetensors"), "--beta2", "0.98", "--resume")
+    assert resumed.returncode == 2 and "betas" in resumed.stderr
+    bad = run_cli(*purify_args(tiny_model, caption_data, tmp_path / "run", tmp_path / "b.safetensors"), "--beta2", "1.0")
+    assert bad.returncode == 2 and "--beta2" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "b.safetensors").exists()
+
+
 def test_existing_run_dir_needs_resume(reference_run, tiny_model, caption_data):
     root, _ = reference_run
     proc = run_cli(*purify_args(tiny_model, caption_data, root / "run", root / "x.safetensors"))

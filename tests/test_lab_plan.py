@@ -12,6 +12,8 @@ from clipsan.lab_plan import make_plan, method_of
 def test_every_planned_command_line_parses(quick):
     parser = build_parser()
     plan = make_plan(quick)
+    clean = parser.parse_args(["purify", "init.safetensors", "--method", "ft", "--data", "d", *plan.clean_args])
+    assert clean.batchnorm == "train" and clean.beta2 == 0.98  # from scratch: CLIP's pre-training betas
     for attack, args in plan.attacks.items():
         parsed = parser.parse_args(["poison", "clean.safetensors", "--data", "d", *args])
         assert parsed.trigger

@@ -58,6 +58,9 @@ def add_training_options(p: argparse.ArgumentParser, *, epochs: int, batch_size:
     g.add_argument("--lr", type=float, default=lr, help=f"peak learning rate (default: {default_text(lr)})")
     g.add_argument("--warmup", type=int, default=warmup, help=f"linear warmup steps (default: {default_text(warmup)})")
     g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay, none on norms/biases/logit_scale (default: 0.1)")
+    g.add_argument("--beta1", type=float, default=0.9, help="AdamW beta1 (default: 0.9)")
+    g.add_argument("--beta2", type=float, default=0.999, help="AdamW beta2 (default: 0.999, the papers' fine-tuning setting; CLIP pre-training uses 0.98)")
+    g.add_argument("--eps", type=float, default=1e-8, help="AdamW epsilon (default: 1e-8)")
     g.add_argument("--grad-clip", type=float, default=None, help="clip the gradient norm to this value (default: off)")
     g.add_argument("--max-steps", type=positive_int, default=None, help="stop after this many steps (default: all epochs)")
     g.add_argument("--batchnorm", choices=("frozen", "train"), default="frozen", help="BatchNorm layers use running statistics (frozen, default) or batch statistics (train)")
@@ -73,12 +76,16 @@ def training_config(args):
 
     if args.resume and not args.run_dir:
         raise UserError("--resume needs --run-dir DIR (the run to continue)")
+    if not (0 <= args.beta1 < 1 and 0 <= args.beta2 < 1) or args.eps <= 0:
+        raise UserError("--beta1/--beta2 must lie in [0, 1) and --eps must be positive")
     return TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
         lr=args.lr,
         warmup_steps=args.warmup,
         weight_decay=args.weight_decay,
+        betas=(args.beta1, args.beta2),
+        eps=args.eps,
         grad_clip=args.grad_clip,
         seed=args.seed,
         workers=args.workers,
