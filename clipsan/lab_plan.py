@@ -59,7 +59,9 @@ def _poison_args(attack, quick: bool) -> list[str]:
 
 
 # Every defense gets the same fine-tuning budget as ABD's lab setting, so rows compare like with like.
-_DEFENSE_TRAINING = ["--epochs", "2", "--batch-size", "64", "--lr", "1e-4", "--warmup", "10", "--save-every", "100000", "--log-every", "25"]
+# lr 5e-4 (the DESIGN prototype's): at 1e-4 the 156 steps left even ft/cleanclip at >= 91% ASR@1 on the
+# quick badnet victim; at 5e-4 ft 0.72, cleanclip 0.13, cleanerclip 0.19, abd 0.00 (BENCHMARKS.md).
+_DEFENSE_TRAINING = ["--epochs", "2", "--batch-size", "64", "--lr", "5e-4", "--warmup", "10", "--save-every", "100000", "--log-every", "25"]
 
 
 def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None = None) -> LabPlan:

@@ -31,3 +31,15 @@ def test_full_budget_adds_the_abd_ablations_on_badnet_and_badclip_only():
         extra = set(full.defenses_for(attack)) - {"ft", "cleanclip", "cleanerclip", "abd"}
         assert extra == ({"abd_I_adv_only", "abd_T_eda_only", "abd_UAP_no_Lbd"} if attack in ("badnet", "badclip") else set())
     assert all(set(quick.defenses_for(a)) == {"ft", "cleanclip", "cleanerclip", "abd"} for a in quick.attacks)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_every_defense_gets_the_same_fine_tuning_budget(quick):
+    parser = build_parser()
+    plan = make_plan(quick)
+    budgets = set()
+    for attack in plan.attacks:
+        for defense, dargs in plan.defenses_for(attack).items():
+            parsed = parser.parse_args(["purify", "v.safetensors", "--method", method_of(defense), "--data", "d", *dargs])
+            budgets.add((parsed.epochs, parsed.batch_size, parsed.lr, parsed.warmup))
+    assert len(budgets) == 1, budgets
