@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +37,13 @@ class Job:
     def report(self) -> dict:
         return json.loads(self.report_path.read_text())
 
+    def drop_checkpoints(self) -> None:
+        """A finished stage has written its model; its resume checkpoints (~200 MB each) only fill the disk."""
+        if "--run-dir" in self.argv:
+            run_dir = Path(self.argv[self.argv.index("--run-dir") + 1])
+            for folder in sorted(run_dir.glob("**/checkpoints")):  # ABD's craft stage keeps its own
+                shutil.rmtree(folder, ignore_errors=True)
+
     def start(self) -> subprocess.Popen:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -63,6 +71,8 @@ def run_jobs(jobs: list[Job], parallel: int = 2) -> dict[str, Job]:
         for name, (job, proc, started) in list(running.items()):
             if proc.poll() is not None:
                 job.returncode, job.seconds = proc.returncode, round(time.perf_counter() - started, 1)
+                if job.returncode == 0:
+                    job.drop_checkpoints()
                 done[name] = running.pop(name)[0]
         time.sleep(0.1)
     return done

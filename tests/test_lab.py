@@ -27,3 +27,6 @@ def test_lab_quick_end_to_end(tmp_path):
     # the world is written in the layouts users have, and every stage left its log
     assert (out / "world" / "train" / "captions.csv").exists() and (out / "world" / "eval").is_dir()
     assert (out / "logs").is_dir()
+    # finished stages keep config and metrics, not their (large) resume checkpoints
+    assert (out / "runs" / "clean" / "metrics.jsonl").exists()
+    assert not list((out / "runs").glob("**/checkpoints/*"))
