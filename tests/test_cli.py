@@ -32,6 +32,14 @@ def test_usage_errors_exit_2_without_traceback():
         assert "Traceback" not in proc.stderr
 
 
+def test_abbreviated_options_are_refused():
+    # A script's "--dat" must not silently mean "--data" (nor something else once options are added).
+    parser = build_parser()
+    assert parser.parse_args(["eval", "m.safetensors", "--data", "d/"]).data
+    proc = run_cli("eval", "m.safetensors", "--dat", "d/")
+    assert proc.returncode == 2 and "--dat" in proc.stderr
+
+
 def test_committed_man_page_is_current():
     committed = (REPO / "man" / "clipsan.1").read_text()
     assert committed == render(build_parser()), "regenerate: python -m clipsan.cli.manpage > man/clipsan.1"

@@ -29,6 +29,12 @@ def _available_commands():
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        # Scripts must spell options out: an abbreviation that works today
+        # (``--ep`` for ``--epochs``) becomes ambiguous when an option is added.
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # usage errors: one line, exit 2
         self.exit(2, f"{self.prog}: error: {message}\n")
 
