@@ -58,7 +58,7 @@ JSON_KEYS = {
 EXIT_STATUS = [
     ("0", "success"),
     ("1", "scan only: backdoor evidence found"),
-    ("2", "bad input or usage; the message names the file, line or field and what was expected"),
+    ("2", "bad input or usage (options must be spelled out in full: abbreviations are refused); the message names the file, line or field and what was expected"),
     ("3", "interrupted by SIGINT/SIGTERM after a resumable checkpoint was written; rerun with --resume --run-dir DIR"),
 ]
 
