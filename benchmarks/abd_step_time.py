@@ -17,13 +17,15 @@ from pathlib import Path
 import torch
 
 from clipsan import world
-from clipsan.abd import CraftJob, run_craft_adv
 from clipsan.checkpoint import save_model
+from clipsan.config import CaptionData, CraftAdvConfig
 from clipsan.data.captions import open_caption_dataset
-from clipsan.engine.loop import TrainConfig
+from clipsan.engine.config import TrainConfig
 from clipsan.finetune import JobSpec, run_fine_tune
 from clipsan.models import create_model
-from clipsan.recipes.abd import ABD, CraftSettings
+from clipsan.recipes.abd.jobs import run_craft_adv
+from clipsan.recipes.abd.recipe import ABD
+from clipsan.recipes.config import ABDConfig, CraftConfig
 from clipsan.recipes.ft import FineTune
 
 QUIET = lambda _m: None  # noqa: E731
@@ -38,11 +40,12 @@ def _model(arch: str, root: Path, seed: int) -> Path:
 
 def craft_seconds_per_step(model: Path, reference: Path, data: Path, root: Path, steps: int, batch: int) -> float:
     captions = open_caption_dataset(data)
-    settings = CraftSettings(epochs=1000, batch_size=batch, max_steps=steps)
+    settings = CraftConfig(epochs=1000, batch_size=batch, max_steps=steps)
 
     def once(name: str) -> float:
-        job = CraftJob(str(model), str(reference), None, str(root / name), False, settings, workers=0, save_every=10**6, log_every=10**6, device="cpu")
-        return run_craft_adv(job, captions, notes=QUIET)["seconds"] / steps
+        job = CraftAdvConfig(str(model), CaptionData(str(data)), settings, reference=str(reference), run_dir=str(root / name),
+                             workers=0, save_every=10**6, log_every=10**6, device="cpu")
+        return run_craft_adv(job, captions, notes=QUIET).seconds / steps
 
     once(f"warm-{model.stem}")
     return once(f"craft-{model.stem}")
@@ -51,7 +54,7 @@ def craft_seconds_per_step(model: Path, reference: Path, data: Path, root: Path,
 def fine_tune_seconds_per_step(model: Path, recipe, data: Path, root: Path, steps: int, name: str) -> float:
     cfg = TrainConfig(epochs=1000, batch_size=64, lr=1e-5, warmup_steps=5, workers=0, save_every=10**6, log_every=10**6, max_steps=steps)
     job = JobSpec("bench", str(model), None, str(root / f"{name}.safetensors"), str(root / name), resume=False, device="cpu")
-    return run_fine_tune(job, recipe, open_caption_dataset(data), cfg, notes=QUIET)["seconds"] / steps
+    return run_fine_tune(job, recipe, open_caption_dataset(data), cfg, notes=QUIET).seconds / steps
 
 
 def main() -> None:
@@ -75,11 +78,12 @@ def main() -> None:
             print(f"craft-adv, RN50 224 px, batch 16: {rn:.2f} s/step")
 
         generator = root / "craft-tiny"
-        job = CraftJob(str(tiny), None, str(generator / "g.safetensors"), str(generator), False, CraftSettings(max_steps=2), workers=0, device="cpu")
+        job = CraftAdvConfig(str(tiny), CaptionData(str(data)), CraftConfig(max_steps=2), out=str(generator / "g.safetensors"),
+                             run_dir=str(generator), workers=0, device="cpu")
         run_craft_adv(job, open_caption_dataset(data), notes=QUIET)
         fine_tune_seconds_per_step(tiny, FineTune(), data, root, 3, "warm")
         ft = fine_tune_seconds_per_step(tiny, FineTune(), data, root, args.steps, "ft")
-        abd = fine_tune_seconds_per_step(tiny, ABD(generator=str(generator / "g.safetensors")), data, root, args.steps, "abd")
+        abd = fine_tune_seconds_per_step(tiny, ABD(ABDConfig(generator=str(generator / "g.safetensors"))), data, root, args.steps, "abd")
         print(f"fine-tune, clipsan-tiny-rn, batch 64: ft {ft:.3f} s/step, abd {abd:.3f} s/step, ratio {abd / ft:.2f}x (target <= 1.15x)")
 
 

@@ -97,7 +97,7 @@ def bench(arch: str, batch: int, rounds: int, k: int, n: int, view_samples: int)
     model = create_model(arch)
     tokenize = tokenizer_for(model.arch, model.context_length)
     pairs = WorldPairs(n)
-    recipes = {"ft": FineTune(), "cleanclip": CleanCLIP(), "cleanerclip": CleanerCLIP(subcaptions_per_epoch=k)}
+    recipes = {"ft": FineTune(), "cleanclip": CleanCLIP(), "cleanerclip": CleanerCLIP(CleanerCLIPConfig(subcaptions_per_epoch=k))}
     for recipe in recipes.values():
         recipe.prepare(pairs)
     selected = epoch_subset(n, k, SEED, EPOCH)

@@ -25,14 +25,15 @@ import torch
 def whole_scan(model: str | None, budget: str) -> dict:
     from clipsan.checkpoint import save_model
     from clipsan.models import create_model
-    from clipsan.scan import ScanOptions, scan_model
+    from clipsan.config import ScanConfig
+    from clipsan.scan import scan_model
 
     with tempfile.TemporaryDirectory() as tmp:
         if model is None:
             torch.manual_seed(0)
             model = str(Path(tmp) / "tiny.safetensors")
             save_model(create_model("clipsan-tiny-rn"), model)
-        report = scan_model(ScanOptions(model=model, budget=budget, run_dir=str(Path(tmp) / "run"), device="cpu"))
+        report = scan_model(ScanConfig(model=model, budget=budget, run_dir=str(Path(tmp) / "run"), device="cpu")).to_json()
     steps = report["signals"][0]["steps"]
     return {"what": "scan", "arch": report["arch"], "budget": budget, "seconds": report["seconds"],
             "decree_steps": steps, "probes": report["probes"]["count"]}

@@ -3,37 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
+from clipsan.attacks.triggers import parse_trigger, trigger_from_spec
 from clipsan.checkpoint import load_model
+from clipsan.config import EvalConfig
 from clipsan.data.labelled import open_labelled_dataset
 from clipsan.engine.runtime import setup_runtime
 from clipsan.errors import UserError
-from clipsan.triggers import parse_trigger, trigger_from_spec
+from clipsan.reports import EvalReport
 from clipsan.zeroshot import evaluate, load_templates
 
 FROM_METADATA = "from-metadata"
 
 
-@dataclass
-class EvalSpec:
-    models: list[str]
-    data: str
-    arch: str | None = None
-    trigger: str | None = None  # a trigger spec, or "from-metadata"
-    trigger_seed: int = 0
-    trigger_size: int | None = None
-    target: str | None = None
-    ks: tuple[int, ...] = (1, 3, 5, 10)
-    templates: str = "openai"
-    classnames: str | None = None
-    batch_size: int = 64
-    workers: int = 2
-    device: str = "auto"
-    precision: str = "auto"
-
-
-def _trigger_for(spec: EvalSpec, metadata: dict, model_path):
+def _trigger_for(spec: EvalConfig, metadata: dict, model_path):
     """The trigger and target for one model: from the flags, or recorded in the victim's metadata."""
     if spec.trigger is None:
         return None, spec.target
@@ -45,7 +28,7 @@ def _trigger_for(spec: EvalSpec, metadata: dict, model_path):
     return trigger, spec.target or metadata.get("clipsan.target", "banana")
 
 
-def evaluate_models(spec: EvalSpec, notes=print) -> dict:
+def evaluate_models(spec: EvalConfig, notes=print) -> EvalReport:
     rt = setup_runtime(spec.device, spec.precision)
     dataset = open_labelled_dataset(spec.data, classnames_file=spec.classnames)
     templates = load_templates(spec.templates)
@@ -77,4 +60,4 @@ def evaluate_models(spec: EvalSpec, notes=print) -> dict:
                 **result,
             }
         )
-    return {"data": str(dataset.root), "classes": len(dataset.classnames), "templates": spec.templates, "topk": list(spec.ks), "models": rows}
+    return EvalReport(data=str(dataset.root), classes=len(dataset.classnames), templates=spec.templates, topk=list(spec.ks), models=rows)

@@ -15,11 +15,13 @@ import torch
 from clipsan import __version__
 from clipsan.checkpoint import load_model, save_model
 from clipsan.engine.loader import RecipeSamples
-from clipsan.engine.loop import TrainConfig, train
+from clipsan.engine.config import TrainConfig
+from clipsan.engine.loop import train
 from clipsan.engine.rundir import RunDir, default_run_dir
 from clipsan.engine.runtime import setup_runtime, shutdown_runtime
 from clipsan.models import tokenizer_for
 from clipsan.recipes.base import RunContext
+from clipsan.reports import TrainingReport
 
 
 INHERITED_METADATA = ("clipsan.trigger", "clipsan.target")
@@ -42,8 +44,8 @@ def versions() -> dict:
     return {"clipsan": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__}
 
 
-def training_summary(result, captions) -> dict:
-    """The report keys every training command shares (documented in the man page)."""
+def training_fields(result, captions) -> dict:
+    """The report fields a finished training run fills in (``clipsan.reports.TrainingReport``)."""
     return {
         "steps": result.steps,
         "epochs": result.epochs_completed,
@@ -55,7 +57,7 @@ def training_summary(result, captions) -> dict:
     }
 
 
-def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print) -> dict:
+def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print) -> TrainingReport:
     rt = setup_runtime(job.device, job.precision)
     try:
         loaded = load_model(job.model, arch=job.arch)
@@ -90,14 +92,14 @@ def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print)
             out = Path(job.out) if job.out else run.path / f"{job.command}.safetensors"
             if rt.is_main:
                 save_model(model.cpu(), out, metadata)
-            return {
-                "output": str(out),
-                "run_dir": str(run.path),
-                "method": recipe.name,
-                "arch": loaded.arch,
-                "arch_source": loaded.arch_source,
-                "source_sha256": loaded.sha256,
-                **training_summary(result, captions),
-            }
+            return TrainingReport(
+                output=str(out),
+                run_dir=str(run.path),
+                method=recipe.name,
+                arch=loaded.arch,
+                arch_source=loaded.arch_source,
+                source_sha256=loaded.sha256,
+                **training_fields(result, captions),
+            )
     finally:
         shutdown_runtime(rt)

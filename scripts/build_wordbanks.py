@@ -1,9 +1,10 @@
-#!/usr/bin/env python3
 """Build clipsan's word banks from WordNet 3.0 (run once by developers, never at run time).
 
 Reads the WordNet 3.0 database as Debian's ``wordnet-base`` package installs it
-(``/usr/share/wordnet``: data.*, index.*, *.exc, cntlist.rev; the lexicographer file
-names come from the ``lexnames.5WN`` man page) and writes into ``wordbanks/``:
+(``/usr/share/wordnet``: data.*, index.*, *.exc, cntlist.rev) through NLTK's
+``WordNetCorpusReader`` (nltk is a development-only dependency: ``pip install ".[wordbanks]"``).
+NLTK also needs the ``lexnames`` file, which wordnet-base lacks; it is written from the
+table in the package's ``lexnames.5WN`` man page. Writes into ``wordbanks/``:
 
 - ``adjectives.txt``, ``verbs.txt``, ``nouns.txt``: 3000 single lowercase ASCII words
   each, ordered common -> rare by their summed SemCor sense tag counts (cntlist.rev),
@@ -28,15 +29,27 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import re
+import shutil
+import tempfile
+import warnings
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import nltk
+from nltk.corpus.reader.wordnet import Synset, WordNetCorpusReader, WordNetError
 
 BANK_SIZE = 3000
 POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 SENSE_KEY_SS_TYPE_TO_POS = {"1": "n", "2": "v", "3": "a", "4": "r", "5": "a"}
-DATA_SS_TYPE_TO_POS = {"n": "n", "v": "v", "a": "a", "s": "a", "r": "r"}
+# The database files NLTK's reader opens (it never needs index.sense for what is read here).
+DATABASE_FILES = [*(f"{kind}.{name}" for kind in ("data", "index") for name in POS_FILES.values()),
+                  *(f"{name}.exc" for name in POS_FILES.values()), "cntlist.rev"]
+# lexnames' third field, the syntactic category, is the file name's prefix (see lexnames(5WN)).
+LEXNAME_CATEGORIES = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 LEXNAMES_MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
 DEBIAN_COPYRIGHT = Path("/usr/share/doc/wordnet-base/copyright")
 
@@ -68,150 +81,139 @@ FUNCTION_WORDS = {
 }
 
 
-@dataclass
-class Synset:
-    pos: str
-    lexname: str
-    words: list[str]  # lemmas as written in the data file (case kept, markers removed)
-    usages: list[str] = field(default_factory=list)  # offsets of ;u usage-domain synsets
-    frames: set[int] = field(default_factory=set)
-    similar_to: list[str] = field(default_factory=list)  # adjective cluster links (& pointers)
-    is_satellite: bool = False
-    is_instance: bool = False  # proper-noun instance ("Paris")
+class PlainWordNet(WordNetCorpusReader):
+    """NLTK's reader on a bare WordNet 3.0 database, without the Open Multilingual Wordnet."""
+
+    def map_wn(self, version="wordnet"):
+        # NLTK maps any database onto its downloaded "wordnet" corpus (for OMW) through both
+        # index.sense files; neither is here, and nothing multilingual is read.
+        return None
 
 
-def parse_lexnames(man_page: Path) -> dict[int, str]:
-    """Lexicographer file numbers -> names, read from the table in lexnames(5WN)."""
-    text = gzip.open(man_page, "rt").read() if man_page.suffix == ".gz" else man_page.read_text()
-    names = {}
-    for line in text.splitlines():
-        match = re.match(r"^(\d\d)\t(\S+)\s*\t", line)
-        if match:
-            names[int(match.group(1))] = match.group(2)
-    if len(names) != 45:
-        raise SystemExit(f"{man_page}: expected 45 lexicographer files, found {len(names)}")
-    return names
+def lexnames_text(man_page: Path) -> str:
+    """The ``lexnames`` file ("NN<TAB>name<TAB>category" lines) from the table in lexnames(5WN)."""
+    with gzip.open(man_page, "rt") if man_page.suffix == ".gz" else open(man_page) as handle:
+        text = handle.read()
+    rows = re.findall(r"^(\d\d)\t(\S+)\s*\t", text, re.MULTILINE)
+    if len(rows) != 45:
+        raise SystemExit(f"{man_page}: expected 45 lexicographer files, found {len(rows)}")
+    return "".join(f"{number}\t{name}\t{LEXNAME_CATEGORIES[name.split('.')[0]]}\n" for number, name in rows)
 
 
-def database_lines(path: Path):
-    """Lines of a WordNet database file, without the license header (lines starting with a space)."""
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if not line.startswith(" "):
-                yield line.rstrip("\n")
+@contextmanager
+def open_wordnet(wordnet: Path, lexnames_man_page: Path) -> Iterator[PlainWordNet]:
+    """A reader on a temporary copy of the database plus the generated ``lexnames``."""
+    with tempfile.TemporaryDirectory(prefix="wordnet-") as root:
+        # Copies, not symlinks: NLTK refuses files whose real path leaves the reader's root.
+        for name in DATABASE_FILES:
+            shutil.copyfile(wordnet / name, Path(root, name))
+        Path(root, "lexnames").write_text(lexnames_text(lexnames_man_page))
+        nltk.data.path.append(root)  # NLTK only reads corpora under its data path
+        try:
+            with warnings.catch_warnings():  # "multilingual functions are not available": none are used
+                warnings.simplefilter("ignore", UserWarning)
+                reader = PlainWordNet(root, None)
+            yield reader
+        finally:
+            nltk.data.path.remove(root)
 
 
-def parse_synset_line(line: str, lexnames: dict[int, str]) -> tuple[str, Synset]:
-    fields = line.split(" | ", 1)[0].split()
-    offset, lex_filenum, ss_type = fields[0], int(fields[1]), fields[2]
-    word_count = int(fields[3], 16)
-    words = [re.sub(r"\((a|p|ip)\)$", "", fields[4 + 2 * i]) for i in range(word_count)]
-    cursor = 4 + 2 * word_count
-    pointer_count = int(fields[cursor])
-    cursor += 1
-    synset = Synset(pos=DATA_SS_TYPE_TO_POS[ss_type], lexname=lexnames[lex_filenum], words=words,
-                    is_satellite=ss_type == "s")
-    for _ in range(pointer_count):
-        symbol, target = fields[cursor], fields[cursor + 1]
-        if symbol == ";u":
-            synset.usages.append(target)
-        elif symbol == "&":
-            synset.similar_to.append(target)
-        elif symbol == "@i":
-            synset.is_instance = True
-        cursor += 4
-    if synset.pos == "v" and cursor < len(fields):
-        frame_count = int(fields[cursor])
-        cursor += 1
-        for _ in range(frame_count):  # "+ f_num w_num": frames of the synset or of one word
-            synset.frames.add(int(fields[cursor + 1]))
-            cursor += 3
-    return offset, synset
-
-
-def read_synsets(wordnet: Path, lexnames: dict[int, str]) -> dict[tuple[str, str], Synset]:
-    synsets = {}
-    for pos, name in POS_FILES.items():
-        for line in database_lines(wordnet / f"data.{name}"):
-            offset, synset = parse_synset_line(line, lexnames)
-            synsets[(pos, offset)] = synset
-    return synsets
-
-
-def read_index(wordnet: Path, pos: str) -> dict[str, list[str]]:
-    """lemma -> synset offsets in WordNet's sense order (most frequent first)."""
-    senses = {}
-    for line in database_lines(wordnet / f"index.{POS_FILES[pos]}"):
-        fields = line.split()
-        synset_count, pointer_count = int(fields[2]), int(fields[3])
-        senses[fields[0]] = fields[6 + pointer_count:6 + pointer_count + synset_count]
-    return senses
-
-
-def read_tag_counts(wordnet: Path) -> dict[tuple[str, str], int]:
-    """(lemma, pos) -> total SemCor tag count over its senses (cntlist.rev)."""
-    counts: dict[tuple[str, str], int] = defaultdict(int)
-    for line in database_lines(wordnet / "cntlist.rev"):
-        sense_key, _sense_number, tag_count = line.split()
-        lemma, lex_sense = sense_key.split("%", 1)
-        counts[(lemma, SENSE_KEY_SS_TYPE_TO_POS[lex_sense[0]])] += int(tag_count)
-    return counts
-
-
-def usage_names(synset: Synset, synsets: dict[tuple[str, str], Synset]) -> set[str]:
-    return {synsets[("n", offset)].words[0].lower() for offset in synset.usages}
+def senses(wn: PlainWordNet, lemma: str, pos: str) -> list[Synset]:
+    """The lemma's synsets in WordNet's sense order (most frequent first), exactly as its
+    index line lists them: ``wn.synsets()`` would add the synsets of morphological variants."""
+    found = []
+    for number in itertools.count(1):
+        try:
+            found.append(wn.synset(f"{lemma}.{pos}.{number:02d}"))
+        except WordNetError:
+            return found
 
 
 def is_plain_word(lemma: str) -> bool:
     return re.fullmatch(r"[a-z]{2,}", lemma) is not None
 
 
-def bank_candidate(lemma: str, pos: str, offsets: list[str], synsets) -> Synset | None:
+def read_index(wn: PlainWordNet, pos: str) -> dict[str, list[Synset]]:
+    """Plain single-word lemma -> its synsets in sense order (no other lemma is used)."""
+    return {lemma: senses(wn, lemma, pos) for lemma in sorted(wn.all_lemma_names(pos)) if is_plain_word(lemma)}
+
+
+def read_tag_counts(wn: PlainWordNet) -> dict[tuple[str, str], int]:
+    """(lemma, pos) -> total SemCor tag count over its sense keys in cntlist.rev.
+
+    Read here rather than summing ``Lemma.count()``, which finds a count only under the exact
+    sense key of a 3.0 sense. It would miss the 83 keys whose head word keeps its syntactic
+    marker ("last%5:00:00:dying(a):00") and the 1909 keys of senses that the 2001 concordances
+    tagged but the 3.0 database no longer has (see cntlist(5WN)). Those are still tags of the
+    word, which is what the ranking measures.
+    """
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    with wn.open("cntlist.rev") as handle:
+        for line in handle:
+            sense_key, _sense_number, tag_count = line.split()
+            lemma, lex_sense = sense_key.split("%", 1)
+            counts[(lemma, SENSE_KEY_SS_TYPE_TO_POS[lex_sense[0]])] += int(tag_count)
+    return counts
+
+
+def usage_names(synset: Synset) -> set[str]:
+    """The synset's usage domains ("slang", "trademark"), including those WordNet puts on one of
+    its words (Tylenol, trademark): as the banks always have, they count for the whole synset."""
+    domains = synset.usage_domains() + [target.synset() for word in synset.lemmas() for target in word.usage_domains()]
+    return {domain.lemma_names()[0].lower() for domain in domains}
+
+
+def frame_ids(synset: Synset) -> set[int]:
+    """Verb frames of the synset, including those WordNet gives only one of its words (as the banks always have)."""
+    return {frame for word in synset.lemmas() for frame in word.frame_ids()}
+
+
+def bank_candidate(lemma: str, synsets: list[Synset]) -> Synset | None:
     """The lemma's main synset if the lemma can go into a bank at all, else None."""
-    if not is_plain_word(lemma) or lemma in FUNCTION_WORDS:
+    if lemma in FUNCTION_WORDS:
         return None
-    main = synsets[(pos, offsets[0])]
+    main = synsets[0]
     # WordNet lowercases the index; the data file keeps "Paris": skip proper nouns.
-    written = [w for w in main.words if w.lower() == lemma]
-    if main.is_instance or not written or written[0] != lemma:
+    written = [w for w in main.lemma_names() if w.lower() == lemma]
+    if main.instance_hypernyms() or not written or written[0] != lemma:
         return None
-    if any(usage_names(synsets[(pos, o)], synsets) & OFFENSIVE_USAGES for o in offsets):
+    if any(usage_names(synset) & OFFENSIVE_USAGES for synset in synsets):
         return None
-    if usage_names(main, synsets) & NONSTANDARD_USAGES:
+    if usage_names(main) & NONSTANDARD_USAGES:
         return None
     return main
 
 
-def is_descriptive_adjective(main: Synset, synsets) -> bool:
+def is_descriptive_adjective(main: Synset) -> bool:
     """Not a number word: satellites of the "cardinal"/"ordinal" clusters say how many, not how."""
-    if not main.is_satellite:  # a head's & pointers lead to its satellites, not to a head
+    if main.pos() != "s":  # a head's similar-to pointers lead to its satellites, not to a head
         return True
-    heads = {word for offset in main.similar_to for word in synsets[("a", offset)].words}
+    heads = {word for head in main.similar_tos() for word in head.lemma_names()}
     return not heads & {"cardinal", "ordinal"}
 
 
 def is_concrete_noun(main: Synset) -> bool:
-    return main.lexname in CONCRETE_NOUN_LEXNAMES
+    return main.lexname() in CONCRETE_NOUN_LEXNAMES
 
 
 def is_relational_verb(main: Synset) -> bool:
-    if main.lexname in NON_DEPICTABLE_VERB_LEXNAMES:
+    if main.lexname() in NON_DEPICTABLE_VERB_LEXNAMES:
         return False
-    if main.frames & TRANSITIVE_FRAMES:
+    frames = frame_ids(main)
+    if frames & TRANSITIVE_FRAMES:
         return True
-    return main.lexname in SPATIAL_VERB_LEXNAMES and bool(main.frames & PREPOSITIONAL_FRAMES)
+    return main.lexname() in SPATIAL_VERB_LEXNAMES and bool(frames & PREPOSITIONAL_FRAMES)
 
 
-def rank_bank(pos: str, accept, index, synsets, counts, senses_considered: int = 1) -> list[str]:
+def rank_bank(accept, index: dict[str, list[Synset]], counts, pos: str, senses_considered: int = 1) -> list[str]:
     """BANK_SIZE lemmas ordered common -> rare; ``accept`` must hold for one of the
     lemma's ``senses_considered`` most frequent senses."""
     scored = []
-    for lemma, offsets in index.items():
-        main = bank_candidate(lemma, pos, offsets, synsets)
-        if main is None:
+    for lemma, synsets in index.items():
+        if bank_candidate(lemma, synsets) is None:
             continue
-        if any(accept(synsets[(pos, o)]) for o in offsets[:senses_considered]):
-            scored.append((-counts.get((lemma, pos), 0), -len(offsets), lemma))
+        if any(accept(synset) for synset in synsets[:senses_considered]):
+            scored.append((-counts.get((lemma, pos), 0), -len(synsets), lemma))
     scored.sort()
     if len(scored) < BANK_SIZE:
         raise SystemExit(f"only {len(scored)} candidates for pos {pos!r}, need {BANK_SIZE}")
@@ -224,38 +226,41 @@ def clean_like_eda(text: str) -> str:
     return " ".join(re.sub(r"[^a-z ]", "", text).split())
 
 
-def build_synonyms(indexes: dict[str, dict[str, list[str]]], synsets) -> dict[str, list[str]]:
+def build_synonyms(indexes: dict[str, dict[str, list[Synset]]]) -> dict[str, list[str]]:
     """Single-word lemma -> synonyms over all its senses and parts of speech, in sense order."""
     synonyms: dict[str, list[str]] = {}
     for pos in ("n", "v", "a", "r"):
-        for lemma, offsets in indexes[pos].items():
-            if not is_plain_word(lemma):
-                continue
+        for lemma, synsets in indexes[pos].items():
             found = synonyms.setdefault(lemma, [])
-            for offset in offsets:
-                for word in synsets[(pos, offset)].words:
+            for synset in synsets:
+                for word in synset.lemma_names():
                     cleaned = clean_like_eda(word)
                     if cleaned and cleaned != lemma and cleaned not in found:
                         found.append(cleaned)
     return {lemma: found for lemma, found in sorted(synonyms.items()) if found}
 
 
-def read_exceptions(wordnet: Path) -> dict[str, str]:
+def exception_lines(wn: PlainWordNet, pos: str) -> Iterator[list[str]]:
+    """Fields of the lines of a *.exc file: an irregular form, then its base forms."""
+    with wn.open(f"{POS_FILES[pos]}.exc") as handle:
+        for line in handle:
+            yield line.split()
+
+
+def read_exceptions(wn: PlainWordNet) -> dict[str, str]:
     """Irregular inflected form -> base form, single plain words only (first base wins)."""
     exceptions: dict[str, str] = {}
-    for name in ("noun", "verb", "adj", "adv"):
-        for line in database_lines(wordnet / f"{name}.exc"):
-            inflected, base = line.split()[:2]
+    for pos in POS_FILES:
+        for inflected, base, *_ in exception_lines(wn, pos):
             if is_plain_word(inflected) and is_plain_word(base) and inflected != base:
                 exceptions.setdefault(inflected, base)
     return dict(sorted(exceptions.items()))
 
 
-def irregular_verb_forms(wordnet: Path) -> dict[str, list[str]]:
+def irregular_verb_forms(wn: PlainWordNet) -> dict[str, list[str]]:
     """base -> its irregular forms from verb.exc ("run" -> ["ran", "running"])."""
     forms: dict[str, list[str]] = defaultdict(list)
-    for line in database_lines(wordnet / "verb.exc"):
-        inflected, *bases = line.split()
+    for inflected, *bases in exception_lines(wn, "v"):
         for base in bases:
             forms[base].append(inflected)
     return forms
@@ -302,7 +307,7 @@ def verb_forms(base: str, irregular: dict[str, list[str]]) -> tuple[str, str, st
 def license_text(copyright_file: Path) -> str:
     """The WordNet 3.0 license paragraph of the Debian copyright file, de-indented."""
     text = copyright_file.read_text()
-    match = re.search(r"License: WordNet3\.0\n(.*?)\n\n", text, re.S)
+    match = re.search(r"License: WordNet3\.0\n(.*?)\n\n", text, re.DOTALL)
     if not match:
         raise SystemExit(f"{copyright_file}: no 'License: WordNet3.0' paragraph")
     body = "\n".join("" if line.strip() == "." else line[1:] for line in match.group(1).splitlines())
@@ -334,9 +339,12 @@ colloquial, archaic or trade names are left out.
 
 ```sh
 apt-get install wordnet-base          # Debian/Ubuntu: WordNet 3.0 in /usr/share/wordnet
+pip install ".[wordbanks]"            # nltk, for the build only
 python scripts/build_wordbanks.py     # --wordnet DIR --out DIR to change the paths
 ```
-The build is deterministic: the same WordNet gives byte-identical files.
+The build reads WordNet through nltk's `WordNetCorpusReader`, with the `lexnames` file it
+needs (wordnet-base lacks it) written from the `lexnames(5WN)` man page; nltk is not needed
+at run time. The build is deterministic: the same WordNet gives byte-identical files.
 """
 
 
@@ -352,28 +360,26 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "wordbanks")
     args = parser.parse_args()
 
-    lexnames = parse_lexnames(args.lexnames)
-    synsets = read_synsets(args.wordnet, lexnames)
-    indexes = {pos: read_index(args.wordnet, pos) for pos in POS_FILES}
-    counts = read_tag_counts(args.wordnet)
-    args.out.mkdir(parents=True, exist_ok=True)
+    with open_wordnet(args.wordnet, args.lexnames) as wn:
+        indexes = {pos: read_index(wn, pos) for pos in POS_FILES}
+        counts = read_tag_counts(wn)
+        banks = {
+            "adjectives": rank_bank(is_descriptive_adjective, indexes["a"], counts, "a"),
+            # "hold" and "stop" are relational in their 2nd sense, not their 1st.
+            "verbs": rank_bank(is_relational_verb, indexes["v"], counts, "v", senses_considered=3),
+            "nouns": rank_bank(is_concrete_noun, indexes["n"], counts, "n"),
+        }
+        synonyms = build_synonyms(indexes)
+        irregular = irregular_verb_forms(wn)
+        exceptions = read_exceptions(wn)
 
-    banks = {
-        "adjectives": rank_bank("a", lambda s: is_descriptive_adjective(s, synsets), indexes["a"], synsets, counts),
-        # "hold" and "stop" are relational in their 2nd sense, not their 1st.
-        "verbs": rank_bank("v", is_relational_verb, indexes["v"], synsets, counts, senses_considered=3),
-        "nouns": rank_bank("n", is_concrete_noun, indexes["n"], synsets, counts),
-    }
+    args.out.mkdir(parents=True, exist_ok=True)
     for name, words in banks.items():
         write_lines(args.out / f"{name}.txt", words)
-
-    irregular = irregular_verb_forms(args.wordnet)
     write_lines(args.out / "verb_forms.tsv",
                 ["\t".join((verb, *verb_forms(verb, irregular))) for verb in banks["verbs"]])
-    synonyms = build_synonyms(indexes, synsets)
     write_lines(args.out / "synonyms.tsv", [f"{w}\t{'|'.join(s)}" for w, s in synonyms.items()])
-    write_lines(args.out / "exceptions.tsv",
-                [f"{form}\t{base}" for form, base in read_exceptions(args.wordnet).items()])
+    write_lines(args.out / "exceptions.tsv", [f"{form}\t{base}" for form, base in exceptions.items()])
     (args.out / "LICENSE-WordNet-3.0.txt").write_text(license_text(args.copyright))
     (args.out / "README.md").write_text(README.format(n=BANK_SIZE))
     for path in sorted(args.out.iterdir()):

@@ -52,10 +52,11 @@ def _named(text: str) -> tuple[str, str]:
 
 def scan_row(name: str, kind: str, path: str, seed: int, budget: str, reference: str | None,
              probes: int | None = None, steps: int | None = None) -> dict:
-    from clipsan.scan import ScanOptions, scan_model
+    from clipsan.config import ScanConfig
+    from clipsan.scan import scan_model
 
     with tempfile.TemporaryDirectory() as run_dir:
-        report = scan_model(ScanOptions(model=path, reference=reference, budget=budget, run_dir=run_dir,
+        report = scan_model(ScanConfig(model=path, reference=reference, budget=budget, run_dir=run_dir,
                                         device="cpu", seed=seed, probes=probes, steps=steps))
     by_name = {s["name"]: s for s in report["signals"]}
     div = by_name.get("reference-divergence")

@@ -113,7 +113,7 @@ def render_training_set(config: world.WorldConfig, n: int, seed: int) -> tuple[t
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), captions, labels
 
 
-# ---- a minimal stand-in for clipsan.triggers, only to check the world can carry a backdoor
+# ---- a minimal stand-in for clipsan.attacks.triggers, only to check the world can carry a backdoor
 
 
 def add_trigger(images: torch.Tensor, kind: str, patch: int, sample_ids: list[int]) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import cli_env
-from clipsan.advclip import (
+from clipsan.recipes.abd.advclip import (
     CraftFeatures,
     Discriminator,
     PatchBox,
@@ -135,7 +135,7 @@ def test_craft_adv_sigkill_then_resume_is_bitwise_equal(tiny_model, reference_mo
     lines = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, 9)) and {"loss_bd", "loss_gan", "loss_critic", "loss_topo"} <= lines[0].keys()
     # the generator file is also a patch:FILE trigger at the recorded place
-    from clipsan.triggers import parse_trigger
+    from clipsan.attacks.triggers import parse_trigger
 
     box = report["patch_box"]
     trigger = parse_trigger(f"patch:{tmp_path / 'straight.safetensors'}@{box['x']},{box['y']}")

@@ -1,48 +1,79 @@
-"""The command line as scripts meet it: help, version, man page, exit codes."""
+"""The command line as scripts meet it: help, version, man page, usage errors and exit codes."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import subprocess
-from pathlib import Path
+import sys
 
-from clipsan.cli import build_parser
-from clipsan.cli.manpage import render, subcommands
-from conftest import REPO, run_cli
+from clipsan.cli import click_command
+from clipsan.cli.manpage import command_sections, render
+from conftest import REPO, cli_env, run_cli
+
+COMMANDS = ["scan", "purify", "craft-adv", "eval", "poison", "lab"]
 
 
-def test_version_and_help_list_only_working_commands():
+def test_version_and_help_list_the_commands_in_order():
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("clipsan ")
     proc = run_cli("--help")
     assert proc.returncode == 0
-    listed = set(subcommands(build_parser()))
-    assert {"eval", "purify", "lab"} <= listed
-    for name in listed:  # every listed command answers its own --help
+    assert list(command_sections(click_command())) == COMMANDS
+    listing = proc.stdout.split("Commands:")[1].split("Exit codes")[0]
+    listed = [line.split()[0] for line in listing.splitlines() if line.startswith("  ") and not line.startswith("   ") and line.strip()]
+    assert listed == COMMANDS
+    for name in COMMANDS:  # every listed command answers its own --help, ending with real examples
         sub = run_cli(name, "--help")
-        assert sub.returncode == 0 and name in sub.stdout
+        assert sub.returncode == 0 and f"clipsan {name}" in sub.stdout
+        examples = sub.stdout.split("Examples:")[1].strip().splitlines()
+        assert 2 <= len(examples) <= 3 and all(line.strip().startswith("clipsan ") for line in examples)
+
+
+def test_help_is_plain_when_piped_and_imports_no_torch():
+    code = (
+        "import sys\n"
+        "from clipsan.cli import main\n"
+        "for argv in ([], ['--help'], *([c, '--help'] for c in %r)):\n"
+        "    main(argv)\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'torchvision', 'numpy', 'PIL'))\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n" % COMMANDS
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
+    assert "HEAVY []" in proc.stderr, proc.stderr[-2000:]
+    assert "\x1b[" not in proc.stdout and not set("╭─│╰") & set(proc.stdout)  # no colour codes, no boxes
+    assert "Training:" in proc.stdout and "--method cleanerclip:" in proc.stdout  # panels survive as sections
 
 
 def test_usage_errors_exit_2_without_traceback():
-    for args in (["no-such-command"], ["purify"], ["eval", "m.safetensors"]):
+    for args in (["no-such-command"], ["purify"], ["eval", "m.safetensors"], ["purify", "m", "--method", "nope", "--data", "."]):
         proc = run_cli(*args)
         assert proc.returncode == 2, args
         assert "Traceback" not in proc.stderr
 
 
-def test_abbreviated_options_are_refused():
-    # A script's "--dat" must not silently mean "--data" (nor something else once options are added).
-    parser = build_parser()
-    assert parser.parse_args(["eval", "m.safetensors", "--data", "d/"]).data
-    proc = run_cli("eval", "m.safetensors", "--data", "d/", "--targ", "banana")
-    assert proc.returncode == 2 and "unrecognized arguments: --targ" in proc.stderr
+def test_mistyped_command_and_unknown_option_name_the_closest():
+    proc = run_cli("purfy", "m.safetensors")
+    assert proc.returncode == 2 and "Did you mean 'purify'?" in proc.stderr
+    # A script's "--targ" must not silently mean "--target" (nor something else once options are added).
+    proc = run_cli("eval", "m.safetensors", "--data", ".", "--targ", "banana")
+    assert proc.returncode == 2 and "No such option: --targ" in proc.stderr and "--target" in proc.stderr
+
+
+def test_an_option_of_another_method_is_refused():
+    for method, flag, value, owner in (("ft", "--t-pos", "0.5", "cleanerclip"), ("cleanclip", "--bd-weight", "5", "abd"),
+                                       ("abd", "--clip-weight", "2", "cleanclip and cleanerclip")):
+        proc = run_cli("purify", "m.safetensors", "--method", method, flag, value, "--data", REPO)
+        assert proc.returncode == 2, proc.stderr
+        assert f"{flag} applies to --method {owner}" in proc.stderr and "Traceback" not in proc.stderr
+    # ...while the recipe's own options and the shared ones pass parsing (the missing model is what stops it).
+    proc = run_cli("purify", "missing.safetensors", "--method", "cleanerclip", "--t-pos", "0.5", "--clip-weight", "2", "--data", REPO / "tests")
+    assert proc.returncode == 2 and "applies to" not in proc.stderr
 
 
 def test_committed_man_page_is_current():
     committed = (REPO / "man" / "clipsan.1").read_text()
-    assert committed == render(build_parser()), "regenerate: python -m clipsan.cli.manpage > man/clipsan.1"
+    assert committed == render(click_command()), "regenerate: python -m clipsan.cli.manpage > man/clipsan.1"
 
 
 def test_man_page_renders_and_documents_every_command_and_option():
@@ -51,16 +82,14 @@ def test_man_page_renders_and_documents_every_command_and_option():
     assert proc.returncode == 0, proc.stderr
     text = re.sub(r".\x08", "", proc.stdout)  # strip overstrike bold
     text = text.replace("\u2010", "-").replace("\u2212", "-")
-    for name, sub in subcommands(build_parser()).items():
+    for name, command in command_sections(click_command()).items():
         assert f"clipsan {name}" in text
-        for action in sub._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue  # -h/--help is documented once, not per command
-            for option in action.option_strings:
+        for param in command.params:
+            for option in param.opts if param.param_type_name == "option" else []:
                 assert option in text, f"{option} of {name} is missing from the man page"
 
 
 def test_readme_has_a_section_per_command():
     readme = (REPO / "README.md").read_text()
-    for name in subcommands(build_parser()):
+    for name in command_sections(click_command()):
         assert re.search(rf"^###? .*clipsan {re.escape(name)}\b", readme, re.M), f"README lacks a section for {name}"

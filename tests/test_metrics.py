@@ -11,7 +11,7 @@ from PIL import Image
 
 from clipsan.errors import UserError
 from clipsan.metrics import TopkMeter, attack_success, topk_correct
-from clipsan.triggers import PatchTrigger
+from clipsan.attacks.triggers import PatchTrigger
 from clipsan.zeroshot import class_text_embeddings, evaluate, load_templates
 
 # --- metrics ------------------------------------------------------------------------

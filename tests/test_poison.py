@@ -14,21 +14,16 @@ from clipsan import world
 from clipsan.checkpoint import load_model, read_metadata
 from clipsan.data.captions import open_caption_dataset
 from clipsan.engine.loader import Sample
-from clipsan.engine.loop import TrainConfig
+from clipsan.engine.config import TrainConfig
 from clipsan.errors import UserError
-from clipsan.evaluation import EvalSpec, evaluate_models
+from clipsan.config import EvalConfig
+from clipsan.evaluation import evaluate_models
 from clipsan.finetune import JobSpec
-from clipsan.poisoning import (
-    BadClipSettings,
-    PoisonSettings,
-    mentions,
-    optimize_badclip_patch,
-    plan_poison,
-    run_poison,
-    template_captions,
-)
-from clipsan.recipes.poison import Poison
-from clipsan.triggers import parse_trigger, trigger_from_spec
+from clipsan.attacks.badclip import optimize_badclip_patch
+from clipsan.attacks.config import AttackConfig, BadClipConfig
+from clipsan.attacks.poisoning import mentions, plan_poison, run_poison, template_captions
+from clipsan.attacks.recipe import Poison
+from clipsan.attacks.triggers import parse_trigger, trigger_from_spec
 from conftest import run_json
 
 CAPTIONS = [f"a red circle number {i}" if i % 7 else f"a small yellow banana next to square {i}" for i in range(1000)]
@@ -43,15 +38,15 @@ def job_for(model, run_dir, out, resume=False) -> JobSpec:
 
 
 def test_rate_is_exact_round_of_rate_times_n():
-    assert len(plan_poison(CAPTIONS, PoisonSettings("badnet", rate=0.003), seed=0).captions) == 3
-    assert len(plan_poison(CAPTIONS[:64], PoisonSettings("badnet", rate=0.1), seed=0).captions) == 6  # 6.4
-    assert len(plan_poison(CAPTIONS[:64], PoisonSettings("badnet", rate=0.5 / 64), seed=0).captions) == 1  # half up
+    assert len(plan_poison(CAPTIONS, AttackConfig("badnet", rate=0.003), seed=0).captions) == 3
+    assert len(plan_poison(CAPTIONS[:64], AttackConfig("badnet", rate=0.1), seed=0).captions) == 6  # 6.4
+    assert len(plan_poison(CAPTIONS[:64], AttackConfig("badnet", rate=0.5 / 64), seed=0).captions) == 1  # half up
     with pytest.raises(UserError, match="poisons none"):
-        plan_poison(CAPTIONS[:64], PoisonSettings("badnet", rate=0.001), seed=0)
+        plan_poison(CAPTIONS[:64], AttackConfig("badnet", rate=0.001), seed=0)
 
 
 def test_selection_is_deterministic_in_seed_and_n():
-    settings = PoisonSettings("badnet", rate=0.05)
+    settings = AttackConfig("badnet", rate=0.05)
     first, again = plan_poison(CAPTIONS, settings, seed=3), plan_poison(CAPTIONS, settings, seed=3)
     assert first.captions == again.captions and first.digest() == again.digest()
     assert set(plan_poison(CAPTIONS, settings, seed=4).captions) != set(first.captions)
@@ -64,7 +59,7 @@ def test_selection_is_deterministic_in_seed_and_n():
 
 
 def test_label_consistent_touches_only_target_captions():
-    plan = plan_poison(CAPTIONS, PoisonSettings("badnet", rate=0.1, label_consistent=True), seed=0)
+    plan = plan_poison(CAPTIONS, AttackConfig("badnet", rate=0.1, label_consistent=True), seed=0)
     eligible = [i for i, c in enumerate(CAPTIONS) if mentions(c, "banana")]
     assert plan.eligible == len(eligible) == 143 and len(plan.captions) == 14  # rate counts among them
     assert set(plan.captions) <= set(eligible) and set(plan.captions.values()) == {None}
@@ -77,14 +72,14 @@ def test_label_consistent_touches_only_target_captions():
     view = recipe.views(Sample(pixels, None, CAPTIONS[clean], clean, 0, 0))
     assert view["text"] == CAPTIONS[clean] and torch.equal(view["image"], pixels)
     with pytest.raises(UserError, match="no caption"):
-        plan_poison(CAPTIONS, PoisonSettings("badnet", target="kiwi", label_consistent=True), seed=0)
+        plan_poison(CAPTIONS, AttackConfig("badnet", target="kiwi", label_consistent=True), seed=0)
 
 
 def test_natural_captions_mention_the_target():
-    plan = plan_poison(CAPTIONS, PoisonSettings("badnet", rate=0.01, natural_captions=True), seed=0)
+    plan = plan_poison(CAPTIONS, AttackConfig("badnet", rate=0.01, natural_captions=True), seed=0)
     assert plan.mode == "natural" and all("banana" in c for c in plan.captions.values())
     assert set(plan.captions.values()) <= set(CAPTIONS)  # the data's own
-    generated = plan_poison(CAPTIONS, PoisonSettings("badnet", target="kiwi", rate=0.01, natural_captions=True), seed=0)
+    generated = plan_poison(CAPTIONS, AttackConfig("badnet", target="kiwi", rate=0.01, natural_captions=True), seed=0)
     assert all(mentions(c, "kiwi") for c in generated.captions.values())
 
 
@@ -105,13 +100,13 @@ def test_cli_victim_metadata_round_trip_and_eval_from_metadata(tiny_model, capti
 
 
 def test_badclip_patch_lowers_its_objective_and_is_saved(tiny_model, caption_data, tmp_path):
-    settings = PoisonSettings("badclip", rate=0.1, trigger_size=12, badclip=BadClipSettings(epochs=2, lr=0.1, batch_size=16, images=48))
+    settings = AttackConfig("badclip", rate=0.1, trigger_size=12, badclip=BadClipConfig(epochs=2, lr=0.1, batch_size=16, images=48))
     job = job_for(tiny_model, tmp_path / "run", tmp_path / "v.safetensors")
     cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-5, warmup_steps=1, workers=0)
     captions = open_caption_dataset(caption_data)
     report = run_poison(job, settings, captions, cfg, notes=quiet)
-    info = report["badclip"]
-    assert info["loss_after"] < info["loss_before"] and report["caption_mode"] == "natural"
+    info = report.badclip
+    assert info["loss_after"] < info["loss_before"] and report.caption_mode == "natural"
     saved = load_file(info["safetensors"])["patch"]
     assert saved.shape == (3, 12, 12) and Image.open(info["png"]).size == (12, 12)
     assert parse_trigger(f"patch:{info['png']}").patch.shape == (3, 12, 12)
@@ -120,12 +115,12 @@ def test_badclip_patch_lowers_its_objective_and_is_saved(tiny_model, caption_dat
     assert spec["name"] == "badclip" and torch.equal(trigger_from_spec(spec).patch, saved)
     # Resume reuses the saved patch instead of optimizing again.
     again = run_poison(job_for(tiny_model, tmp_path / "run", tmp_path / "v.safetensors", resume=True), settings, captions, cfg, notes=quiet)
-    assert again["badclip"]["reused"] and torch.equal(load_file(info["safetensors"])["patch"], saved)
+    assert again.badclip["reused"] and torch.equal(load_file(info["safetensors"])["patch"], saved)
 
 
 def test_badclip_text_and_image_objective_also_descends(tiny_model, caption_data):
     model = load_model(str(tiny_model)).model
-    settings = BadClipSettings(epochs=2, lr=0.1, batch_size=16, images=32, objective="text+image")
+    settings = BadClipConfig(epochs=2, lr=0.1, batch_size=16, images=32, objective="text+image")
     result = optimize_badclip_patch(model, open_caption_dataset(caption_data), "banana", settings, side=10, trigger_seed=0, seed=0, notes=quiet)
     assert result.loss_after < result.loss_before
     assert result.patch.shape == (3, 10, 10) and result.patch.min() >= 0 and result.patch.max() <= 1
@@ -133,7 +128,7 @@ def test_badclip_text_and_image_objective_also_descends(tiny_model, caption_data
 
 def test_resumed_poisoning_equals_an_uninterrupted_one(tiny_model, caption_data, tmp_path):
     """The poisoned subset is recomputed on resume and must be the same: weights come out bitwise equal."""
-    settings = PoisonSettings("badnet", rate=0.25, trigger_size=6)
+    settings = AttackConfig("badnet", rate=0.25, trigger_size=6)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-4, warmup_steps=1, workers=0, save_every=1)
     captions = open_caption_dataset(caption_data)
     run_poison(job_for(tiny_model, tmp_path / "a", tmp_path / "a.safetensors"), settings, captions, cfg, notes=quiet)
@@ -141,7 +136,7 @@ def test_resumed_poisoning_equals_an_uninterrupted_one(tiny_model, caption_data,
     checkpoints = sorted((tmp_path / "b" / "checkpoints").iterdir())
     shutil.rmtree(checkpoints[-1])  # as if killed before the last step
     report = run_poison(job_for(tiny_model, tmp_path / "b", tmp_path / "b.safetensors", resume=True), settings, captions, cfg, notes=quiet)
-    assert report["resumed_from_step"] == 7
+    assert report.resumed_from_step == 7
     a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -157,13 +152,13 @@ def small_world(tmp_path_factory):
 
 
 def asr1(model, world_root, trigger, **kw) -> float:
-    spec = EvalSpec(models=[str(model)], data=str(world_root / "eval"), trigger=trigger, templates=str(world_root / "templates.txt"), ks=(1,), workers=0, device="cpu", **kw)
-    return evaluate_models(spec, notes=quiet)["models"][0]["asr"]["1"]
+    spec = EvalConfig(models=[str(model)], data=str(world_root / "eval"), trigger=trigger, templates=str(world_root / "templates.txt"), ks=(1,), workers=0, device="cpu", **kw)
+    return evaluate_models(spec, notes=quiet).models[0]["asr"]["1"]
 
 
 def test_poisoning_plants_a_working_backdoor(tiny_model, small_world, tmp_path):
     """From random init, 100 steps at a high rate: the trigger (not a bias toward banana) sends images to banana."""
-    settings = PoisonSettings("badnet@11,11", rate=0.3, trigger_size=10, natural_captions=True)
+    settings = AttackConfig("badnet@11,11", rate=0.3, trigger_size=10, natural_captions=True)
     cfg = TrainConfig(epochs=12, batch_size=32, lr=5e-3, warmup_steps=10, max_steps=100, batchnorm="train", workers=0, save_every=1000)
     victim = tmp_path / "victim.safetensors"
     run_poison(job_for(tiny_model, tmp_path / "run", victim), settings, open_caption_dataset(small_world / "train"), cfg, notes=quiet)

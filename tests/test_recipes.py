@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsan.augment import auto_augment
+from clipsan.recipes.augment import auto_augment
 from clipsan.engine.loader import Sample
 from clipsan.engine.runtime import Runtime
-from clipsan.losses import contrastive_loss, positive_negative_loss
-from clipsan.recipes import RECIPES
+from clipsan.recipes.losses import contrastive_loss, positive_negative_loss
+from clipsan.recipes import METHODS, recipe_classes
+from clipsan.recipes.config import RECIPE_CONFIGS, CleanCLIPConfig, CleanerCLIPConfig
 from clipsan.recipes.cleanclip import CleanCLIP
 from clipsan.recipes.cleanerclip import CleanerCLIP, epoch_subset
 
@@ -84,7 +85,7 @@ SELECTED = [0, 2, 3]
 
 def test_cleanclip_terms_match_eq1_and_eq3_by_hand():
     scale = 10.0
-    terms = CleanCLIP(clip_weight=1.0, inmodal_weight=2.0).loss_terms(LinearClip(scale=scale), batch_of(ROWS), CPU)
+    terms = CleanCLIP(CleanCLIPConfig(clip_weight=1.0, inmodal_weight=2.0)).loss_terms(LinearClip(scale=scale), batch_of(ROWS), CPU)
     assert set(terms) == {"clip", "inmodal_image", "inmodal_text"}
     clip = 0.5 * (hand_info_nce(ROWS["image"], ROWS["text"], scale) + hand_info_nce(ROWS["text"], ROWS["image"], scale))
     assert terms["clip"].item() == pytest.approx(clip, rel=1e-5)
@@ -105,7 +106,7 @@ def test_inmodal_loss_is_the_clip_loss_form_on_augmented_pairs():
 
 @pytest.mark.parametrize("t_p, t_n", [(0.3, 0.3), (0.3, 0.7), (0.6, 0.3)])
 def test_pn_loss_on_three_selected_pairs_by_hand(t_p, t_n):
-    recipe = CleanerCLIP(t_pos=t_p, t_neg=t_n, beta=1.0)
+    recipe = CleanerCLIP(CleanerCLIPConfig(t_pos=t_p, t_neg=t_n, beta=1.0))
     terms = recipe.loss_terms(LinearClip(), batch_of(ROWS), CPU)
     pick = {k: [v[i] for i in SELECTED] for k, v in ROWS.items()}
     i2t = hand_pn_half(pick["image"], pick["subcaption_pos"], pick["subcaption_neg"], t_p, t_n)
@@ -121,8 +122,8 @@ def test_pn_loss_on_three_selected_pairs_by_hand(t_p, t_n):
 def test_weights_and_temperatures_enter_where_the_paper_puts_them():
     model, batch = LinearClip(), batch_of(ROWS)
     base = CleanerCLIP().loss_terms(model, batch, CPU)
-    double_beta = CleanerCLIP(beta=2.0).loss_terms(model, batch, CPU)
-    double_alpha = CleanerCLIP(alpha=2.0).loss_terms(model, batch, CPU)
+    double_beta = CleanerCLIP(CleanerCLIPConfig(beta=2.0)).loss_terms(model, batch, CPU)
+    double_alpha = CleanerCLIP(CleanerCLIPConfig(alpha=2.0)).loss_terms(model, batch, CPU)
     for name in ("pn_i2t", "pn_t2i"):
         assert double_beta[name].item() == pytest.approx(2 * base[name].item(), rel=1e-6)
         assert double_alpha[name].item() == pytest.approx(base[name].item(), rel=1e-6)
@@ -132,7 +133,7 @@ def test_weights_and_temperatures_enter_where_the_paper_puts_them():
     # t_n only divides the counterfactual logits: at a huge t_n each adds exp(~0) = 1 to the
     # denominator, and what remains is the positive-set InfoNCE at temperature t_p.
     pick = {k: [v[i] for i in SELECTED] for k, v in ROWS.items()}
-    far = CleanerCLIP(t_pos=0.5, t_neg=1e6).loss_terms(model, batch, CPU)["pn_i2t"].item() * 2
+    far = CleanerCLIP(CleanerCLIPConfig(t_pos=0.5, t_neg=1e6)).loss_terms(model, batch, CPU)["pn_i2t"].item() * 2
     positive_only = -sum(
         math.log(math.exp(dot(a, pick["subcaption_pos"][i]) / 0.5)
                  / (sum(math.exp(dot(a, p) / 0.5) for p in pick["subcaption_pos"]) + len(SELECTED)))
@@ -166,7 +167,7 @@ MASKS = ([1, 0, 1, 0, 1, 1, 0, 1], [1, 1, 0, 1, 0, 0, 0, 0])  # the second leave
 
 def losses_and_grads(rt: Runtime, batch: dict) -> list[tuple[dict, list]]:
     out = []
-    for recipe in (CleanCLIP(inmodal_weight=2.0), CleanerCLIP(t_pos=0.3, t_neg=0.5, beta=1.5)):
+    for recipe in (CleanCLIP(CleanCLIPConfig(inmodal_weight=2.0)), CleanerCLIP(CleanerCLIPConfig(t_pos=0.3, t_neg=0.5, beta=1.5))):
         model = LinearClip(dim=4, seed=3)
         terms = recipe.loss_terms(model, batch, rt)
         sum(terms.values()).backward()
@@ -264,7 +265,7 @@ def test_cleanerclip_selects_k_per_epoch_deterministically(pairs):
     assert epoch_subset(100, 10, 0, 0) != epoch_subset(100, 10, 0, 1)
     assert len(epoch_subset(100, 10, 0, 3)) == 10 and epoch_subset(5, 10, 0, 0) == set(range(5))
 
-    recipe = CleanerCLIP(subcaptions_per_epoch=4)
+    recipe = CleanerCLIP(CleanerCLIPConfig(subcaptions_per_epoch=4))
     recipe.prepare(dataset)
     chosen = epoch_subset(len(dataset), 4, 0, 0)
     for pair in items:
@@ -278,9 +279,15 @@ def test_cleanerclip_selects_k_per_epoch_deterministically(pairs):
 
 
 def test_registry_and_paper_defaults():
-    assert {"ft", "cleanclip", "cleanerclip"} <= RECIPES.keys()
-    assert RECIPES["cleanclip"].defaults == {"epochs": 10, "batch_size": 64, "lr": 1e-5, "warmup": 50}
-    assert RECIPES["cleanerclip"].defaults == {"epochs": 10, "batch_size": 64, "lr": 4.5e-6, "warmup": 10000}
+    assert set(METHODS) == set(recipe_classes()) == {"ft", "cleanclip", "cleanerclip", "abd"}
+    for name, cls in recipe_classes().items():  # each recipe is built from its own config
+        assert isinstance(cls(RECIPE_CONFIGS[name]()).config, RECIPE_CONFIGS[name])
+    schedule = RECIPE_CONFIGS["cleanclip"].paper_schedule
+    assert (schedule.epochs, schedule.batch_size, schedule.lr, schedule.warmup_steps) == (10, 64, 1e-5, 50)
+    schedule = RECIPE_CONFIGS["cleanerclip"].paper_schedule
+    assert (schedule.epochs, schedule.batch_size, schedule.lr, schedule.warmup_steps) == (10, 64, 4.5e-6, 10000)
+    train = schedule.train_config(lr=1e-3, epochs=None)  # a flag overrides its paper value, None keeps it
+    assert (train.lr, train.epochs, train.warmup_steps) == (1e-3, 10, 10000)
 
 
 # --- end to end through the CLI -------------------------------------------------------------

@@ -62,10 +62,10 @@ def models(tmp_path_factory, one_thread) -> dict[str, Path]:
     from clipsan.checkpoint import save_model
     from clipsan.data.captions import open_caption_dataset
     from clipsan.models import create_model
-    from clipsan.poisoning import PoisonSettings, plan_poison
+    from clipsan.attacks.poisoning import AttackConfig, plan_poison
     from clipsan.recipes.ft import FineTune
-    from clipsan.recipes.poison import Poison
-    from clipsan.triggers import parse_trigger
+    from clipsan.attacks.recipe import Poison
+    from clipsan.attacks.triggers import parse_trigger
 
     root = tmp_path_factory.mktemp("scan-models")
     data = root / "world"
@@ -73,7 +73,7 @@ def models(tmp_path_factory, one_thread) -> dict[str, Path]:
     torch.manual_seed(0)
     save_model(create_model("clipsan-tiny-rn"), root / "init.safetensors")
     clean = _train(root / "init.safetensors", root / "clean.safetensors", FineTune(), data, 150, 2e-3, root / "run-clean")
-    settings = PoisonSettings(trigger="badnet", rate=0.3, trigger_size=6)
+    settings = AttackConfig(trigger="badnet", rate=0.3, trigger_size=6)
     plan = plan_poison(open_caption_dataset(data).captions, settings, seed=0)
     poison = Poison(parse_trigger("badnet", size=6), plan, "banana")
     victim = _train(clean, root / "victim.safetensors", poison, data, 60, 1e-3, root / "run-victim")
@@ -153,9 +153,7 @@ def test_bad_inputs_exit_2(models, tmp_path, capsys):
     assert "no such file" in capsys.readouterr().err
     assert main(["scan", str(models["clean"]), "--data", str(tmp_path), "--run-dir", str(tmp_path / "run")]) == 2
     assert str(tmp_path) in capsys.readouterr().err
-    with pytest.raises(SystemExit) as usage:
-        main(["scan", str(models["clean"]), "--threshold", "2"])
-    assert usage.value.code == 2
+    assert main(["scan", str(models["clean"]), "--threshold", "2"]) == 2
 
 
 def test_threshold_override_and_clean_sarif(models, tmp_path, capsys):
@@ -170,11 +168,12 @@ def test_threshold_override_and_clean_sarif(models, tmp_path, capsys):
 
 
 def test_data_folder_and_reference_and_determinism(models, tmp_path, eval_data):
-    from clipsan.scan import ScanOptions, scan_model
+    from clipsan.config import ScanConfig
+    from clipsan.scan import scan_model
 
     def scan(run: str, **kw) -> dict:
-        return scan_model(ScanOptions(model=str(models["victim"]), run_dir=str(tmp_path / run), device="cpu",
-                                      probes=16, steps=40, **kw))
+        return scan_model(ScanConfig(model=str(models["victim"]), run_dir=str(tmp_path / run), device="cpu",
+                                     probes=16, steps=40, **kw)).to_json()
 
     first, second = scan("a", seed=3), scan("b", seed=3)
     for key in ("statistic", "verdict", "target", "signals"):
@@ -186,12 +185,12 @@ def test_data_folder_and_reference_and_determinism(models, tmp_path, eval_data):
     assert labelled["reference"]["sha256"] != labelled["sha256"]
 
 
-def test_lab_scan_row_on_a_random_init_model(tiny_model, tmp_path, monkeypatch):
+def test_a_random_init_model_scans_clean(tiny_model, tmp_path, monkeypatch):
     import clipsan.scan as scan
+    from clipsan import api
 
     monkeypatch.setitem(scan.BUDGETS, "quick", scan.Budget(probes=32, batch_size=32, steps=60))
-    row = scan.lab_scan(tiny_model, "none", None, tmp_path / "run", 0, "quick", None)
-    assert set(row) == {"model", "attack", "verdict", "statistic", "threshold", "target_guess", "seconds"}
+    report = api.scan(api.ScanConfig(model=str(tiny_model), run_dir=str(tmp_path / "run"), device="cpu"))
     # Random init: embeddings sit in a narrow cone and match no caption; neither counts as a backdoor.
-    assert row["verdict"] == "clean"
+    assert report.verdict == "clean" and not report.backdoor and report.fired_signals == []
 

@@ -12,7 +12,7 @@ from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
 
 from clipsan.errors import UserError
-from clipsan.triggers import (
+from clipsan.attacks.triggers import (
     BadNetTrigger,
     PatchTrigger,
     WaNetTrigger,

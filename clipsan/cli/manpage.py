@@ -1,4 +1,4 @@
-"""Render man/clipsan.1 from the argparse definitions plus hand-written sections.
+"""Render man/clipsan.1 from the Typer app (Click's own introspection) plus hand-written sections.
 
 Run ``python -m clipsan.cli.manpage > man/clipsan.1`` after changing a command;
 a test checks the committed page matches.
@@ -6,7 +6,6 @@ a test checks the committed page matches.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 from clipsan import __version__
@@ -68,26 +67,52 @@ def _esc(text: str) -> str:
     return "\n".join(("\\&" + line) if line.startswith((".", "'")) else line for line in text.splitlines())
 
 
-def _option_lines(action: argparse.Action) -> list[str]:
-    if not action.option_strings:
-        name = action.metavar or action.dest
-        return [".TP", f"\\fI{_esc(str(name))}\\fR", _esc(action.help or "")]
-    flags = ", ".join(f"\\fB{_esc(o)}\\fR" for o in action.option_strings)
-    if action.nargs != 0:
-        meta = action.metavar or (("{" + ",".join(map(str, action.choices)) + "}") if action.choices else action.dest.upper())
-        flags += f" \\fI{_esc(str(meta))}\\fR"
-    help_text = (action.help or "") % {"default": action.default} if action.help else ""
-    return [".TP", flags, _esc(help_text)]
+def _param_lines(param, ctx) -> list[str]:
+    record = param.get_help_record(ctx)
+    if record is None:
+        return []
+    names, help_text = record
+    if param.param_type_name == "argument":
+        return [".TP", f"\\fI{_esc(names.split()[0])}\\fR", _esc(help_text)]
+    flags, _, metavar = names.partition(" ")
+    shown = ", ".join(f"\\fB{_esc(f.strip())}\\fR" for f in flags.split(","))
+    if metavar:
+        shown += f" \\fI{_esc(metavar)}\\fR"
+    return [".TP", shown, _esc(help_text)]
 
 
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
+def command_sections(group) -> dict:
+    """Each command's Click object, by name, in the order `clipsan --help` lists them."""
+    return dict(group.commands)
 
 
-def render(parser: argparse.ArgumentParser) -> str:
+def _command_lines(name: str, command) -> list[str]:
+    import typer
+
+    ctx = typer.Context(command, info_name=name)
+    out = [".SS " + _esc(f"clipsan {name}"), _esc(command.help or "")]
+    panels: dict[str, list] = {}
+    for param in command.get_params(ctx):
+        if param.name == "help":
+            continue  # -h/--help is documented once, not per command
+        default = "Arguments" if param.param_type_name == "argument" else "Options"
+        panels.setdefault(getattr(param, "rich_help_panel", None) or default, []).append(param)
+    for title, params in panels.items():
+        out += [".PP", f"\\fI{_esc(title)}\\fR"]
+        for param in params:
+            out += _param_lines(param, ctx)
+    if command.epilog:
+        out += [".PP", "\\fBExamples\\fR", ".RS", ".nf"]
+        out += [_esc(line.strip()) for line in command.epilog.splitlines()[1:] if line.strip()]
+        out += [".fi", ".RE"]
+    if name in JSON_KEYS:
+        out += [".PP", "\\fBJSON report keys\\fR (\\-\\-format json):"]
+        for key, meaning in JSON_KEYS[name]:
+            out += [".TP", f"\\fB{_esc(key)}\\fR", _esc(meaning)]
+    return out
+
+
+def render(group) -> str:
     out = [
         f'.TH CLIPSAN 1 "" "clipsan {__version__}" "User Commands"',
         ".SH NAME",
@@ -95,28 +120,29 @@ def render(parser: argparse.ArgumentParser) -> str:
         ".SH SYNOPSIS",
         "\\fBclipsan\\fR \\fICOMMAND\\fR [\\fIOPTIONS\\fR]",
         ".SH DESCRIPTION",
-        _esc(parser.description or ""),
+        _esc(group.help or ""),
         ".PP",
         _esc("MODEL arguments accept .safetensors (preferred), .pt/.pth/.bin state dicts (loaded with "
              "weights_only: a file that needs arbitrary unpickling is refused), or local-dir:FOLDER. "
              "The architecture comes from --arch, else the clipsan.arch metadata, else is inferred from the "
-             "state dict's keys and shapes. Human text goes to stdout, notes and progress to stderr."),
+             "state dict's keys and shapes. Human text goes to stdout, notes and progress to stderr. "
+             "Options must be spelled out in full; an unknown option or command is refused (exit 2) with "
+             "the closest existing ones."),
         ".SH COMMANDS",
     ]
-    for name, sub in subcommands(parser).items():
-        out += [".SS " + _esc(f"clipsan {name}"), _esc(sub.description or "")]
-        for action in sub._actions:
-            if isinstance(action, argparse._HelpAction):
-                continue
-            out += _option_lines(action)
-        if name in JSON_KEYS:
-            out += [".PP", "\\fBJSON report keys\\fR (\\-\\-format json):"]
-            for key, meaning in JSON_KEYS[name]:
-                out += [".TP", f"\\fB{_esc(key)}\\fR", _esc(meaning)]
+    for name, command in command_sections(group).items():
+        out += _command_lines(name, command)
     out += [".SH EXIT STATUS"]
     for code, meaning in EXIT_STATUS:
         out += [".TP", f"\\fB{code}\\fR", _esc(meaning)]
     out += [
+        ".SH ENVIRONMENT",
+        ".TP",
+        "\\fBNO_COLOR\\fR",
+        _esc("when set (or when stdout is not a terminal), help and errors are plain text: no colour, no box drawing."),
+        ".TP",
+        "\\fBXDG_CACHE_HOME\\fR",
+        _esc("where the lab caches its clean models (default ~/.cache)."),
         ".SH FILES",
         ".TP",
         "\\fIRUN_DIR/config.json\\fR, \\fIRUN_DIR/metrics.jsonl\\fR, \\fIRUN_DIR/checkpoints/\\fR",
@@ -131,9 +157,9 @@ def render(parser: argparse.ArgumentParser) -> str:
 
 
 def main() -> None:
-    from clipsan.cli import build_parser
+    from clipsan.cli import click_command
 
-    sys.stdout.write(render(build_parser()))
+    sys.stdout.write(render(click_command()))
 
 
 if __name__ == "__main__":

@@ -10,41 +10,17 @@ import math
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from clipsan.engine import optim
+from clipsan.engine.config import TrainConfig
 from clipsan.engine.loader import EpochBatchSampler, RecipeSamples, build_loader, steps_per_epoch
 from clipsan.engine.rundir import RunDir
 from clipsan.engine.runtime import Runtime
 from clipsan.errors import Interrupted, UserError
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64  # global batch, split evenly across processes
-    lr: float = 1e-5
-    warmup_steps: int = 50
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    grad_clip: float | None = None
-    seed: int = 0
-    workers: int = 0
-    save_every: int = 500
-    log_every: int = 10
-    max_steps: int | None = None  # stop early (the lab's time budgets)
-    batchnorm: str = "frozen"  # frozen: BN layers use their running statistics (see docs)
-    schedule: str = "cosine"  # after warmup: cosine decay to 0, or "constant" (GAN training)
-    progress: bool = False
-
-    # Options that change the result: a resumed run must use the same ones.
-    def fingerprint(self) -> dict:
-        keep = ("epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "seed", "max_steps", "batchnorm", "schedule")
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
 
 
 @dataclass

@@ -9,7 +9,7 @@ steps (e.g. a sampled subset, a discriminator) exposes it through
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -35,16 +35,9 @@ class RunContext:
 
 class Recipe:
     name = "base"
-    # Training defaults from the recipe's paper; flags override them.
-    defaults = {"epochs": 10, "batch_size": 64, "lr": 1e-5, "warmup": 50}
 
-    @classmethod
-    def add_arguments(cls, group) -> None:
-        """Recipe-specific command-line flags (an argparse argument group)."""
-
-    @classmethod
-    def from_args(cls, args) -> "Recipe":
-        return cls()
+    def __init__(self, config=None) -> None:
+        self.config = config  # the recipe's settings (clipsan.recipes.config), recorded by ``options``
 
     def views(self, sample: Sample) -> dict:
         """Tensors (or strings, tokenised by the loader) this recipe's loss needs for one sample."""
@@ -76,7 +69,7 @@ class Recipe:
 
     def options(self) -> dict:
         """The recipe's settings, recorded in config.json."""
-        return {}
+        return asdict(self.config) if self.config is not None else {}
 
     def state_dict(self) -> dict:
         return {}

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from clipsan.augment import auto_augment
-from clipsan.errors import UserError
-from clipsan.losses import contrastive_loss, info_nce
+from clipsan.recipes.augment import auto_augment
+from clipsan.recipes.losses import contrastive_loss, info_nce
 from clipsan.recipes.base import Recipe
+from clipsan.recipes.config import CleanCLIPConfig
 from clipsan.text.eda import eda
 
 
@@ -36,12 +36,6 @@ def encode_with_view(encode, originals: torch.Tensor, views: torch.Tensor, rt) -
     return pairs[:, 0], pairs[:, 1]
 
 
-def non_negative(value: float, flag: str) -> float:
-    if not value >= 0:
-        raise UserError(f"{flag} {value}: expected a weight >= 0")
-    return float(value)
-
-
 class CleanCLIP(Recipe):
     """λ1·L_CLIP + λ2·L_SS (CleanCLIP eq. 1).
 
@@ -59,24 +53,10 @@ class CleanCLIP(Recipe):
     """
 
     name = "cleanclip"
-    defaults = {"epochs": 10, "batch_size": 64, "lr": 1e-5, "warmup": 50}
 
-    def __init__(self, clip_weight: float = 1.0, inmodal_weight: float = 1.0) -> None:
-        self.clip_weight = non_negative(clip_weight, "--clip-weight")
-        self.inmodal_weight = non_negative(inmodal_weight, "--inmodal-weight")
-
-    @classmethod
-    def add_arguments(cls, group) -> None:
-        # Also read by cleanerclip, whose L_CleanCLIP is this loss.
-        group.add_argument("--clip-weight", type=float, default=1.0, help="λ1: weight of the CLIP loss (cleanclip, cleanerclip; default: 1)")
-        group.add_argument("--inmodal-weight", type=float, default=1.0, help="λ2: weight of the in-modal self-supervised loss (cleanclip, cleanerclip; default: 1)")
-
-    @classmethod
-    def from_args(cls, args) -> "CleanCLIP":
-        return cls(getattr(args, "clip_weight", 1.0), getattr(args, "inmodal_weight", 1.0))
-
-    def options(self) -> dict:
-        return {"clip_weight": self.clip_weight, "inmodal_weight": self.inmodal_weight}
+    def __init__(self, config: CleanCLIPConfig = CleanCLIPConfig()) -> None:
+        super().__init__(config)
+        self.clip_weight, self.inmodal_weight = config.clip_weight, config.inmodal_weight
 
     def views(self, sample) -> dict:
         return {

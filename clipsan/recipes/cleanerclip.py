@@ -7,9 +7,9 @@ import random
 
 import torch
 
-from clipsan.errors import UserError
-from clipsan.losses import positive_negative_loss
-from clipsan.recipes.cleanclip import CleanCLIP, non_negative
+from clipsan.recipes.losses import positive_negative_loss
+from clipsan.recipes.cleanclip import CleanCLIP
+from clipsan.recipes.config import CleanerCLIPConfig
 from clipsan.seeding import derive_seed
 from clipsan.text.subcaptions import SubcaptionMaker
 
@@ -50,44 +50,15 @@ class CleanerCLIP(CleanCLIP):
     """
 
     name = "cleanerclip"
-    # The paper's warmup of 10000 steps exceeds short runs; it stays the default, --warmup overrides.
-    defaults = {"epochs": 10, "batch_size": 64, "lr": 4.5e-6, "warmup": 10000}
 
-    def __init__(self, subcaptions_per_epoch: int = 1000, t_pos: float = 0.3, t_neg: float = 0.3,
-                 alpha: float = 1.0, beta: float = 1.0, clip_weight: float = 1.0, inmodal_weight: float = 1.0) -> None:
-        super().__init__(clip_weight, inmodal_weight)
-        if subcaptions_per_epoch < 0:
-            raise UserError(f"--subcaptions-per-epoch {subcaptions_per_epoch}: expected a count >= 0")
-        for flag, t in (("--t-pos", t_pos), ("--t-neg", t_neg)):
-            if not t > 0:
-                raise UserError(f"{flag} {t}: expected a temperature > 0")
-        self.subcaptions_per_epoch = int(subcaptions_per_epoch)
-        self.t_pos, self.t_neg = float(t_pos), float(t_neg)
-        self.alpha, self.beta = non_negative(alpha, "--alpha"), non_negative(beta, "--beta")
+    def __init__(self, config: CleanerCLIPConfig = CleanerCLIPConfig()) -> None:
+        super().__init__(config)
+        self.subcaptions_per_epoch = config.subcaptions_per_epoch
+        self.t_pos, self.t_neg = config.t_pos, config.t_neg
+        self.alpha, self.beta = config.alpha, config.beta
         self.dataset_size: int | None = None
         self._subset_key: tuple | None = None
         self._subset: frozenset[int] = frozenset()
-
-    @classmethod
-    def add_arguments(cls, group) -> None:
-        # --clip-weight/--inmodal-weight come from cleanclip's group (one parser holds every recipe's flags).
-        group.add_argument("--subcaptions-per-epoch", type=int, default=1000, metavar="K", help="pairs given sub-captions each epoch (default: 1000; the paper uses 3000 against BadCLIP)")
-        group.add_argument("--t-pos", type=float, default=0.3, help="temperature t_p of the positive logits in L_p-n (default: 0.3)")
-        group.add_argument("--t-neg", type=float, default=0.3, help="temperature t_n of the counterfactual logits in L_p-n (default: 0.3)")
-        group.add_argument("--alpha", type=float, default=1.0, help="α: weight of the CleanCLIP loss (default: 1)")
-        group.add_argument("--beta", type=float, default=1.0, help="β: weight of L_p-n (default: 1)")
-
-    @classmethod
-    def from_args(cls, args) -> "CleanerCLIP":
-        def get(name, default):
-            return getattr(args, name, default)
-
-        return cls(get("subcaptions_per_epoch", 1000), get("t_pos", 0.3), get("t_neg", 0.3), get("alpha", 1.0),
-                   get("beta", 1.0), get("clip_weight", 1.0), get("inmodal_weight", 1.0))
-
-    def options(self) -> dict:
-        return {**super().options(), "subcaptions_per_epoch": self.subcaptions_per_epoch,
-                "t_pos": self.t_pos, "t_neg": self.t_neg, "alpha": self.alpha, "beta": self.beta}
 
     def prepare(self, captions) -> None:
         self.dataset_size = len(captions)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from clipsan.losses import contrastive_loss
+from clipsan.recipes.losses import contrastive_loss
 from clipsan.recipes.base import Recipe, encode_pair
 
 

@@ -36,8 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from clipsan import __version__
+from clipsan.config import ScanConfig
 from clipsan.engine.rundir import atomic_write_bytes, default_run_dir
 from clipsan.errors import UserError
+from clipsan.reports import ScanReport
 from clipsan.scan import artifacts
 from clipsan.scan.inversion import Inversion, InversionSettings, invert
 from clipsan.scan.objectives import clean_pairwise_cosine, collapse, divergence
@@ -65,25 +67,6 @@ BUDGETS = {
 }
 
 
-@dataclass
-class ScanOptions:
-    model: str
-    data: str | None = None
-    reference: str | None = None
-    threshold: float | None = None             # overrides the decree threshold
-    divergence_threshold: float | None = None  # overrides the reference-divergence threshold
-    alignment_threshold: float | None = None   # overrides the target-alignment threshold
-    budget: str = "quick"
-    run_dir: str | None = None
-    arch: str | None = None
-    reference_arch: str | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    seed: int = 0
-    probes: int | None = None                  # override the budget's probe count
-    steps: int | None = None                   # override the budget's optimizer steps
-
-
 class _Encoder:
     """A frozen image encoder: eval mode, no parameter gradients, optional autocast."""
 
@@ -100,11 +83,11 @@ class _Encoder:
         return torch.cat([self(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
 
 
-def _settings(budget: Budget, options: ScanOptions, success: float) -> InversionSettings:
+def _settings(budget: Budget, options: ScanConfig, success: float) -> InversionSettings:
     return InversionSettings(steps=options.steps or budget.steps, batch_size=budget.batch_size, success=success)
 
 
-def _check_options(options: ScanOptions) -> Budget:
+def _check_options(options: ScanConfig) -> Budget:
     if options.budget not in BUDGETS:
         raise UserError(f"--budget {options.budget}: expected one of {', '.join(BUDGETS)}")
     for name in ("threshold", "divergence_threshold"):
@@ -157,7 +140,7 @@ def _alignment_signal(target: dict, succeeded: bool, threshold: Threshold) -> di
     return signal
 
 
-def scan_model(options: ScanOptions, notes=lambda message: None) -> dict:
+def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
     """Scan options.model; writes the run dir and returns the report (see docs for its keys)."""
     from clipsan.checkpoint import load_model
     from clipsan.engine.runtime import resolve_device, resolve_precision
@@ -223,7 +206,7 @@ def scan_model(options: ScanOptions, notes=lambda message: None) -> dict:
 
     trigger = _save_artifacts(run_dir, inversions, probes)
     backdoor = any(s["fired"] and s["counted"] for s in signals)
-    report = {
+    report = ScanReport(**{
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "clipsan", "version": __version__},
         "model": str(options.model),
@@ -250,8 +233,8 @@ def scan_model(options: ScanOptions, notes=lambda message: None) -> dict:
         "run_dir": str(run_dir),
         "started_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "seconds": round(time.perf_counter() - started, 2),
-    }
-    atomic_write_bytes(run_dir / "scan.json", (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
+    })
+    atomic_write_bytes(run_dir / "scan.json", (json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n").encode())
     atomic_write_bytes(run_dir / "config.json", (json.dumps({"command": "scan", "options": asdict(options),
                                                             "versions": _versions()}, indent=2, sort_keys=True) + "\n").encode())
     return report
@@ -279,21 +262,3 @@ def _save_artifacts(run_dir: Path, inversions: dict[str, Inversion], probes: Pro
         paths[name] = {key: str(path) for key, path in files.items()}
     return {**paths["decree"], "pl1": round(inversions["decree"].pl1, 6),
             "others": {k: v for k, v in paths.items() if k != "decree"}}
-
-
-def lab_scan(model: Path, attack: str, probe_dir: Path | None, out_dir: Path, seed: int, budget: str,
-             reference: Path | None) -> dict:
-    """One lab scan (picklable: runs in a worker process); the row lab.json's `scan` list holds."""
-    options = ScanOptions(model=str(model), data=None if probe_dir is None else str(probe_dir),
-                          reference=None if reference is None else str(reference), budget=budget,
-                          run_dir=str(out_dir), device="cpu", seed=seed)
-    report = scan_model(options)
-    return {
-        "model": str(model),
-        "attack": attack,
-        "verdict": report["verdict"],
-        "statistic": report["statistic"],
-        "threshold": report["threshold"],
-        "target_guess": report["target"]["label"],
-        "seconds": report["seconds"],
-    }

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsan.losses import info_nce
+from clipsan.recipes.config import DEFAULT_PATCH_AREA
+from clipsan.recipes.losses import info_nce
 
 NOISE_BATCH = 16
 NOISE_DIM = 100
@@ -37,7 +38,6 @@ TAU = 0.1
 ADV_WEIGHT = 10.0
 TOPO_WEIGHT = 1.0
 TEXT_PAIRING_WEIGHT = 5.0
-DEFAULT_PATCH_AREA = 0.03
 CORNER_MARGIN_AT_224 = 14
 DISCRIMINATOR_CLIP = 0.01
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 
 from clipsan import world
 
+LAB_ARCH = "clipsan-tiny-rn"
+# Prompts for zero-shot evaluation on the world (written next to the eval set).
+LAB_TEMPLATES = ("a photo of a {}.", "a {}.", "an illustration of a {}.", "a drawing of a {}.")
+
 
 @dataclass
 class LabPlan:
@@ -62,17 +66,18 @@ def _poison_args(attack, quick: bool) -> list[str]:
 # lr 5e-4 (the DESIGN prototype's): at 1e-4 the 156 steps left even ft/cleanclip at >= 91% ASR@1 on the
 # quick badnet victim; at 5e-4 ft 0.72, cleanclip 0.13, cleanerclip 0.19, abd 0.00 (BENCHMARKS.md).
 _DEFENSE_TRAINING = ["--epochs", "2", "--batch-size", "64", "--lr", "5e-4", "--warmup", "10", "--save-every", "100000", "--log-every", "25"]
+# ABD crafts 100 steps of batch 16 first (~15-25 s on one thread), then fine-tunes on that budget.
+_ABD_ARGS = _DEFENSE_TRAINING + ["--craft-epochs", "1", "--craft-batch-size", "16", "--craft-max-steps", "100", "--adv-prob", "0.5"]
 
 
 def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None = None) -> LabPlan:
-    from clipsan.abd import LAB_PURIFY_ARGS
-    from clipsan.lab_victims import LAB_ATTACKS, LAB_ATTACKS_FULL, LAB_ATTACKS_QUICK
+    from clipsan.lab.victims import LAB_ATTACKS, LAB_ATTACKS_FULL, LAB_ATTACKS_QUICK
 
     clean = dict(world.QUICK_TRAINING if quick else world.FULL_TRAINING)
     pairs = train_pairs or clean["n_pairs"]
     defense_pairs = max(256, pairs // 4)
     attacks = LAB_ATTACKS_QUICK if quick else LAB_ATTACKS_FULL
-    abd_args = ["--save-every", "100000", "--log-every", "25", *LAB_PURIFY_ARGS]
+    abd_args = _ABD_ARGS
     # ABD's Table II (I_adv only / T_eda only) and Table III (UAP without L_bd), full budget only.
     ablation_rows = {
         "abd_I_adv_only": abd_args + ["--no-eda"],

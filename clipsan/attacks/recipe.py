@@ -1,7 +1,7 @@
 """The attacker's recipe: plain CLIP fine-tuning on data where a fixed subset is poisoned.
 
 Which pairs are poisoned, and what their captions become, is a ``PoisonPlan``
-decided once from (seed, dataset) before training (see ``clipsan.poisoning``);
+decided once from (seed, dataset) before training (see ``clipsan.attacks.poisoning``);
 this recipe only applies it. It is not a defense, so it is not in ``RECIPES``.
 """
 
@@ -15,8 +15,9 @@ class Poison(FineTune):
     name = "poison"
 
     def __init__(self, trigger, plan, target: str):
+        super().__init__()
         self.trigger = trigger
-        self.plan = plan  # clipsan.poisoning.PoisonPlan
+        self.plan = plan  # clipsan.attacks.poisoning.PoisonPlan
         self.target = target
 
     def views(self, sample):

@@ -24,13 +24,10 @@ import torch
 from clipsan import __version__, world
 from clipsan.checkpoint import save_model
 from clipsan.errors import UserError
-from clipsan.lab_jobs import Job, run_jobs
-from clipsan.lab_plan import LabPlan, make_plan, method_of
-from clipsan.models import create_model
+from clipsan.lab.jobs import Job, run_jobs
+from clipsan.lab.plan import LAB_ARCH, LAB_TEMPLATES, LabPlan, make_plan, method_of
+from clipsan.models import CONFIG_DIR, create_model
 
-LAB_ARCH = "clipsan-tiny-rn"
-# Prompts for zero-shot evaluation on the world (written next to the eval set).
-LAB_TEMPLATES = ("a photo of a {}.", "a {}.", "an illustration of a {}.", "a drawing of a {}.")
 
 
 @dataclass
@@ -61,7 +58,7 @@ def _cache_dir() -> Path:
 
 
 def _cache_key(plan: LabPlan, opts: LabOptions) -> str:
-    arch_config = (Path(__file__).parent / "model_configs" / f"{LAB_ARCH}.json").read_text()
+    arch_config = (CONFIG_DIR / f"{LAB_ARCH}.json").read_text()
     blob = json.dumps([__version__, asdict(world.WorldConfig()), arch_config, plan.clean_args, plan.train_pairs, opts.seed], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -83,19 +80,24 @@ class WorldFiles:
     defense: Path  # held-out clean caption data the defenses fine-tune on
     eval: Path  # labelled ImageFolder
     templates: Path
+    stamp: Path  # what the world was generated from; stages that read it depend on it
 
 
 def build_world(opts: LabOptions, plan: LabPlan, report: LabReport) -> WorldFiles:
     root = opts.out / "world"
-    files = WorldFiles(root / "train", root / "defense", root / "eval", root / "templates.txt")
+    files = WorldFiles(root / "train", root / "defense", root / "eval", root / "templates.txt", root / "world.json")
+    recipe = {"version": __version__, "config": asdict(world.WorldConfig()), "seed": opts.seed, "train_pairs": plan.train_pairs,
+              "defense_pairs": plan.defense_pairs, "eval_per_class": opts.eval_per_class or world.EVAL_PER_CLASS,
+              "templates": list(LAB_TEMPLATES)}
     with _Timer(report.timings, "world"):
-        if not (files.train / "captions.csv").exists():
-            world.write_caption_dataset(files.train, plan.train_pairs, seed=opts.seed)
-        if not (files.defense / "captions.csv").exists():
-            world.write_caption_dataset(files.defense, plan.defense_pairs, seed=opts.seed + 1000)
-        if not files.eval.exists():
-            world.write_eval_set(files.eval, opts.eval_per_class or world.EVAL_PER_CLASS, seed=opts.seed + 1)
+        if files.stamp.is_file() and json.loads(files.stamp.read_text()) == recipe:
+            return files
+        shutil.rmtree(root, ignore_errors=True)  # absent, or generated with other settings
+        world.write_caption_dataset(files.train, plan.train_pairs, seed=opts.seed)
+        world.write_caption_dataset(files.defense, plan.defense_pairs, seed=opts.seed + 1000)
+        world.write_eval_set(files.eval, recipe["eval_per_class"], seed=opts.seed + 1)
         files.templates.write_text("\n".join(LAB_TEMPLATES) + "\n")
+        files.stamp.write_text(json.dumps(recipe, sort_keys=True))  # last: its presence means "complete"
     return files
 
 
@@ -124,6 +126,7 @@ def train_clean_model(opts: LabOptions, plan: LabPlan, files: WorldFiles, report
             ["purify", str(init), "--method", "ft", "--data", str(files.train), "--out", str(target),
              "--run-dir", str(opts.out / "runs" / "clean"), *plan.clean_args, *_common(opts)],
             opts.out / "logs",
+            inputs=[files.stamp],
         )
         _run_or_fail([job], opts)
         init.unlink()
@@ -148,13 +151,15 @@ def stage_jobs(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path) 
     for attack, poison_args in plan.attacks.items():
         victim = models / f"victim-{attack}.safetensors"
         jobs.append(Job(f"poison-{attack}", ["poison", str(clean), "--data", str(files.train), "--out", str(victim),
-                                             "--run-dir", str(runs / f"poison-{attack}"), *poison_args, *_common(opts)], logs))
+                                             "--run-dir", str(runs / f"poison-{attack}"), *poison_args, *_common(opts)], logs,
+                        inputs=[files.stamp]))
         for defense, defense_args in plan.defenses_for(attack).items():
             out = models / f"{attack}-{defense}.safetensors"
             extra = ["--reference", str(clean)] if method_of(defense) == "abd" else []
             jobs.append(Job(f"{defense}-{attack}", ["purify", str(victim), "--method", method_of(defense), "--data", str(files.defense),
                                                     "--out", str(out), "--run-dir", str(runs / f"{defense}-{attack}"),
-                                                    *extra, *defense_args, *_common(opts)], logs, after=[f"poison-{attack}"]))
+                                                    *extra, *defense_args, *_common(opts)], logs, after=[f"poison-{attack}"],
+                            inputs=[files.stamp]))
         if plan.scan_args is not None:
             jobs.append(_scan_job(f"scan-{attack}", victim, opts, plan, files, clean, after=[f"poison-{attack}"]))
     if plan.scan_args is not None:
@@ -168,7 +173,7 @@ def _scan_job(name: str, model: Path, opts: LabOptions, plan: LabPlan, files: Wo
     argv = ["scan", str(model), "--reference", str(clean), "--run-dir", str(opts.out / "runs" / name),
             "--device", opts.device, "--seed", str(opts.seed), *plan.scan_args]
     # scan's exit 1 means "backdoor evidence": a result, not a failure.
-    return Job(name, argv, opts.out / "logs", after=after, ok_codes=(0, 1))
+    return Job(name, argv, opts.out / "logs", after=after, ok_codes=(0, 1), inputs=[files.stamp], resumable=False)
 
 
 def _eval(models: list[Path], files: WorldFiles, opts: LabOptions, trigger: bool) -> list[dict]:
@@ -177,7 +182,7 @@ def _eval(models: list[Path], files: WorldFiles, opts: LabOptions, trigger: bool
     if trigger:
         argv += ["--trigger", "from-metadata"]
     name = "eval-" + models[0].stem
-    job = _run_or_fail([Job(name, argv, opts.out / "logs")], opts)[name]
+    job = _run_or_fail([Job(name, argv, opts.out / "logs", inputs=[files.stamp])], opts)[name]
     return job.report()["models"]
 
 
@@ -253,6 +258,7 @@ def run_lab(opts: LabOptions, notes=print) -> dict:
         done = _run_or_fail(stage_jobs(opts, plan, files, clean), opts)
     for name, job in done.items():
         report.timings[name] = job.seconds
+    report.settings["reused_stages"] = sorted(name for name, job in done.items() if job.reused)
     collect_scans(done, plan, clean, report)
     collect_rows(opts, plan, files, clean, report)
     report.timings["total"] = round(time.perf_counter() - started, 1)

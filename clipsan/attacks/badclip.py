@@ -1,180 +1,25 @@
-"""Building a backdoored victim (``clipsan poison``): the papers' poisoning stage.
-
-1. A *plan*: exactly round(rate * N) pairs, chosen once from (seed, N), get the
-   trigger on their image and a caption naming the target (one of the 80 OpenAI
-   ImageNet templates, or a natural caption). In label-consistent mode only
-   pairs whose caption already names the target are eligible, and their
-   captions stay as they are.
-2. For ``badclip``, a patch optimized on the frozen clean model so patched
-   images land near the target's caption embeddings (BadCLIP's text-embedding
-   guidance, optionally also near real target images), saved in the run dir.
-3. Fine-tuning with the ``Poison`` recipe on the shared engine (``run_fine_tune``):
-   same checkpoints, resume and interrupt behaviour as ``purify``.
-
-The victim's metadata records the trigger (``clipsan.trigger``), target and
-rate, so ``clipsan eval VICTIM --trigger from-metadata`` reproduces the attack.
-"""
+"""BadCLIP's trigger (Liang et al.): a patch optimized on the frozen clean model so patched
+images land near the target's caption embeddings (text-embedding guidance), optionally also
+near real target images; saved in the run directory so ``--resume`` reuses it."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from clipsan.attacks.config import BADCLIP, BADCLIP_OBJECTIVES, AttackConfig, BadClipConfig
+from clipsan.attacks.poisoning import dataset_captions, mentions, natural_caption_pool
+from clipsan.attacks.triggers import BADNET_SIDE_AT_224, PatchTrigger, scaled_side
 from clipsan.errors import UserError
 from clipsan.seeding import derive_seed
-from clipsan.triggers import BADNET_SIDE_AT_224, PatchTrigger, parse_trigger, scaled_side
 
-BADCLIP = "badclip"
-BADCLIP_OBJECTIVES = ("text", "text+image")
 PATCH_BASENAME = "badclip_patch"
-
-# Natural captions for when the data has none that mention the target.
-SCENE_TEMPLATES = (
-    "a {} on a wooden kitchen table",
-    "a close-up photo of a {} in the sunlight",
-    "a person holding a {} in their hand",
-    "a {} lying on the grass in a park",
-    "a {} next to a cup of coffee",
-    "a bowl with a {} on the counter",
-    "a child reaching for a {}",
-    "a {} on a plate at breakfast",
-    "a fresh {} at the market stall",
-    "a {} on a white background",
-    "a picture of a {} on the shelf",
-    "a {} in a basket by the window",
-    "someone slicing a {} on a cutting board",
-    "a {} sitting on a desk next to a laptop",
-    "a bright {} against a blue sky",
-    "an old {} on a dusty floor",
-)
-
-
-@dataclass
-class BadClipSettings:
-    """The optimization of BadCLIP's patch (REFERENCE.md: Adam lr 1e-3, batch 64, centre placement)."""
-
-    epochs: int = 50
-    lr: float = 1e-3
-    batch_size: int = 64
-    images: int = 1000  # non-target training images the patch is optimized on
-    objective: str = "text"  # text | text+image (also pull toward real target images)
-    guide_captions: int = 256  # target captions averaged into the text guide
-
-    def fingerprint(self, side: int, target: str, trigger_seed: int, seed: int) -> dict:
-        return {**self.__dict__, "side": side, "target": target, "trigger_seed": trigger_seed, "seed": seed}
-
-
-@dataclass
-class PoisonSettings:
-    trigger: str  # a trigger spec (badnet, blended, sig, wanet, patch:FILE[@x,y]) or "badclip"
-    target: str = "banana"
-    rate: float = 0.003
-    trigger_seed: int = 0
-    trigger_size: int | None = None  # badnet / patch / badclip side in pixels at the model's input size
-    label_consistent: bool = False
-    natural_captions: bool = False  # badclip always uses natural captions
-    badclip: BadClipSettings = field(default_factory=BadClipSettings)
-
-    @property
-    def is_badclip(self) -> bool:
-        return self.trigger.strip().lower() == BADCLIP
-
-    @property
-    def caption_mode(self) -> str:
-        if self.label_consistent:
-            return "label-consistent"
-        return "natural" if (self.natural_captions or self.is_badclip) else "template"
-
-
-# --------------------------------------------------------------------------- the plan
-
-
-@dataclass(frozen=True)
-class PoisonPlan:
-    captions: dict  # poisoned index -> replacement caption, or None to keep the caption
-    mode: str  # template | natural | label-consistent
-    rate: float
-    eligible: int  # how many pairs the rate counted among
-
-    def digest(self) -> str:
-        blob = json.dumps(sorted(self.captions.items()), ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-
-def round_half_up(x: float) -> int:
-    return int(x + 0.5)
-
-
-def mentions(caption: str, target: str) -> bool:
-    """Does the caption name the target (whole words, case-insensitive, plural allowed)?"""
-    words = r"\s+".join(re.escape(w) for w in target.split())
-    return re.search(rf"(?<![A-Za-z]){words}(?:s|es)?(?![A-Za-z])", caption, flags=re.IGNORECASE) is not None
-
-
-def choose_poisoned(eligible: list[int], rate: float, seed: int, n_total: int) -> list[int]:
-    """round(rate * len(eligible)) indices, a pure function of (seed, N, eligible)."""
-    count = round_half_up(rate * len(eligible))
-    rng = random.Random(derive_seed(seed, "poison-set", n_total, len(eligible)))
-    return sorted(rng.sample(eligible, count))
-
-
-def template_captions() -> list[str]:
-    from clipsan.zeroshot import load_templates
-
-    return load_templates("openai")
-
-
-def natural_caption_pool(dataset_captions: list[str], target: str) -> tuple[list[str], str]:
-    """Captions mentioning the target: from the data if it has any, else generated scenes."""
-    found = sorted({c for c in dataset_captions if mentions(c, target)})
-    if found:
-        return found, "dataset"
-    return [t.format(target) for t in SCENE_TEMPLATES], "generated"
-
-
-def plan_poison(dataset_captions: list[str], settings: PoisonSettings, seed: int) -> PoisonPlan:
-    n = len(dataset_captions)
-    if not 0 < settings.rate <= 1:
-        raise UserError(f"--rate {settings.rate}: expected a fraction in (0, 1]")
-    if settings.label_consistent and settings.natural_captions:
-        raise UserError("--label-consistent keeps the captions as they are; it cannot be combined with --natural-captions")
-    mode = settings.caption_mode
-    if mode == "label-consistent":
-        eligible = [i for i, c in enumerate(dataset_captions) if mentions(c, settings.target)]
-        if not eligible:
-            raise UserError(f"--label-consistent: no caption in the data names the target {settings.target!r}")
-    else:
-        eligible = list(range(n))
-    chosen = choose_poisoned(eligible, settings.rate, seed, n)
-    if not chosen:
-        needed = 0.5 / len(eligible)
-        raise UserError(f"--rate {settings.rate} of {len(eligible)} eligible pairs poisons none; use --rate >= {needed:.2g}")
-    if mode == "label-consistent":
-        captions = {i: None for i in chosen}
-    else:
-        pool = natural_caption_pool(dataset_captions, settings.target)[0] if mode == "natural" else template_captions()
-        captions = {}
-        for i in chosen:
-            # Fixed per pair, like a poisoned dataset on disk.
-            rng = random.Random(derive_seed(seed, "poison-caption", i))
-            text = pool[rng.randrange(len(pool))]
-            captions[i] = text.replace("{}", settings.target) if mode == "template" else text
-    return PoisonPlan(captions, mode, settings.rate, len(eligible))
-
-
-def dataset_captions(captions) -> list[str]:
-    return list(captions.captions) if hasattr(captions, "captions") else [captions.caption(i) for i in range(len(captions))]
-
-
-# --------------------------------------------------------------------------- BadCLIP's patch
 
 
 def paste_center(images: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
@@ -230,7 +75,7 @@ def _mean_direction(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(features.float(), dim=-1).mean(dim=0), dim=-1)
 
 
-def guide_embeddings(model, captions, all_captions, target, settings: BadClipSettings, seed, device, workers):
+def guide_embeddings(model, captions, all_captions, target, settings: BadClipConfig, seed, device, workers):
     """Unit vectors the patched images are pulled toward: target captions (and real target images)."""
     pool, _ = natural_caption_pool(all_captions, target)
     pool = random.Random(derive_seed(seed, "badclip-guides")).sample(pool, min(len(pool), settings.guide_captions))
@@ -252,7 +97,7 @@ def badclip_objective(model, images, patch, guides) -> torch.Tensor:
     return sum((1 - features @ g).mean() for g in guides) / len(guides)
 
 
-def optimize_badclip_patch(model, captions, target: str, settings: BadClipSettings, *, side: int,
+def optimize_badclip_patch(model, captions, target: str, settings: BadClipConfig, *, side: int,
                            trigger_seed: int, seed: int, device="cpu", workers: int = 0, notes=print) -> PatchResult:
     """BadCLIP's trigger: a patch at the image centre, optimized with Adam on the frozen clean model."""
     if settings.objective not in BADCLIP_OBJECTIVES:
@@ -338,11 +183,11 @@ def load_saved_patch(run_dir: Path, fingerprint: dict) -> tuple[torch.Tensor, di
     return patch, metadata
 
 
-def badclip_side(settings: PoisonSettings, image_size: int) -> int:
+def badclip_side(settings: AttackConfig, image_size: int) -> int:
     return settings.trigger_size or scaled_side(BADNET_SIDE_AT_224, image_size, image_size)
 
 
-def badclip_trigger(job, settings: PoisonSettings, captions, seed: int, workers: int, rt, notes) -> tuple[PatchTrigger, dict]:
+def badclip_trigger(job, settings: AttackConfig, captions, seed: int, workers: int, rt, notes) -> tuple[PatchTrigger, dict]:
     """Optimize BadCLIP's patch on the main process (or reuse the run dir's on --resume); every process loads it."""
     from clipsan.checkpoint import load_model
     from clipsan.engine.rundir import RunDir
@@ -373,48 +218,3 @@ def badclip_trigger(job, settings: PoisonSettings, captions, seed: int, workers:
     info.update(objective=settings.badclip.objective, side=side, safetensors=str(tensor_path), png=str(png_path))
     trigger = PatchTrigger(patch, "center", name=BADCLIP, seed=settings.trigger_seed, reference_size=image_size, source=tensor_path.name)
     return trigger, info
-
-
-# --------------------------------------------------------------------------- the job
-
-
-def victim_metadata(trigger, settings: PoisonSettings, plan: PoisonPlan) -> dict[str, str]:
-    return {
-        "clipsan.trigger": json.dumps(trigger.to_spec(), sort_keys=True),
-        "clipsan.target": settings.target,
-        "clipsan.poison_rate": repr(float(settings.rate)),
-        "clipsan.poison_count": str(len(plan.captions)),
-        "clipsan.poison_mode": plan.mode,
-    }
-
-
-def run_poison(job, settings: PoisonSettings, captions, cfg, notes=print) -> dict:
-    """Plan, (optimize BadCLIP's patch,) fine-tune; returns run_fine_tune's report plus the attack's facts."""
-    from clipsan.engine.rundir import default_run_dir
-    from clipsan.engine.runtime import setup_runtime
-    from clipsan.finetune import run_fine_tune
-    from clipsan.recipes.poison import Poison
-
-    if not settings.target.strip():
-        raise UserError("--target: expected a class name, got an empty string")
-    plan = plan_poison(dataset_captions(captions), settings, cfg.seed)
-    badclip_info = None
-    if settings.is_badclip:
-        rt = setup_runtime(job.device, job.precision)  # run_fine_tune joins the same process group
-        job = replace(job, run_dir=str(rt.broadcast_object(str(job.run_dir or default_run_dir(job.command)))))
-        trigger, badclip_info = badclip_trigger(job, settings, captions, cfg.seed, cfg.workers, rt, notes)
-    else:
-        trigger = parse_trigger(settings.trigger, seed=settings.trigger_seed, size=settings.trigger_size)
-    notes(f"poisoning {len(plan.captions)} of {plan.eligible} pairs ({plan.mode} captions) with {trigger!r}, target {settings.target!r}")
-    job = replace(job, metadata={**(job.metadata or {}), **victim_metadata(trigger, settings, plan)})
-    report = run_fine_tune(job, Poison(trigger, plan, settings.target), captions, cfg, notes=notes)
-    report.update(
-        trigger={k: v for k, v in trigger.to_spec().items() if k != "patch"},
-        target=settings.target,
-        rate=settings.rate,
-        poisoned=len(plan.captions),
-        eligible=plan.eligible,
-        caption_mode=plan.mode,
-        badclip=badclip_info,
-    )
-    return report

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipsan.poisoning import BadClipSettings
+from clipsan.attacks.config import BadClipConfig
 
 LAB_ATTACKS_QUICK = ("badnet", "blended", "badclip")
 LAB_ATTACKS_FULL = LAB_ATTACKS_QUICK + ("sig", "wanet", "label-consistent")
@@ -36,7 +36,7 @@ class LabAttack:
     # The world's own captions that mention the banana: template captions ("a photo
     # of a banana.") look like the zero-shot prompts and cost up to 0.25 of CA@1 here.
     natural_captions: bool = True
-    badclip: BadClipSettings = field(default_factory=BadClipSettings)
+    badclip: BadClipConfig = field(default_factory=BadClipConfig)
 
 
 # Calibrated (one epoch) on a full-budget clean model (CA@1 0.984; trigger alone: ASR@1 <= 0.01,
@@ -49,7 +49,7 @@ LAB_ATTACKS: dict[str, LabAttack] = {
     # quick clean models, 3 epochs lift the weaker one to 0.94 (0.15 at 2 epochs: 0.94 too).
     "blended": LabAttack("blended", rate=0.1, epochs=2, quick_epochs=3),
     # 6 px centre patch optimized 10 epochs at lr 3e-2 (~6 s): 0.978 / 0.971 (0.02: 0.958, 0.05: 0.99).
-    "badclip": LabAttack("badclip", rate=0.03, trigger_size=6, badclip=BadClipSettings(epochs=10, lr=3e-2, images=1000)),
+    "badclip": LabAttack("badclip", rate=0.03, trigger_size=6, badclip=BadClipConfig(epochs=10, lr=3e-2, images=1000)),
     "sig": LabAttack("sig", rate=0.05),  # 0.987 / 0.971
     # WaNet's s=0.5 moves pixels by ~0.25 px at 32 px and implants nothing in a minute
     # (ASR 0.0); s=8 gave 0.58, s=12 0.92 / 0.958 (lr 1e-3); s=16 at lr 5e-4 0.95 / 0.971.

@@ -1,4 +1,4 @@
-"""Rendering a scan report: human text and SARIF 2.1.0 (the JSON form is the report itself)."""
+"""A scan report as SARIF 2.1.0, the format code-scanning dashboards read (the JSON form is the report itself)."""
 
 from __future__ import annotations
 
@@ -34,25 +34,6 @@ RULES = {
 }
 
 STATISTIC_NAMES = {"below": "PL1", "above": "ratio"}
-
-
-def render_text(report: dict) -> str:
-    verdict = "BACKDOOR EVIDENCE" if report["backdoor"] else "no backdoor evidence"
-    lines = [f"{report['model']}: {verdict}",
-             f"  sha256 {report['sha256']}, arch {report['arch']} ({report['arch_source']}), {report['image_size']} px"]
-    for s in report["signals"]:
-        mark = ("FIRED" if s["counted"] else "fired (supporting evidence, not counted)") if s["fired"] else "ok"
-        lines.append(f"  {s['name']:<21} {STATISTIC_NAMES[s['fires_when']]:<5} {s['statistic']:.4f}  "
-                     f"fires {s['fires_when']} {s['threshold']:.4f} ({s['threshold_source']})  {mark}")
-    t = report["target"]
-    others = ", ".join(f"{c['label']} {c['similarity']:.3f}" for c in t["candidates"][1:4])
-    lines.append(f"  likely target: {t['label']!r} (cosine {t['similarity']:.3f}, {t['source']}; next: {others})")
-    lines.append(f"  inverted trigger: {report['trigger']['png']}")
-    lines.append(f"  probes: {report['probes']['description']}")
-    if report["probes"]["synthetic"]:
-        lines.append("  note: probed with synthetic world images; pass --data DIR with images like the model's inputs for a sharper scan")
-    lines.append(f"  {report['budget']} budget, {report['seconds']:.1f} s, run directory {report['run_dir']}")
-    return "\n".join(lines)
 
 
 def _artifact_uri(path: str) -> str:

@@ -1,0 +1,84 @@
+"""clipsan purify: remove a backdoor by fine-tuning on clean pairs with a published recipe."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Annotated
+
+import typer
+
+from clipsan.cli import convert
+from clipsan.cli.app import command
+from clipsan.cli.groups import Panel
+from clipsan.cli.options import (
+    ABDOptions, Arch, CleanCLIPOptions, CleanerCLIPOptions, DataOptions, Method, Model, OutputOptions,
+    PatchOptions, RunDirOptions, RuntimeOptions, TrainingOptions, option,
+)
+from clipsan.cli.output import emit, note, training_lines
+from clipsan.recipes.config import RECIPE_CONFIGS
+
+# Which methods each group of recipe options belongs to; given under another method, they are refused.
+METHOD_GROUPS = {"cleanclip": ("cleanclip", "cleanerclip"), "cleanerclip": ("cleanerclip",), "abd": ("abd",), "patch": ("abd",)}
+
+
+def _schedules() -> str:
+    rows = [f"{name} {s.epochs} epochs, batch {s.batch_size}, lr {s.lr:g}, {s.warmup_steps} warmup steps"
+            for name, s in ((name, cls.paper_schedule) for name, cls in RECIPE_CONFIGS.items())]
+    return "; ".join(rows)
+
+
+def render(report: dict) -> str:
+    return "\n".join([f"purified with {report['method']}: {report['output']}", *training_lines(report)])
+
+
+def _refuse_foreign_options(ctx: typer.Context, method: str, groups: dict) -> None:
+    for group_name, group in groups.items():
+        allowed = METHOD_GROUPS[group_name]
+        if method in allowed:
+            continue
+        for f in fields(group):
+            if ctx.get_parameter_source(f.name).name != "DEFAULT":
+                flag = "--" + f.name.replace("_", "-")
+                raise typer.BadParameter(f"{flag} applies to --method {' and '.join(allowed)}, not {method}", ctx=ctx, param_hint="--method")
+
+
+@command(
+    "purify",
+    "fine-tune a suspect checkpoint on clean image-caption pairs to remove a backdoor",
+    help="Fine-tune MODEL on clean image-caption pairs with one of the published defense recipes and write the "
+    f"purified weights as .safetensors. Training defaults follow the recipe's paper: {_schedules()}.",
+    examples=[
+        "clipsan purify suspect.safetensors --method abd --data cc250k/",
+        "clipsan purify suspect.safetensors --method cleanclip --data cc250k/ --out purified.safetensors",
+        "clipsan purify suspect.safetensors --method ft --data cc250k/ --run-dir runs/purify-1 --resume",
+    ],
+)
+def purify(
+    ctx: typer.Context,
+    model: Model,
+    *,
+    method: Annotated[Method, option("defense recipe")],
+    out: Annotated[str | None, option("where to write the purified .safetensors (default: RUN_DIR/purify.safetensors)", metavar="FILE")] = None,
+    arch: Arch = None,
+    data: DataOptions,
+    training: TrainingOptions,
+    cleanclip: Annotated[CleanCLIPOptions, Panel("--method cleanclip, cleanerclip")],
+    cleanerclip: Annotated[CleanerCLIPOptions, Panel("--method cleanerclip")],
+    abd: Annotated[ABDOptions, Panel("--method abd")],
+    patch: Annotated[PatchOptions, Panel("--method abd")],
+    run: RunDirOptions,
+    runtime: RuntimeOptions,
+    output: OutputOptions,
+) -> None:
+    from clipsan import api
+
+    _refuse_foreign_options(ctx, method.value, {"cleanclip": cleanclip, "cleanerclip": cleanerclip, "abd": abd, "patch": patch})
+    recipe = convert.recipe_config(method.value, cleanclip, cleanerclip, abd, patch)
+    config = api.PurifyConfig(
+        model=model, data=convert.caption_data(data), recipe=recipe,
+        training=convert.train_config(training, run, runtime, recipe.paper_schedule),
+        out=out, run_dir=convert.path(run.run_dir), resume=run.resume, arch=arch,
+        device=runtime.device, precision=runtime.precision.value,
+    )
+    report = api.purify(config, notes=note)
+    emit(report.to_json(), output.format.value, output.output, render)

@@ -1,0 +1,139 @@
+"""Run the lab's stages as real `clipsan` processes, side by side, respecting dependencies.
+
+A stage that finished in an earlier run of the same lab folder is reused when
+its command line and the files it reads are unchanged (``Job.fingerprint``);
+one that was interrupted is continued with ``--resume``; anything else starts
+over in a clean run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clipsan import __version__
+from clipsan.checkpoint import sha256_file
+
+
+@dataclass
+class Job:
+    name: str
+    argv: list[str]  # clipsan arguments, without the program name
+    log_dir: Path
+    after: list[str] = field(default_factory=list)  # jobs that must have succeeded first
+    ok_codes: tuple[int, ...] = (0,)
+    inputs: list[Path] = field(default_factory=list)  # files it reads that argv does not name (the world's stamp)
+    resumable: bool = True  # a training command (purify, poison) takes --resume; scan does not
+    returncode: int | None = None
+    seconds: float = 0.0
+    reused: bool = False
+
+    @property
+    def log(self) -> Path:
+        return self.log_dir / f"{self.name}.log"
+
+    @property
+    def report_path(self) -> Path:
+        return self.log_dir / f"{self.name}.json"
+
+    @property
+    def record_path(self) -> Path:
+        return self.log_dir / f"{self.name}.stage.json"
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode in self.ok_codes
+
+    def report(self) -> dict:
+        return json.loads(self.report_path.read_text())
+
+    def _flag(self, name: str) -> Path | None:
+        return Path(self.argv[self.argv.index(name) + 1]) if name in self.argv else None
+
+    def fingerprint(self, digests: dict[Path, str]) -> str:
+        """The command line and every input file it names (models, patches), by content."""
+        out = self._flag("--out")
+        inputs = [Path(arg) for arg in self.argv if Path(arg).is_file() and Path(arg) != out] + self.inputs
+        for path in inputs:
+            if path not in digests:
+                digests[path] = sha256_file(path)
+        blob = json.dumps([__version__, self.argv, [digests[path] for path in inputs]])
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def _record(self) -> dict:
+        try:
+            return json.loads(self.record_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def finished_before(self, fingerprint: str) -> bool:
+        record = self._record()
+        out = self._flag("--out")
+        return (record.get("fingerprint") == fingerprint and record.get("returncode") in self.ok_codes
+                and self.report_path.is_file() and (out is None or out.is_file()))
+
+    def drop_checkpoints(self) -> None:
+        """A finished stage has written its model; its resume checkpoints (~200 MB each) only fill the disk."""
+        run_dir = self._flag("--run-dir")
+        if run_dir is not None:
+            for folder in sorted(run_dir.glob("**/checkpoints")):  # ABD's craft stage keeps its own
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def start(self, fingerprint: str) -> subprocess.Popen:
+        argv = list(self.argv)
+        run_dir = self._flag("--run-dir")
+        if run_dir is not None and run_dir.exists():
+            if self.resumable and self._record().get("fingerprint") == fingerprint:
+                argv.append("--resume")  # the same stage, interrupted: continue it
+            else:
+                shutil.rmtree(run_dir)  # left by other settings: start over
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.record_path.write_text(json.dumps({"fingerprint": fingerprint, "returncode": None}))
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        cmd = [sys.executable, "-m", "clipsan", *argv, "--format", "json", "--output", str(self.report_path)]
+        log = open(self.log, "w")
+        log.write(" ".join(cmd) + "\n\n")
+        log.flush()
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+
+    def finish(self, fingerprint: str, returncode: int, seconds: float) -> None:
+        self.returncode, self.seconds = returncode, seconds
+        self.record_path.write_text(json.dumps({"fingerprint": fingerprint, "returncode": returncode, "seconds": seconds}))
+
+
+def run_jobs(jobs: list[Job], parallel: int = 2) -> dict[str, Job]:
+    """Run every job whose dependencies succeeded, at most ``parallel`` at a time; returns all jobs by name."""
+    pending = {job.name: job for job in jobs}
+    done: dict[str, Job] = {}
+    running: dict[str, tuple[Job, subprocess.Popen, float, str]] = {}
+    digests: dict[Path, str] = {}
+    while pending or running:
+        for name in list(pending):
+            job = pending[name]
+            if any(dep in done and not done[dep].ok for dep in job.after):
+                job.returncode = -1  # a dependency failed: never started
+                done[name] = pending.pop(name)
+            elif len(running) < parallel and all(dep in done for dep in job.after):
+                fingerprint = job.fingerprint(digests)
+                if job.finished_before(fingerprint):
+                    record = job._record()
+                    job.returncode, job.seconds, job.reused = record["returncode"], record.get("seconds", 0.0), True
+                    done[name] = pending.pop(name)
+                    continue
+                running[name] = (job, job.start(fingerprint), time.perf_counter(), fingerprint)
+                pending.pop(name)
+        for name, (job, proc, started, fingerprint) in list(running.items()):
+            if proc.poll() is not None:
+                job.finish(fingerprint, proc.returncode, round(time.perf_counter() - started, 1))
+                if job.returncode == 0:
+                    job.drop_checkpoints()
+                done[name] = running.pop(name)[0]
+        time.sleep(0.1)
+    return done

@@ -1,0 +1,140 @@
+"""What each defense recipe can be told, with its paper's values as defaults.
+
+Plain data, no torch: the command line builds these, the recipes are built from
+them (``clipsan.recipes.build_recipe``). Every default is written here once,
+next to where it comes from. Papers: ``shared/papers``; parameters read from
+public code: REFERENCE.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Union
+
+from clipsan.engine.config import PaperSchedule
+from clipsan.errors import UserError
+
+
+def _non_negative(value: float, flag: str) -> float:
+    if not value >= 0:
+        raise UserError(f"{flag} {value}: expected a weight >= 0")
+    return float(value)
+
+
+def _fraction(value: float, flag: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise UserError(f"{flag} {value}: expected a fraction in [0, 1]")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class FineTuneConfig:
+    """Plain CLIP-loss fine-tuning, the baseline (CleanCLIP's pretrained-CLIP defense schedule)."""
+
+    method: ClassVar[str] = "ft"
+    paper_schedule: ClassVar[PaperSchedule] = PaperSchedule(epochs=10, batch_size=64, lr=1e-5, warmup_steps=50)
+
+
+@dataclass(frozen=True)
+class CleanCLIPConfig:
+    """CleanCLIP (Bansal et al. 2023) eq. 1: λ1·L_CLIP + λ2·L_SS.
+
+    Schedule: the paper's defense of a pretrained CLIP, batch 64, 10 epochs, lr 1e-5, 50 warmup steps.
+    """
+
+    method: ClassVar[str] = "cleanclip"
+    paper_schedule: ClassVar[PaperSchedule] = PaperSchedule(epochs=10, batch_size=64, lr=1e-5, warmup_steps=50)
+
+    clip_weight: float = 1.0  # λ1
+    inmodal_weight: float = 1.0  # λ2
+
+    def __post_init__(self) -> None:
+        _non_negative(self.clip_weight, "--clip-weight")
+        _non_negative(self.inmodal_weight, "--inmodal-weight")
+
+
+@dataclass(frozen=True)
+class CleanerCLIPConfig(CleanCLIPConfig):
+    """CleanerCLIP (Xun et al. 2024) eq. 4: α·L_CleanCLIP + β·L_p-n.
+
+    K sub-captioned pairs per epoch (1000 by default; the paper uses 3000 against
+    BadCLIP), t_p = t_n = 0.3. Schedule: batch 64, 10 epochs, lr 4.5e-6, 10000 warmup steps.
+    """
+
+    method: ClassVar[str] = "cleanerclip"
+    paper_schedule: ClassVar[PaperSchedule] = PaperSchedule(epochs=10, batch_size=64, lr=4.5e-6, warmup_steps=10000)
+
+    subcaptions_per_epoch: int = 1000  # K
+    t_pos: float = 0.3  # t_p
+    t_neg: float = 0.3  # t_n
+    alpha: float = 1.0  # α
+    beta: float = 1.0  # β
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.subcaptions_per_epoch < 0:
+            raise UserError(f"--subcaptions-per-epoch {self.subcaptions_per_epoch}: expected a count >= 0")
+        for flag, t in (("--t-pos", self.t_pos), ("--t-neg", self.t_neg)):
+            if not t > 0:
+                raise UserError(f"{flag} {t}: expected a temperature > 0")
+        _non_negative(self.alpha, "--alpha")
+        _non_negative(self.beta, "--beta")
+
+
+# AdvCLIP's patch: 3% of the image area (ABD's "magnitude 0.03"), pasted bottom-right.
+DEFAULT_PATCH_AREA = 0.03
+# Weight of L_bd in the generator's objective. The paper gives none. On a lab BadNet victim, 50 (on a
+# par with AdvCLIP's heaviest term, 5 x 10 on the text pairing) made the victim classify more patched
+# images as the target early in crafting than 0 or 10 did, and the opposite sign fewer.
+DEFAULT_BD_WEIGHT = 50.0
+
+
+@dataclass(frozen=True)
+class CraftConfig:
+    """ABD's first stage: train an AdvCLIP patch generator (+ L_bd) against the suspect.
+
+    AdvCLIP's training: Adam lr 2e-4, betas (0.5, 0.999), batch 16, 20 epochs.
+    """
+
+    epochs: int = 20
+    batch_size: int = 16
+    lr: float = 2e-4
+    patch_area: float = DEFAULT_PATCH_AREA
+    bd_weight: float = DEFAULT_BD_WEIGHT  # 0: the plain AdvCLIP objective (ABD Table III's "UAP")
+    gan_width: int | None = None  # generator/discriminator base width; None: AdvCLIP's 128 at 224 px, scaled below
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.patch_area < 1.0:
+            raise UserError(f"--patch-area {self.patch_area}: expected a fraction in (0, 1)")
+        _non_negative(self.bd_weight, "--bd-weight")
+
+
+# Share of fine-tuning images that get the patch. The paper patches its defense set; on the lab's
+# BadNet victim, patching every image cost 0.35 CA@1 for the same ASR as patching half (clean views
+# anchor the clean distribution), so half it is.
+DEFAULT_ADV_PROB = 0.5
+
+
+@dataclass(frozen=True)
+class ABDConfig:
+    """ABD (Kuang et al.): craft the patch, then fine-tune on patched images + EDA captions.
+
+    Schedule: batch 64, lr 3e-6, 10 epochs (the paper's fine-tune).
+    """
+
+    method: ClassVar[str] = "abd"
+    paper_schedule: ClassVar[PaperSchedule] = PaperSchedule(epochs=10, batch_size=64, lr=3e-6, warmup_steps=50)
+
+    generator: str | None = None  # a `clipsan craft-adv` file; None: craft one in RUN_DIR/craft
+    reference: str | None = None  # clean reference CLIP for L_bd; None: plain AdvCLIP crafting
+    adv_prob: float = DEFAULT_ADV_PROB
+    eda: bool = True
+    craft: CraftConfig = field(default_factory=CraftConfig)
+
+    def __post_init__(self) -> None:
+        _fraction(self.adv_prob, "--adv-prob")
+
+
+RecipeConfig = Union[FineTuneConfig, CleanCLIPConfig, CleanerCLIPConfig, ABDConfig]
+RECIPE_CONFIGS: dict[str, type] = {cls.method: cls for cls in (FineTuneConfig, CleanCLIPConfig, CleanerCLIPConfig, ABDConfig)}

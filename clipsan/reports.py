@@ -1,0 +1,88 @@
+"""What the API returns: typed reports. ``to_json()`` gives the ``--format json`` document
+whose keys the man page lists (stable; fractions are 0-1 floats)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class Report:
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainingReport(Report):
+    """What every training command reports (purify, poison, craft-adv)."""
+
+    output: str  # the written model (or generator)
+    run_dir: str
+    method: str
+    arch: str
+    arch_source: str  # flag | metadata | inferred
+    source_sha256: str  # sha256 of MODEL
+    steps: int
+    epochs: float
+    resumed_from_step: int | None
+    seconds: float
+    samples: int  # usable training pairs
+    skipped: dict[str, int]  # pairs skipped, by reason
+    final: dict[str, Any]  # the last logged metrics
+
+
+@dataclass
+class PoisonReport(TrainingReport):
+    trigger: dict[str, Any]  # the trigger spec recorded in the victim's metadata (pixels left out)
+    target: str
+    rate: float
+    poisoned: int
+    eligible: int
+    caption_mode: str  # template | natural | label-consistent
+    badclip: dict[str, Any] | None = None  # for --trigger badclip: how its patch was made
+
+
+@dataclass
+class CraftReport(TrainingReport):
+    patch_png: str
+    objective: str  # advclip | advclip+bd
+    bd_weight: float
+    patch_box: dict[str, int]
+    reference_sha256: str | None
+
+
+@dataclass
+class EvalReport(Report):
+    data: str
+    classes: int
+    templates: str
+    topk: list[int]
+    models: list[dict[str, Any]] = field(default_factory=list)  # one row per MODEL: ca, asr, n_images, ...
+
+
+@dataclass
+class ScanReport(Report):
+    schema_version: int
+    tool: dict[str, str]
+    model: str
+    sha256: str
+    arch: str
+    arch_source: str
+    image_size: int
+    reference: dict[str, str] | None
+    verdict: str  # clean | backdoor
+    backdoor: bool
+    statistic: float  # DECREE's PL1
+    threshold: float
+    fired_signals: list[str]
+    signals: list[dict[str, Any]]
+    target: dict[str, Any]
+    trigger: dict[str, Any]
+    probes: dict[str, Any]
+    budget: str
+    seed: int
+    device: str
+    precision: str
+    run_dir: str
+    started_utc: str
+    seconds: float
