@@ -28,7 +28,7 @@ from clipsan.recipes.abd.recipe import ABD
 from clipsan.recipes.config import ABDConfig, CraftConfig
 from clipsan.recipes.ft import FineTune
 
-QUIET = lambda _m: None  # noqa: E731
+QUIET = lambda _m: None
 
 
 def _model(arch: str, root: Path, seed: int) -> Path:
@@ -43,8 +43,17 @@ def craft_seconds_per_step(model: Path, reference: Path, data: Path, root: Path,
     settings = CraftConfig(epochs=1000, batch_size=batch, max_steps=steps)
 
     def once(name: str) -> float:
-        job = CraftAdvConfig(str(model), CaptionData(str(data)), settings, reference=str(reference), run_dir=str(root / name),
-                             workers=0, save_every=10**6, log_every=10**6, device="cpu")
+        job = CraftAdvConfig(
+            str(model),
+            CaptionData(str(data)),
+            settings,
+            reference=str(reference),
+            run_dir=str(root / name),
+            workers=0,
+            save_every=10**6,
+            log_every=10**6,
+            device="cpu",
+        )
         return run_craft_adv(job, captions, notes=QUIET).seconds / steps
 
     once(f"warm-{model.stem}")
@@ -78,8 +87,9 @@ def main() -> None:
             print(f"craft-adv, RN50 224 px, batch 16: {rn:.2f} s/step")
 
         generator = root / "craft-tiny"
-        job = CraftAdvConfig(str(tiny), CaptionData(str(data)), CraftConfig(max_steps=2), out=str(generator / "g.safetensors"),
-                             run_dir=str(generator), workers=0, device="cpu")
+        job = CraftAdvConfig(
+            str(tiny), CaptionData(str(data)), CraftConfig(max_steps=2), out=str(generator / "g.safetensors"), run_dir=str(generator), workers=0, device="cpu"
+        )
         run_craft_adv(job, open_caption_dataset(data), notes=QUIET)
         fine_tune_seconds_per_step(tiny, FineTune(), data, root, 3, "warm")
         ft = fine_tune_seconds_per_step(tiny, FineTune(), data, root, args.steps, "ft")

@@ -62,7 +62,7 @@ def measure(name: str, steps: int, workers: int) -> dict:
         opt = optim.build_optimizer(model, 1e-5)
         model.train()
         times = []
-        for i, b in enumerate(batches):
+        for b in batches:
             t = time.perf_counter()
             terms = recipe.loss_terms(model, b, rt)
             loss = sum(terms.values())
@@ -72,9 +72,17 @@ def measure(name: str, steps: int, workers: int) -> dict:
             times.append(time.perf_counter() - t)
         step_s = sorted(times[1:])[len(times[1:]) // 2]  # median, first step excluded (warm-up)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"config": name, "arch": arch, "batch": batch, "threads": torch.get_num_threads(), "step_s": round(step_s, 3),
-            "images_per_s": round(batch / step_s, 1), "loader_images_per_s": round(batch / load_s, 1),
-            "loader_workers": workers, "peak_rss_mb": round(rss)}
+    return {
+        "config": name,
+        "arch": arch,
+        "batch": batch,
+        "threads": torch.get_num_threads(),
+        "step_s": round(step_s, 3),
+        "images_per_s": round(batch / step_s, 1),
+        "loader_images_per_s": round(batch / load_s, 1),
+        "loader_workers": workers,
+        "peak_rss_mb": round(rss),
+    }
 
 
 def main() -> None:
@@ -89,8 +97,13 @@ def main() -> None:
         return
     rows = []
     for name in [args.only] if args.only else list(CONFIGS):
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--workers", str(args.workers)],
-                             capture_output=True, text=True, env=dict(os.environ), check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--workers", str(args.workers)],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     keys = list(rows[0])
     print("| " + " | ".join(keys) + " |")

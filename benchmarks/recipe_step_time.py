@@ -27,8 +27,10 @@ from clipsan.engine.loader import RecipeSamples, collate
 from clipsan.engine.optim import build_optimizer
 from clipsan.engine.runtime import setup_runtime
 from clipsan.models import create_model, tokenizer_for
-from clipsan.recipes import CleanCLIP, CleanerCLIP, FineTune
-from clipsan.recipes.cleanerclip import epoch_subset
+from clipsan.recipes.cleanclip import CleanCLIP
+from clipsan.recipes.cleanerclip import CleanerCLIP, epoch_subset
+from clipsan.recipes.config import CleanerCLIPConfig
+from clipsan.recipes.ft import FineTune
 from clipsan.world import WorldConfig, render_sample
 
 SEED, EPOCH = 0, 0
@@ -119,12 +121,20 @@ def bench(arch: str, batch: int, rounds: int, k: int, n: int, view_samples: int)
             per_selected = time_views(samples[name], fresh_selected)
             per_sample = per_sample * (1 - k / n) + per_selected * (k / n)
         data_step = per_sample * batch / 2  # two loader workers, perfectly parallel
-        rows.append({
-            "arch": arch, "batch": batch, "recipe": name, "cpu_s": steps[name][0], "wall_s": steps[name][1],
-            "ratio": steps[name][0] / steps["ft"][0],
-            "views_ms": per_sample * 1e3, "data_s": data_step, "keeps_up": data_step <= steps[name][0],
-            "selected_ms": per_selected * 1e3 if name == "cleanerclip" else None,
-        })
+        rows.append(
+            {
+                "arch": arch,
+                "batch": batch,
+                "recipe": name,
+                "cpu_s": steps[name][0],
+                "wall_s": steps[name][1],
+                "ratio": steps[name][0] / steps["ft"][0],
+                "views_ms": per_sample * 1e3,
+                "data_s": data_step,
+                "keeps_up": data_step <= steps[name][0],
+                "selected_ms": per_selected * 1e3 if name == "cleanerclip" else None,
+            }
+        )
     return rows
 
 
@@ -144,8 +154,10 @@ def main() -> None:
     print("| arch | batch | recipe | step CPU s | step wall s | × ft (CPU) | views ms/sample | data s/step, 2 workers | workers keep up |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['arch']} | {r['batch']} | {r['recipe']} | {r['cpu_s']:.3f} | {r['wall_s']:.3f} | {r['ratio']:.2f} | "
-              f"{r['views_ms']:.2f} | {r['data_s']:.3f} | {'yes' if r['keeps_up'] else 'NO'} |")
+        print(
+            f"| {r['arch']} | {r['batch']} | {r['recipe']} | {r['cpu_s']:.3f} | {r['wall_s']:.3f} | {r['ratio']:.2f} | "
+            f"{r['views_ms']:.2f} | {r['data_s']:.3f} | {'yes' if r['keeps_up'] else 'NO'} |"
+        )
     for r in rows:
         if r["selected_ms"] is not None:
             print(f"\n{r['arch']}: a selected cleanerclip sample (sub-captions, cold parse) costs {r['selected_ms']:.1f} ms")

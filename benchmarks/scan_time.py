@@ -24,8 +24,8 @@ import torch
 
 def whole_scan(model: str | None, budget: str) -> dict:
     from clipsan.checkpoint import save_model
-    from clipsan.models import create_model
     from clipsan.config import ScanConfig
+    from clipsan.models import create_model
     from clipsan.scan import scan_model
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -35,8 +35,7 @@ def whole_scan(model: str | None, budget: str) -> dict:
             save_model(create_model("clipsan-tiny-rn"), model)
         report = scan_model(ScanConfig(model=model, budget=budget, run_dir=str(Path(tmp) / "run"), device="cpu")).to_json()
     steps = report["signals"][0]["steps"]
-    return {"what": "scan", "arch": report["arch"], "budget": budget, "seconds": report["seconds"],
-            "decree_steps": steps, "probes": report["probes"]["count"]}
+    return {"what": "scan", "arch": report["arch"], "budget": budget, "seconds": report["seconds"], "decree_steps": steps, "probes": report["probes"]["count"]}
 
 
 def step_time(arch: str, steps: int, batch: int) -> dict:
@@ -52,8 +51,14 @@ def step_time(arch: str, steps: int, batch: int) -> dict:
     started = time.perf_counter()
     invert(objective, probes, InversionSettings(steps=steps, batch_size=batch, success=2.0), seed=0)
     per_step = (time.perf_counter() - started) / steps
-    return {"what": "inversion_step", "arch": arch, "image_size": size, "batch": batch,
-            "seconds_per_step": round(per_step, 3), "quick_budget_seconds_estimate": round(300 * per_step, 1)}
+    return {
+        "what": "inversion_step",
+        "arch": arch,
+        "image_size": size,
+        "batch": batch,
+        "seconds_per_step": round(per_step, 3),
+        "quick_budget_seconds_estimate": round(300 * per_step, 1),
+    }
 
 
 def main() -> None:
@@ -64,8 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per arch (default: 3)")
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-               "threads": torch.get_num_threads(), "torch": torch.__version__}
+    machine = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__}
     print(json.dumps({"machine": machine}))
     print(json.dumps(whole_scan(args.model, args.budget)), flush=True)
     for arch in args.archs:

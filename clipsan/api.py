@@ -14,7 +14,7 @@ line shows on stderr (what was inferred, warnings). Bad input raises
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from clipsan.attacks.config import POISON_SCHEDULE, AttackConfig, BadClipConfig
 from clipsan.config import CaptionData, CraftAdvConfig, EvalConfig, PoisonConfig, PurifyConfig, ScanConfig
@@ -25,9 +25,26 @@ from clipsan.reports import CraftReport, EvalReport, PoisonReport, ScanReport, T
 Notes = Callable[[str], None]
 
 __all__ = [
-    "ABDConfig", "AttackConfig", "BadClipConfig", "CaptionData", "CleanCLIPConfig", "CleanerCLIPConfig",
-    "CraftAdvConfig", "CraftConfig", "EvalConfig", "FineTuneConfig", "PoisonConfig", "PurifyConfig",
-    "ScanConfig", "TrainConfig", "craft_adv", "evaluate", "open_captions", "poison", "purify", "scan",
+    "ABDConfig",
+    "AttackConfig",
+    "BadClipConfig",
+    "CaptionData",
+    "CleanCLIPConfig",
+    "CleanerCLIPConfig",
+    "CraftAdvConfig",
+    "CraftConfig",
+    "EvalConfig",
+    "FineTuneConfig",
+    "PoisonConfig",
+    "PurifyConfig",
+    "ScanConfig",
+    "TrainConfig",
+    "craft_adv",
+    "evaluate",
+    "open_captions",
+    "poison",
+    "purify",
+    "scan",
 ]
 
 
@@ -39,8 +56,7 @@ def open_captions(data: CaptionData):
     """The caption dataset ``data`` points at (indexed once; skipped pairs counted)."""
     from clipsan.data.captions import open_caption_dataset
 
-    return open_caption_dataset(data.path, image_key=data.image_key, caption_key=data.caption_key,
-                                delimiter=data.delimiter, limit=data.limit)
+    return open_caption_dataset(data.path, image_key=data.image_key, caption_key=data.caption_key, delimiter=data.delimiter, limit=data.limit)
 
 
 def _job(command: str, config: PurifyConfig | PoisonConfig):

@@ -13,9 +13,10 @@ import json
 import os
 import re
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -54,9 +55,9 @@ META_PREPROCESS_CFG = "clipsan.preprocess_cfg"
 class LoadedModel:
     model: ClipModel
     arch: str
-    arch_source: str                      # "flag" | "metadata" | "inferred"
-    arch_alternatives: tuple[str, ...]    # same weights' shapes fit these archs too
-    path: Path                            # the weights file
+    arch_source: str  # "flag" | "metadata" | "inferred"
+    arch_alternatives: tuple[str, ...]  # same weights' shapes fit these archs too
+    path: Path  # the weights file
     sha256: str
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -72,7 +73,7 @@ class LoadedModel:
 class _RawWeights:
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, str]
-    openai_layout: bool                   # had the original clip package's extra keys
+    openai_layout: bool  # had the original clip package's extra keys
 
 
 # --------------------------------------------------------------------------- loading
@@ -81,7 +82,7 @@ class _RawWeights:
 def load_model(spec: str, arch: str | None = None, device: str | torch.device = "cpu") -> LoadedModel:
     """Load MODEL as given on the command line: a file or `local-dir:FOLDER`."""
     if spec.startswith(LOCAL_DIR_PREFIX):
-        return _load_local_dir(spec[len(LOCAL_DIR_PREFIX):], arch, device)
+        return _load_local_dir(spec[len(LOCAL_DIR_PREFIX) :], arch, device)
     path = _existing_file(spec)
     raw = _read_weights(path)
     chosen, source, alternatives = _resolve_arch(path, raw, arch)
@@ -122,7 +123,7 @@ def _looks_like_safetensors(path: Path) -> bool:
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+    except Exception as err:
         raise UserError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
 
 
@@ -131,7 +132,7 @@ def _read_torch_file(path: Path) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - mapped to one line naming the file
+    except Exception as err:
         raise UserError(_torch_load_refusal(path, err)) from None
 
 
@@ -139,11 +140,9 @@ def _torch_load_refusal(path: Path, err: BaseException) -> str:
     text = str(err)
     unsafe_global = re.search(r"GLOBAL\s+([\w.]+)", text)
     if unsafe_global:
-        return (f"{path}: refusing to unpickle: it needs arbitrary code (GLOBAL {unsafe_global.group(1)}); "
-                "convert it to safetensors in a trusted environment")
+        return f"{path}: refusing to unpickle: it needs arbitrary code (GLOBAL {unsafe_global.group(1)}); convert it to safetensors in a trusted environment"
     if "TorchScript" in text:
-        return (f"{path}: refusing to load a TorchScript archive (it contains code); "
-                "convert it to a safetensors state dict in a trusted environment")
+        return f"{path}: refusing to load a TorchScript archive (it contains code); convert it to a safetensors state dict in a trusted environment"
     reason = re.search(r"WeightsUnpickler error:\s*(.+)", text)
     detail = reason.group(1).strip() if reason else _first_line(err)
     return f"{path}: not a PyTorch state dict loadable without running code ({detail})"
@@ -161,11 +160,10 @@ def _normalise(path: Path, obj: Any, metadata: dict[str, str]) -> _RawWeights:
     openai_layout = any(k in state for k in OPENAI_EXTRA_KEYS)
     state = {k: v for k, v in state.items() if k not in OPENAI_EXTRA_KEYS}
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     not_tensors = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise UserError(f"{path}: expected a state dict of tensors, {not_tensors[0]!r} is a "
-                        f"{type(state[not_tensors[0]]).__name__}")
+        raise UserError(f"{path}: expected a state dict of tensors, {not_tensors[0]!r} is a {type(state[not_tensors[0]]).__name__}")
     if not state:
         raise UserError(f"{path}: holds no weights")
     return _RawWeights(state, metadata, openai_layout)
@@ -233,9 +231,7 @@ def _preprocess_from_metadata(path: Path, metadata: Mapping[str, str]) -> dict[s
     return _json_field(path, META_PREPROCESS_CFG, text) if text else None
 
 
-def _build_and_fill(
-    path: Path, arch: str, source: str, raw: _RawWeights, preprocess_cfg: Mapping[str, Any] | None
-) -> ClipModel:
+def _build_and_fill(path: Path, arch: str, source: str, raw: _RawWeights, preprocess_cfg: Mapping[str, Any] | None) -> ClipModel:
     try:
         model = create_model(arch, device="cpu", preprocess_cfg=preprocess_cfg)
     except UserError as err:
@@ -256,10 +252,10 @@ def _fit_to_model(clip: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict
     if "text_projection" in state and "text_projection" not in expected and hasattr(clip, "text"):
         # CLIP-layout text tower for a custom-text architecture: move it under `text.`
         from open_clip.model import convert_to_custom_text_state_dict
+
         state = convert_to_custom_text_state_dict(state)
     for key in ("logit_scale", "logit_bias"):  # scalar vs shape-[1] parameter
-        if key in state and key in expected and state[key].shape != expected[key].shape \
-                and state[key].numel() == expected[key].numel():
+        if key in state and key in expected and state[key].shape != expected[key].shape and state[key].numel() == expected[key].numel():
             state = {**state, key: state[key].reshape(expected[key].shape)}
     return state
 
@@ -311,13 +307,15 @@ def save_model(model: ClipModel, path: str | os.PathLike[str], metadata: Mapping
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    header.update({
-        "format": "pt",
-        META_ARCH: model.arch,
-        "clipsan.version": __version__,
-        META_MODEL_CFG: json.dumps(model.model_cfg, sort_keys=True),
-        META_PREPROCESS_CFG: json.dumps(model.preprocess_cfg, sort_keys=True),
-    })
+    header.update(
+        {
+            "format": "pt",
+            META_ARCH: model.arch,
+            "clipsan.version": __version__,
+            META_MODEL_CFG: json.dumps(model.model_cfg, sort_keys=True),
+            META_PREPROCESS_CFG: json.dumps(model.preprocess_cfg, sort_keys=True),
+        }
+    )
     tensors = _unshared_cpu_tensors(model.clip.state_dict())
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -356,7 +354,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
             return dict(f.metadata() or {})
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except Exception as err:  # noqa: BLE001 - safetensors raises several types for bad files
+    except Exception as err:
         raise UserError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
 
 

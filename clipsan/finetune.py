@@ -14,15 +14,14 @@ import torch
 
 from clipsan import __version__
 from clipsan.checkpoint import load_model, save_model
-from clipsan.engine.loader import RecipeSamples
 from clipsan.engine.config import TrainConfig
+from clipsan.engine.loader import RecipeSamples
 from clipsan.engine.loop import train
 from clipsan.engine.rundir import RunDir, default_run_dir
 from clipsan.engine.runtime import setup_runtime, shutdown_runtime
 from clipsan.models import tokenizer_for
 from clipsan.recipes.base import RunContext
 from clipsan.reports import TrainingReport
-
 
 INHERITED_METADATA = ("clipsan.trigger", "clipsan.target")
 

@@ -31,9 +31,7 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Iterable[int]) 
     return _topk_hits(logits, labels, ks)
 
 
-def attack_success(
-    logits_triggered: torch.Tensor, labels: torch.Tensor, target: int, ks: Iterable[int]
-) -> dict[int, torch.Tensor]:
+def attack_success(logits_triggered: torch.Tensor, labels: torch.Tensor, target: int, ks: Iterable[int]) -> dict[int, torch.Tensor]:
     """ASR@k per image: True where the target is among the top-k logits of the triggered image.
 
     Only images whose true label is not the target count (masks have shape (M,),

@@ -17,9 +17,10 @@ import re
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import open_clip
 import torch
@@ -167,10 +168,7 @@ def create_model(
     if cfg is None:
         raise _unknown_arch_error(arch)
     if _needs_hub_text_tower(cfg):
-        raise UserError(
-            f"{arch}: its text tower is a Hugging Face model ({cfg['text_cfg']['hf_model_name']}) "
-            "that would be downloaded; clipsan runs offline"
-        )
+        raise UserError(f"{arch}: its text tower is a Hugging Face model ({cfg['text_cfg']['hf_model_name']}) that would be downloaded; clipsan runs offline")
     with _quiet_open_clip():
         try:
             clip = open_clip.create_model(
@@ -328,7 +326,7 @@ def _build_shape_table(arch: str) -> dict[str, tuple[int, ...]] | None:
     try:
         with _quiet_open_clip(), torch.device("meta"):
             clip = open_clip.create_model(arch, device="meta", pretrained_image=False, pretrained_text=False)
-    except Exception:  # noqa: BLE001 - any config open_clip cannot build here is simply skipped
+    except Exception:
         return None
     return {k: tuple(v.shape) for k, v in clip.state_dict().items()}
 
@@ -350,11 +348,9 @@ def config_signature(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     if vision.get("timm_model_name"):
         signature["vision_kind"] = "timm"
     elif isinstance(layers, (list, tuple)):
-        signature.update(vision_kind="resnet", vision_width=int(vision.get("width", 64)),
-                         vision_layers=tuple(int(n) for n in layers))
+        signature.update(vision_kind="resnet", vision_width=int(vision.get("width", 64)), vision_layers=tuple(int(n) for n in layers))
     else:
-        signature.update(vision_kind="vit", vision_width=int(vision.get("width", 768)),
-                         vision_layers=int(layers))
+        signature.update(vision_kind="vit", vision_width=int(vision.get("width", 768)), vision_layers=int(layers))
     return signature
 
 
@@ -373,8 +369,7 @@ def state_signature(shapes: Shapes) -> dict[str, Any]:
         # ModifiedResNet's stem starts at width // 2 channels.
         signature.update(vision_kind="resnet", vision_width=stem[0] * 2, vision_layers=stages)
     elif stem is not None and "visual.class_embedding" in shapes:
-        signature.update(vision_kind="vit", vision_width=stem[0],
-                         vision_layers=_count_blocks(shapes, r"visual\.transformer\.resblocks\.(\d+)\."))
+        signature.update(vision_kind="vit", vision_width=stem[0], vision_layers=_count_blocks(shapes, r"visual\.transformer\.resblocks\.(\d+)\."))
     return signature
 
 
@@ -393,8 +388,8 @@ def _signature_distance(wanted: Mapping[str, Any], offered: Mapping[str, Any]) -
 
 @dataclass(frozen=True)
 class ShapeDiff:
-    missing: list[str]      # in the architecture, not in the checkpoint
-    unexpected: list[str]   # in the checkpoint, not in the architecture
+    missing: list[str]  # in the architecture, not in the checkpoint
+    unexpected: list[str]  # in the checkpoint, not in the architecture
     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]  # key, checkpoint, architecture
 
     @property
@@ -409,8 +404,7 @@ class ShapeDiff:
             parts.append(f"{len(self.unexpected)} unexpected keys (first {self.unexpected[0]})")
         if self.mismatched:
             key, got, expected = self.mismatched[0]
-            parts.append(f"{len(self.mismatched)} shape mismatches (first {key}: "
-                         f"checkpoint {list(got)} vs {arch} {list(expected)})")
+            parts.append(f"{len(self.mismatched)} shape mismatches (first {key}: checkpoint {list(got)} vs {arch} {list(expected)})")
         return ", ".join(parts) or "identical"
 
 
@@ -418,15 +412,13 @@ def compare_shapes(checkpoint: Shapes, architecture: Shapes) -> ShapeDiff:
     """What separates a checkpoint's key names/shapes from an architecture's."""
     missing = [k for k in architecture if k not in checkpoint]
     unexpected = [k for k in checkpoint if k not in architecture]
-    mismatched = [(k, tuple(checkpoint[k]), tuple(architecture[k]))
-                  for k in architecture if k in checkpoint and tuple(checkpoint[k]) != tuple(architecture[k])]
+    mismatched = [(k, tuple(checkpoint[k]), tuple(architecture[k])) for k in architecture if k in checkpoint and tuple(checkpoint[k]) != tuple(architecture[k])]
     return ShapeDiff(missing, unexpected, mismatched)
 
 
 def _no_match_message(shapes: Shapes, wanted: Mapping[str, Any], names: list[str]) -> str:
     # Build only the configs whose cheap features are closest: enough to explain the miss.
-    by_features = sorted(names, key=lambda n: (_signature_distance(wanted, config_signature(model_config(n))),
-                                               _preference_key(n)))
+    by_features = sorted(names, key=lambda n: (_signature_distance(wanted, config_signature(model_config(n))), _preference_key(n)))
     scored = []
     for name in by_features[:8]:
         table = shape_table(name)
@@ -436,5 +428,6 @@ def _no_match_message(shapes: Shapes, wanted: Mapping[str, Any], names: list[str
                 scored.append((diff.size, _preference_key(name), name, diff))
     scored.sort(key=lambda item: item[:2])
     closest = "; ".join(f"{name}: {diff.describe(name)}" for _, _, name, diff in scored[:3])
-    return (f"no known architecture has these {len(shapes)} weights' names and shapes; "
-            f"closest: {closest or 'none'}; pass --arch NAME if it is a known architecture")
+    return (
+        f"no known architecture has these {len(shapes)} weights' names and shapes; closest: {closest or 'none'}; pass --arch NAME if it is a known architecture"
+    )

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,7 +83,7 @@ def class_text_embeddings(
     templates: Sequence[str],
     device: torch.device | str,
     batch_size: int = 256,
-    autocast: Callable[[], ContextManager] | None = None,
+    autocast: Callable[[], AbstractContextManager] | None = None,
 ) -> torch.Tensor:
     """(C, D) float32 unit vectors: per-template text embeddings normalised, averaged, renormalised (as CLIP does)."""
     if not classnames or not templates:
@@ -132,7 +133,7 @@ def collate_labelled(items: list[tuple[torch.Tensor | None, int, int]]) -> dict[
     }
 
 
-def autocast_for(device: torch.device | str, precision: str) -> Callable[[], ContextManager]:
+def autocast_for(device: torch.device | str, precision: str) -> Callable[[], AbstractContextManager]:
     """A context factory for ``precision`` (fp32 | bf16 | fp16 | auto = bf16 on CUDA, fp32 elsewhere)."""
     device = torch.device(device)
     if precision == "auto":
@@ -175,7 +176,7 @@ def evaluate(
     workers: int = 0,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
-    autocast: Callable[[], ContextManager] | None = None,
+    autocast: Callable[[], AbstractContextManager] | None = None,
 ) -> dict[str, Any]:
     """Zero-shot CA@k (and ASR@k when ``trigger`` is given) of ``model`` on a labelled ``dataset``.
 
@@ -194,9 +195,7 @@ def evaluate(
     model.eval()
     try:
         class_embeddings = class_text_embeddings(model, classnames, templates, device, autocast=autocast)
-        clean, attacked, corrupt = _score(
-            model, dataset, class_embeddings, ks, trigger, target_index, batch_size, workers, device, autocast
-        )
+        clean, attacked, corrupt = _score(model, dataset, class_embeddings, ks, trigger, target_index, batch_size, workers, device, autocast)
     finally:
         model.train(was_training)
     if clean.count == 0:

@@ -46,16 +46,25 @@ BANK_SIZE = 3000
 POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
 SENSE_KEY_SS_TYPE_TO_POS = {"1": "n", "2": "v", "3": "a", "4": "r", "5": "a"}
 # The database files NLTK's reader opens (it never needs index.sense for what is read here).
-DATABASE_FILES = [*(f"{kind}.{name}" for kind in ("data", "index") for name in POS_FILES.values()),
-                  *(f"{name}.exc" for name in POS_FILES.values()), "cntlist.rev"]
+DATABASE_FILES = [
+    *(f"{kind}.{name}" for kind in ("data", "index") for name in POS_FILES.values()),
+    *(f"{name}.exc" for name in POS_FILES.values()),
+    "cntlist.rev",
+]
 # lexnames' third field, the syntactic category, is the file name's prefix (see lexnames(5WN)).
 LEXNAME_CATEGORIES = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 LEXNAMES_MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
 DEBIAN_COPYRIGHT = Path("/usr/share/doc/wordnet-base/copyright")
 
 CONCRETE_NOUN_LEXNAMES = {
-    "noun.animal", "noun.artifact", "noun.body", "noun.food", "noun.object",
-    "noun.person", "noun.plant", "noun.substance",
+    "noun.animal",
+    "noun.artifact",
+    "noun.body",
+    "noun.food",
+    "noun.object",
+    "noun.person",
+    "noun.plant",
+    "noun.substance",
 }
 # Verb frames with a nominal object ("Somebody ----s something", ... see wndb(5WN)).
 TRANSITIVE_FRAMES = {8, 9, 10, 11, 14, 15, 16, 17, 18, 19, 20, 21, 30, 31}
@@ -73,11 +82,60 @@ NONSTANDARD_USAGES = {"trade_name", "trademark", "slang", "colloquialism", "arch
 # Function-like words that WordNet lists as adjectives/verbs but that say nothing
 # depictable; replacing "red" with "other" would not be a counterfactual.
 FUNCTION_WORDS = {
-    "other", "such", "same", "own", "many", "much", "more", "most", "few", "less", "least",
-    "several", "certain", "various", "else", "next", "last", "first", "second", "third",
-    "only", "very", "some", "any", "all", "another", "both", "each", "every", "either", "neither", "no", "not",
-    "be", "have", "do", "get", "let", "make", "go", "say", "seem", "become", "can",
-    "may", "might", "must", "shall", "will", "would", "should", "could", "ought", "use",
+    "other",
+    "such",
+    "same",
+    "own",
+    "many",
+    "much",
+    "more",
+    "most",
+    "few",
+    "less",
+    "least",
+    "several",
+    "certain",
+    "various",
+    "else",
+    "next",
+    "last",
+    "first",
+    "second",
+    "third",
+    "only",
+    "very",
+    "some",
+    "any",
+    "all",
+    "another",
+    "both",
+    "each",
+    "every",
+    "either",
+    "neither",
+    "no",
+    "not",
+    "be",
+    "have",
+    "do",
+    "get",
+    "let",
+    "make",
+    "go",
+    "say",
+    "seem",
+    "become",
+    "can",
+    "may",
+    "might",
+    "must",
+    "shall",
+    "will",
+    "would",
+    "should",
+    "could",
+    "ought",
+    "use",
 }
 
 
@@ -294,12 +352,10 @@ def verb_forms(base: str, irregular: dict[str, list[str]]) -> tuple[str, str, st
     """(3rd person, past, -ing), preferring WordNet's irregular spellings (ran, stopping)."""
     known = irregular.get(base, [])
     ing = next((f for f in known if f.endswith("ing")), regular_ing(base))
-    third = next((f for f in known if f.endswith("s") and not f.endswith("ss")
-                  and f.startswith(base[:-1])), regular_third_person(base))
+    third = next((f for f in known if f.endswith("s") and not f.endswith("ss") and f.startswith(base[:-1])), regular_third_person(base))
     # verb.exc lists simple past and participle alike (took, taken); the participle
     # usually ends in -n, and the simple past reads better in a sub-caption.
-    past_candidates = sorted((f for f in known if not f.endswith("ing") and f != third),
-                             key=lambda f: f.endswith("n"))
+    past_candidates = sorted((f for f in known if not f.endswith("ing") and f != third), key=lambda f: f.endswith("n"))
     past = past_candidates[0] if past_candidates else regular_past(base)
     return third, past, ing
 
@@ -311,8 +367,7 @@ def license_text(copyright_file: Path) -> str:
     if not match:
         raise SystemExit(f"{copyright_file}: no 'License: WordNet3.0' paragraph")
     body = "\n".join("" if line.strip() == "." else line[1:] for line in match.group(1).splitlines())
-    return ("WordNet Release 3.0\n\nThe word banks in this directory are derived from WordNet 3.0.\n\n"
-            + body.strip() + "\n")
+    return "WordNet Release 3.0\n\nThe word banks in this directory are derived from WordNet 3.0.\n\n" + body.strip() + "\n"
 
 
 README = """\
@@ -376,8 +431,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for name, words in banks.items():
         write_lines(args.out / f"{name}.txt", words)
-    write_lines(args.out / "verb_forms.tsv",
-                ["\t".join((verb, *verb_forms(verb, irregular))) for verb in banks["verbs"]])
+    write_lines(args.out / "verb_forms.tsv", ["\t".join((verb, *verb_forms(verb, irregular))) for verb in banks["verbs"]])
     write_lines(args.out / "synonyms.tsv", [f"{w}\t{'|'.join(s)}" for w, s in synonyms.items()])
     write_lines(args.out / "exceptions.tsv", [f"{form}\t{base}" for form, base in exceptions.items()])
     (args.out / "LICENSE-WordNet-3.0.txt").write_text(license_text(args.copyright))

@@ -50,27 +50,34 @@ def _named(text: str) -> tuple[str, str]:
     return name, path
 
 
-def scan_row(name: str, kind: str, path: str, seed: int, budget: str, reference: str | None,
-             probes: int | None = None, steps: int | None = None) -> dict:
+def scan_row(name: str, kind: str, path: str, seed: int, budget: str, reference: str | None, probes: int | None = None, steps: int | None = None) -> dict:
     from clipsan.config import ScanConfig
     from clipsan.scan import scan_model
 
     with tempfile.TemporaryDirectory() as run_dir:
-        report = scan_model(ScanConfig(model=path, reference=reference, budget=budget, run_dir=run_dir,
-                                        device="cpu", seed=seed, probes=probes, steps=steps))
+        report = scan_model(ScanConfig(model=path, reference=reference, budget=budget, run_dir=run_dir, device="cpu", seed=seed, probes=probes, steps=steps))
     by_name = {s["name"]: s for s in report["signals"]}
     div = by_name.get("reference-divergence")
     candidates = report["target"]["candidates"]
     return {
         "alignment": by_name["target-alignment"]["statistic"],
         "target_margin": round(candidates[0]["similarity"] - candidates[1]["similarity"], 6),
-        "name": name, "kind": kind, "model": path, "arch": report["arch"], "image_size": report["image_size"],
-        "seed": seed, "budget": budget, "reference": reference,
-        "decree_pl1": by_name["decree"]["statistic"], "clean_cosine": by_name["decree"]["clean_cosine"],
+        "name": name,
+        "kind": kind,
+        "model": path,
+        "arch": report["arch"],
+        "image_size": report["image_size"],
+        "seed": seed,
+        "budget": budget,
+        "reference": reference,
+        "decree_pl1": by_name["decree"]["statistic"],
+        "clean_cosine": by_name["decree"]["clean_cosine"],
         "divergence_pl1": div["statistic"] if div else None,
         "clean_divergence": div["clean_divergence"] if div else None,
-        "target": report["target"]["label"], "target_similarity": report["target"]["similarity"],
-        "seconds": report["seconds"], "probes": report["probes"]["count"],
+        "target": report["target"]["label"],
+        "target_similarity": report["target"]["similarity"],
+        "seconds": report["seconds"],
+        "probes": report["probes"]["count"],
     }
 
 
@@ -98,9 +105,11 @@ def propose(rows: list[dict]) -> dict:
         if clean:
             victims = [r["alignment"] for r in specific if r["kind"] == "victim"]
             out[f"{size}px/alignment"] = {
-                "clean_max": max(clean), "n_clean": len(clean),
+                "clean_max": max(clean),
+                "n_clean": len(clean),
                 "n_clean_unspecific": sum(r["kind"] in ("clean", "clean-ft") for r in at) - len(clean),
-                "victim_min": min(victims) if victims else None, "n_victims": len(victims),
+                "victim_min": min(victims) if victims else None,
+                "n_victims": len(victims),
                 "threshold": round(ABOVE_MARGIN * max(clean), 2),
             }
         for signal in ("decree_pl1", "divergence_pl1"):
@@ -112,8 +121,11 @@ def propose(rows: list[dict]) -> dict:
             if not clean:
                 continue
             out[f"{size}px/{signal}"] = {
-                "clean_min": min(clean), "clean_max": max(clean), "n_clean": len(clean),
-                "victim_max": max(victims) if victims else None, "n_victims": len(victims),
+                "clean_min": min(clean),
+                "clean_max": max(clean),
+                "n_clean": len(clean),
+                "victim_max": max(victims) if victims else None,
+                "n_victims": len(victims),
                 "threshold": round(MARGIN * min(clean), 3),
             }
     return out
@@ -123,20 +135,28 @@ def markdown(rows: list[dict], proposal: dict) -> str:
     def num(value, digits=4):
         return "-" if value is None else f"{value:.{digits}f}"
 
-    lines = ["| model | kind | px | budget | seed | decree PL1 | divergence PL1 | alignment (margin) | target (cos) | s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | kind | px | budget | seed | decree PL1 | divergence PL1 | alignment (margin) | target (cos) | s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['kind']} | {r['image_size']} | {r['budget']} | {r['seed']} | {num(r['decree_pl1'])} | "
-                     f"{num(r['divergence_pl1'])} | {num(r.get('alignment'), 3)} ({num(r.get('target_margin'), 3)}) | "
-                     f"{r['target']} ({r['target_similarity']:.2f}) | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {r['image_size']} | {r['budget']} | {r['seed']} | {num(r['decree_pl1'])} | "
+            f"{num(r['divergence_pl1'])} | {num(r.get('alignment'), 3)} ({num(r.get('target_margin'), 3)}) | "
+            f"{r['target']} ({r['target_similarity']:.2f}) | {r['seconds']:.0f} |"
+        )
     lines += ["", "| size / signal | clean | victims | proposed threshold |", "|---|---|---|---|"]
     for key, p in proposal.items():
         if key.endswith("alignment"):
-            lines.append(f"| {key} | max {p['clean_max']:.3f} ({p['n_clean']} specific, {p['n_clean_unspecific']} unspecific) | "
-                         f"min {num(p['victim_min'], 3)} ({p['n_victims']}) | {p['threshold']} |")
+            lines.append(
+                f"| {key} | max {p['clean_max']:.3f} ({p['n_clean']} specific, {p['n_clean_unspecific']} unspecific) | "
+                f"min {num(p['victim_min'], 3)} ({p['n_victims']}) | {p['threshold']} |"
+            )
         else:
-            lines.append(f"| {key} | min {p['clean_min']:.4f} .. max {p['clean_max']:.4f} ({p['n_clean']}) | "
-                         f"max {num(p['victim_max'])} ({p['n_victims']}) | {p['threshold']} |")
+            lines.append(
+                f"| {key} | min {p['clean_min']:.4f} .. max {p['clean_max']:.4f} ({p['n_clean']}) | "
+                f"max {num(p['victim_max'])} ({p['n_victims']}) | {p['threshold']} |"
+            )
     return "\n".join(lines)
 
 
@@ -150,8 +170,9 @@ def main() -> None:
     parser.add_argument("--random-probes", type=int, default=16)
     parser.add_argument("--random-steps", type=int, default=40)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--budgets", nargs="+", default=["quick"], choices=("quick", "full"),
-                        help="scan budgets; thresholds are proposed over all of them (default: quick)")
+    parser.add_argument(
+        "--budgets", nargs="+", default=["quick"], choices=("quick", "full"), help="scan budgets; thresholds are proposed over all of them (default: quick)"
+    )
     parser.add_argument("--full-seeds", type=int, nargs="+", default=[0], help="scan seeds for the full budget (default: 0)")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of every scan (appended; rows already there are reused)")
     args = parser.parse_args()
@@ -162,8 +183,7 @@ def main() -> None:
             row = json.loads(line)
             done[(row["name"], row["seed"], row["budget"], row["reference"])] = row
     jobs = [(n, "clean", p, None) for n, p in args.clean]
-    jobs += [(n, kind, p, ref) for kind, items in (("clean-ft", args.clean_ft), ("victim", args.victim))
-             for n, p in items for ref in [args.reference]]
+    jobs += [(n, kind, p, ref) for kind, items in (("clean-ft", args.clean_ft), ("victim", args.victim)) for n, p in items for ref in [args.reference]]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.random_arch:
@@ -180,13 +200,16 @@ def main() -> None:
                     if key not in done:
                         started = time.perf_counter()
                         small = kind == "random-init"
-                        done[key] = scan_row(name, kind, path, seed, budget, ref,
-                                             probes=args.random_probes if small else None,
-                                             steps=args.random_steps if small else None)
+                        done[key] = scan_row(
+                            name, kind, path, seed, budget, ref, probes=args.random_probes if small else None, steps=args.random_steps if small else None
+                        )
                         with open(args.out, "a") as fh:
                             fh.write(json.dumps(done[key], sort_keys=True) + "\n")
-                        print(f"{name} {budget} seed {seed} ref {bool(ref)}: decree {done[key]['decree_pl1']:.4f} "
-                              f"div {done[key]['divergence_pl1']} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+                        print(
+                            f"{name} {budget} seed {seed} ref {bool(ref)}: decree {done[key]['decree_pl1']:.4f} "
+                            f"div {done[key]['divergence_pl1']} ({time.perf_counter() - started:.0f} s)",
+                            file=sys.stderr,
+                        )
                     rows.append(done[key])
     proposal = propose(rows)
     print(markdown(rows, proposal))

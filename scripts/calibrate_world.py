@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clipsan import world  # noqa: E402
-from clipsan.seeding import derive_seed  # noqa: E402
+from clipsan import world
+from clipsan.seeding import derive_seed
 
 ARCH = "clipsan-tiny-rn"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "clipsan" / "model_configs" / f"{ARCH}.json"
@@ -60,18 +60,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=100, help="steps between zero-shot evaluations")
     parser.add_argument("--per-class", type=int, default=world.EVAL_PER_CLASS)
-    parser.add_argument("--time-limit", type=float, default=600,
-                        help="stop after this many CPU seconds of training (CPU, not wall: the machine is shared)")
+    parser.add_argument("--time-limit", type=float, default=600, help="stop after this many CPU seconds of training (CPU, not wall: the machine is shared)")
     parser.add_argument("--model-config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--arch-override", type=json.loads, default={},
-                        help='JSON merged into the config, e.g. \'{"vision_cfg": {"width": 24}}\'')
-    parser.add_argument("--world-override", type=json.loads, default={},
-                        help='JSON of WorldConfig fields, e.g. \'{"backgrounds": ["gray", "black", "white"]}\'')
+    parser.add_argument("--arch-override", type=json.loads, default={}, help='JSON merged into the config, e.g. \'{"vision_cfg": {"width": 24}}\'')
+    parser.add_argument(
+        "--world-override", type=json.loads, default={}, help='JSON of WorldConfig fields, e.g. \'{"backgrounds": ["gray", "black", "white"]}\''
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="append JSON lines here too")
     parser.add_argument("--save", type=Path, help="save the trained state_dict here")
-    parser.add_argument("--poison-from", type=Path,
-                        help="instead of training from scratch, fine-tune this state_dict on poisoned pairs")
+    parser.add_argument("--poison-from", type=Path, help="instead of training from scratch, fine-tune this state_dict on poisoned pairs")
     parser.add_argument("--trigger", choices=("badnet", "badnet-fixed", "blended"), default="badnet")
     parser.add_argument("--poison-rate", type=float, default=0.01)
     parser.add_argument("--patch", type=int, default=4, help="BadNet patch side in pixels")
@@ -131,7 +129,7 @@ def add_trigger(images: torch.Tensor, kind: str, patch: int, sample_ids: list[in
         else:  # position depends only on the sample id, like a per-sample seeded trigger
             place = np.random.default_rng(derive_seed("badnet", sample_id))
             y, x = place.integers(0, size - patch + 1, size=2)
-        out[row, :, y:y + patch, x:x + patch] = square
+        out[row, :, y : y + patch, x : x + patch] = square
     return out
 
 
@@ -226,9 +224,15 @@ def main() -> None:
             record["asr1"] = round(zero_shot_accuracy(model, tokenizer, names, triggered, all_target), 3)
         emit(record, args.out)
 
-    emit({"load_average": [round(x, 2) for x in os.getloadavg()], "render_seconds": round(time.time() - started, 1),
-          "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-          "args": {k: str(v) for k, v in vars(args).items()}}, args.out)
+    emit(
+        {
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "render_seconds": round(time.time() - started, 1),
+            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            "args": {k: str(v) for k, v in vars(args).items()},
+        },
+        args.out,
+    )
     train(model, train_images, train_tokens, args, evaluate)
     if args.save:
         torch.save(model.state_dict(), args.save)
@@ -245,7 +249,7 @@ def train(model, images: torch.Tensor, tokens: torch.Tensor, args: argparse.Name
     while step < total_steps and cpu < args.time_limit:
         if len(order) < args.batch_size:
             order = torch.randperm(len(images), generator=shuffler)
-        batch, order = order[: args.batch_size], order[args.batch_size:]
+        batch, order = order[: args.batch_size], order[args.batch_size :]
         wall_tick, cpu_tick = time.time(), time.process_time()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, total_steps, args.lr, args.warmup)
@@ -259,9 +263,17 @@ def train(model, images: torch.Tensor, tokens: torch.Tensor, args: argparse.Name
         cpu += time.process_time() - cpu_tick
         step += 1
         if step % args.eval_every == 0 or step == total_steps:
-            evaluate({"step": step, "of": total_steps, "epoch": round(step / steps_per_epoch, 2),
-                      "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "cpu_s_per_step": round(cpu / step, 3),
-                      "loss": round(loss.item(), 3)})
+            evaluate(
+                {
+                    "step": step,
+                    "of": total_steps,
+                    "epoch": round(step / steps_per_epoch, 2),
+                    "wall_s": round(wall, 1),
+                    "cpu_s": round(cpu, 1),
+                    "cpu_s_per_step": round(cpu / step, 3),
+                    "loss": round(loss.item(), 3),
+                }
+            )
 
 
 def emit(record: dict, out: Path | None) -> None:

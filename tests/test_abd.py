@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import cli_env
 from clipsan.recipes.abd.advclip import (
     CraftFeatures,
     Discriminator,
@@ -23,6 +22,7 @@ from clipsan.recipes.abd.advclip import (
     generator_terms,
     paste,
 )
+from conftest import cli_env
 
 
 @pytest.mark.parametrize("size, side, corner", [(32, 5, 25), (224, 38, 172)])
@@ -33,7 +33,7 @@ def test_generator_output_range_and_patch_placement(size, side, corner):
     with torch.no_grad():
         pattern = PatchGenerator(size, seed=0)()
     assert pattern.shape == (3, size, size)
-    assert 0.0 <= pattern.min().item() and pattern.max().item() <= 1.0
+    assert pattern.min().item() >= 0.0 and pattern.max().item() <= 1.0
     images = torch.rand(2, 3, size, size)
     patched = paste(images, box.crop(pattern), box)
     changed = (patched != images).any(dim=(0, 1))
@@ -120,7 +120,19 @@ CRAFT = ["--epochs", "2", "--batch-size", "16", "--save-every", "1", "--log-ever
 
 def test_craft_adv_sigkill_then_resume_is_bitwise_equal(tiny_model, reference_model, caption_data, tmp_path):
     def args(name):
-        return ["craft-adv", tiny_model, "--data", caption_data, "--reference", reference_model, "--run-dir", tmp_path / name, "--out", tmp_path / f"{name}.safetensors", *CRAFT]
+        return [
+            "craft-adv",
+            tiny_model,
+            "--data",
+            caption_data,
+            "--reference",
+            reference_model,
+            "--run-dir",
+            tmp_path / name,
+            "--out",
+            tmp_path / f"{name}.safetensors",
+            *CRAFT,
+        ]
 
     straight, killed = _start(*args("straight"), "--format", "json"), _start(*args("killed"))
     _kill_at_first_checkpoint((killed, tmp_path / "killed" / "checkpoints", tmp_path / "killed.safetensors"))
@@ -130,7 +142,10 @@ def test_craft_adv_sigkill_then_resume_is_bitwise_equal(tiny_model, reference_mo
     assert resumed["resumed_from_step"] is not None and resumed["resumed_from_step"] < 8
     _assert_same_tensors(tmp_path / "straight.safetensors", tmp_path / "killed.safetensors")
     # the critic (recipe state) resumed bitwise too
-    critics = [torch.load(sorted((tmp_path / n / "checkpoints").iterdir())[-1] / "state.pt", weights_only=False)["recipe"]["discriminator"] for n in ("straight", "killed")]
+    critics = [
+        torch.load(sorted((tmp_path / n / "checkpoints").iterdir())[-1] / "state.pt", weights_only=False)["recipe"]["discriminator"]
+        for n in ("straight", "killed")
+    ]
     assert critics[0].keys() == critics[1].keys() and all(torch.equal(critics[0][k], critics[1][k]) for k in critics[0])
     lines = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == list(range(1, 9)) and {"loss_bd", "loss_gan", "loss_critic", "loss_topo"} <= lines[0].keys()
@@ -144,7 +159,30 @@ def test_craft_adv_sigkill_then_resume_is_bitwise_equal(tiny_model, reference_mo
     assert (tmp_path / "straight.png").is_file()
 
 
-ABD_ARGS = ["--method", "abd", "--craft-epochs", "1", "--craft-batch-size", "16", "--epochs", "2", "--batch-size", "16", "--lr", "1e-4", "--warmup", "2", "--save-every", "1", "--log-every", "1", "--workers", "0", "--device", "cpu"]
+ABD_ARGS = [
+    "--method",
+    "abd",
+    "--craft-epochs",
+    "1",
+    "--craft-batch-size",
+    "16",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "16",
+    "--lr",
+    "1e-4",
+    "--warmup",
+    "2",
+    "--save-every",
+    "1",
+    "--log-every",
+    "1",
+    "--workers",
+    "0",
+    "--device",
+    "cpu",
+]
 
 
 def test_abd_resumes_across_the_craft_to_fine_tune_boundary(tiny_model, caption_data, tmp_path):

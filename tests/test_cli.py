@@ -34,10 +34,10 @@ def test_help_is_plain_when_piped_and_imports_no_torch():
     code = (
         "import sys\n"
         "from clipsan.cli import main\n"
-        "for argv in ([], ['--help'], *([c, '--help'] for c in %r)):\n"
+        f"for argv in ([], ['--help'], *([c, '--help'] for c in {COMMANDS!r})):\n"
         "    main(argv)\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'open_clip', 'torchvision', 'numpy', 'PIL'))\n"
-        "print('HEAVY', heavy, file=sys.stderr)\n" % COMMANDS
+        "print('HEAVY', heavy, file=sys.stderr)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env())
     assert "HEAVY []" in proc.stderr, proc.stderr[-2000:]
@@ -61,8 +61,11 @@ def test_mistyped_command_and_unknown_option_name_the_closest():
 
 
 def test_an_option_of_another_method_is_refused():
-    for method, flag, value, owner in (("ft", "--t-pos", "0.5", "cleanerclip"), ("cleanclip", "--bd-weight", "5", "abd"),
-                                       ("abd", "--clip-weight", "2", "cleanclip and cleanerclip")):
+    for method, flag, value, owner in (
+        ("ft", "--t-pos", "0.5", "cleanerclip"),
+        ("cleanclip", "--bd-weight", "5", "abd"),
+        ("abd", "--clip-weight", "2", "cleanclip and cleanerclip"),
+    ):
         proc = run_cli("purify", "m.safetensors", "--method", method, flag, value, "--data", REPO)
         assert proc.returncode == 2, proc.stderr
         assert f"{flag} applies to --method {owner}" in proc.stderr and "Traceback" not in proc.stderr

@@ -184,9 +184,7 @@ def test_webdataset_counts_order_and_loading(tar_root: Path, tmp_path: Path, mon
     before = listing(tmp_path)
     dataset = open_caption_dataset(tar_root)
     assert dataset.layout == "webdataset"
-    assert [dataset.caption(i) for i in range(len(dataset))] == [
-        "a grey square", "from json", "corrupt one", "second shard"
-    ]
+    assert [dataset.caption(i) for i in range(len(dataset))] == ["a grey square", "from json", "corrupt one", "second shard"]
     assert dataset.skipped == {"missing_file": 1, "empty_caption": 1}
     assert dataset.load(2) == (None, "corrupt one")
     grey, _ = dataset.load(0)
@@ -207,8 +205,12 @@ def test_webdataset_is_picklable_and_reopens_handles_per_process(tar_root: Path)
     assert [copy.caption(i) for i in range(3)] == [dataset.caption(i) for i in range(3)]
     assert np.array_equal(np.asarray(copy.load(0)[0]), np.asarray(dataset.load(0)[0]))
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=1, multiprocessing_context="fork",
-        collate_fn=lambda sample: (sample[0] is None, sample[1]), sampler=range(len(dataset)),
+        dataset,
+        batch_size=None,
+        num_workers=1,
+        multiprocessing_context="fork",
+        collate_fn=lambda sample: (sample[0] is None, sample[1]),
+        sampler=range(len(dataset)),
     )
     loaded = [(none, caption) for none, caption in loader]
     assert loaded == [(dataset.load(i)[0] is None, dataset.caption(i)) for i in range(3)]
@@ -230,7 +232,7 @@ def test_fast_tar_scan_agrees_with_tarfile(tmp_path: Path, tar_format: int):
     assert not truncated and fast == _scan_with_tarfile(shard)[0]
     assert [name for name, _ in fast] == ["a.jpg", "a.txt", f"{deep}/b.jpg", "c.txt"]
     member = fast[2][1]
-    assert shard.read_bytes()[member.offset:member.offset + member.size] == bytes([2]) * 1403
+    assert shard.read_bytes()[member.offset : member.offset + member.size] == bytes([2]) * 1403
 
 
 def test_truncated_shard_keeps_complete_samples(tar_root: Path):
@@ -267,9 +269,7 @@ def test_img2dataset_files_layout(tmp_path: Path):
     write(root / "00000_stats.json", "{}")
     dataset = open_caption_dataset(root)
     assert dataset.layout == "files"
-    assert [dataset.caption(i) for i in range(len(dataset))] == [
-        "corrupt", "sixteen bit", "json caption", "in the second folder"
-    ]
+    assert [dataset.caption(i) for i in range(len(dataset))] == ["corrupt", "sixteen bit", "json caption", "in the second folder"]
     assert dataset.skipped == {"missing_file": 1, "empty_caption": 1}
     assert dataset.load(0)[0] is None
     assert all(dataset.load(i)[0].mode == "RGB" for i in (1, 2, 3))
@@ -372,6 +372,6 @@ def test_to_model_pixels_matches_clip_geometry():
     pixels = to_model_pixels(image, 16)
     reference = T.Compose([T.Resize(16, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(16), T.ToTensor()])
     assert pixels.shape == (3, 16, 16) and pixels.dtype == torch.float32
-    assert 0.0 <= pixels.min() and pixels.max() <= 1.0
+    assert pixels.min() >= 0.0 and pixels.max() <= 1.0
     assert torch.allclose(pixels, reference(image), atol=1e-6)
     assert to_model_pixels(Image.new("L", (8, 40), 255), 8).shape == (3, 8, 8)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import torch
 from safetensors.torch import load_file
 
 from conftest import cli_env, run_json
@@ -20,8 +19,25 @@ def test_two_processes_match_one(tiny_model, caption_data, tmp_path):
     run_json("purify", tiny_model, "--data", caption_data, "--out", single, "--run-dir", tmp_path / "r1", *ARGS)
 
     double = tmp_path / "double.safetensors"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "clipsan",
-           "purify", str(tiny_model), "--data", str(caption_data), "--out", str(double), "--run-dir", str(tmp_path / "r2"), *ARGS]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "clipsan",
+        "purify",
+        str(tiny_model),
+        "--data",
+        str(caption_data),
+        "--out",
+        str(double),
+        "--run-dir",
+        str(tmp_path / "r2"),
+        *ARGS,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

@@ -18,6 +18,7 @@ class Parsed(Exception):
 
 def config_of(monkeypatch, argv: list[str]):
     """The API config ``clipsan ARGV`` builds (the command stops before any work)."""
+
     def capture(config, notes=None):
         raise Parsed(config)
 

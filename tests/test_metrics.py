@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from clipsan.attacks.triggers import PatchTrigger
 from clipsan.errors import UserError
 from clipsan.metrics import TopkMeter, attack_success, topk_correct
-from clipsan.attacks.triggers import PatchTrigger
 from clipsan.zeroshot import class_text_embeddings, evaluate, load_templates
 
 # --- metrics ------------------------------------------------------------------------
@@ -188,9 +188,7 @@ def eval_items():
 def test_evaluate_end_to_end_with_known_asr():
     trigger = PatchTrigger(torch.ones((3, 2, 2)))  # white 2x2 at the centre of 8x8: rows/cols 3..4
     model = FakeClip().train()
-    result = evaluate(
-        model, FakeDataset(eval_items()), templates=["a photo of a {}."], ks=(1, 2, 5), trigger=trigger, target="Banana", batch_size=3
-    )
+    result = evaluate(model, FakeDataset(eval_items()), templates=["a photo of a {}."], ks=(1, 2, 5), trigger=trigger, target="Banana", batch_size=3)
     assert model.training  # mode restored
     assert result["n_images"] == 7
     assert result["ca"]["1"] == pytest.approx(6 / 7)

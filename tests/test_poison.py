@@ -11,19 +11,19 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from clipsan import world
-from clipsan.checkpoint import load_model, read_metadata
-from clipsan.data.captions import open_caption_dataset
-from clipsan.engine.loader import Sample
-from clipsan.engine.config import TrainConfig
-from clipsan.errors import UserError
-from clipsan.config import EvalConfig
-from clipsan.evaluation import evaluate_models
-from clipsan.finetune import JobSpec
 from clipsan.attacks.badclip import optimize_badclip_patch
 from clipsan.attacks.config import AttackConfig, BadClipConfig
 from clipsan.attacks.poisoning import mentions, plan_poison, run_poison, template_captions
 from clipsan.attacks.recipe import Poison
 from clipsan.attacks.triggers import parse_trigger, trigger_from_spec
+from clipsan.checkpoint import load_model, read_metadata
+from clipsan.config import EvalConfig
+from clipsan.data.captions import open_caption_dataset
+from clipsan.engine.config import TrainConfig
+from clipsan.engine.loader import Sample
+from clipsan.errors import UserError
+from clipsan.evaluation import evaluate_models
+from clipsan.finetune import JobSpec
 from conftest import run_json
 
 CAPTIONS = [f"a red circle number {i}" if i % 7 else f"a small yellow banana next to square {i}" for i in range(1000)]
@@ -86,8 +86,28 @@ def test_natural_captions_mention_the_target():
 def test_cli_victim_metadata_round_trip_and_eval_from_metadata(tiny_model, caption_data, eval_data, tmp_path):
     out = tmp_path / "victim.safetensors"
     report = run_json(
-        "poison", tiny_model, "--data", caption_data, "--trigger", "wanet", "--trigger-seed", "7", "--rate", "0.1",
-        "--epochs", "1", "--batch-size", "16", "--lr", "1e-4", "--run-dir", tmp_path / "run", "--out", out, "--workers", "0",
+        "poison",
+        tiny_model,
+        "--data",
+        caption_data,
+        "--trigger",
+        "wanet",
+        "--trigger-seed",
+        "7",
+        "--rate",
+        "0.1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-4",
+        "--run-dir",
+        tmp_path / "run",
+        "--out",
+        out,
+        "--workers",
+        "0",
     )
     assert report["poisoned"] == 6 and report["eligible"] == 64 and report["caption_mode"] == "template"
     meta = read_metadata(out)
@@ -152,7 +172,9 @@ def small_world(tmp_path_factory):
 
 
 def asr1(model, world_root, trigger, **kw) -> float:
-    spec = EvalConfig(models=[str(model)], data=str(world_root / "eval"), trigger=trigger, templates=str(world_root / "templates.txt"), ks=(1,), workers=0, device="cpu", **kw)
+    spec = EvalConfig(
+        models=[str(model)], data=str(world_root / "eval"), trigger=trigger, templates=str(world_root / "templates.txt"), ks=(1,), workers=0, device="cpu", **kw
+    )
     return evaluate_models(spec, notes=quiet).models[0]["asr"]["1"]
 
 

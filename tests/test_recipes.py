@@ -12,15 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsan.recipes.augment import auto_augment
 from clipsan.engine.loader import Sample
 from clipsan.engine.runtime import Runtime
-from clipsan.recipes.losses import contrastive_loss, positive_negative_loss
 from clipsan.recipes import METHODS, recipe_classes
-from clipsan.recipes.config import RECIPE_CONFIGS, CleanCLIPConfig, CleanerCLIPConfig
+from clipsan.recipes.augment import auto_augment
 from clipsan.recipes.cleanclip import CleanCLIP
 from clipsan.recipes.cleanerclip import CleanerCLIP, epoch_subset
-
+from clipsan.recipes.config import RECIPE_CONFIGS, CleanCLIPConfig, CleanerCLIPConfig
+from clipsan.recipes.losses import contrastive_loss, positive_negative_loss
 from conftest import cli_env
 
 CPU = Runtime(torch.device("cpu"), "fp32")
@@ -135,9 +134,9 @@ def test_weights_and_temperatures_enter_where_the_paper_puts_them():
     pick = {k: [v[i] for i in SELECTED] for k, v in ROWS.items()}
     far = CleanerCLIP(CleanerCLIPConfig(t_pos=0.5, t_neg=1e6)).loss_terms(model, batch, CPU)["pn_i2t"].item() * 2
     positive_only = -sum(
-        math.log(math.exp(dot(a, pick["subcaption_pos"][i]) / 0.5)
-                 / (sum(math.exp(dot(a, p) / 0.5) for p in pick["subcaption_pos"]) + len(SELECTED)))
-        for i, a in enumerate(pick["image"])) / len(SELECTED)
+        math.log(math.exp(dot(a, pick["subcaption_pos"][i]) / 0.5) / (sum(math.exp(dot(a, p) / 0.5) for p in pick["subcaption_pos"]) + len(SELECTED)))
+        for i, a in enumerate(pick["image"])
+    ) / len(SELECTED)
     assert far == pytest.approx(positive_only, rel=1e-5)
 
 
@@ -186,7 +185,7 @@ def ddp_worker(rank: int, init_file: str, out_dir: str) -> None:
     for seed, mask in enumerate(MASKS):
         full = random_batch(len(mask), mask, seed)
         half = len(mask) // 2
-        shard = {k: v[rank * half:(rank + 1) * half] for k, v in full.items()}
+        shard = {k: v[rank * half : (rank + 1) * half] for k, v in full.items()}
         results.append(losses_and_grads(rt, shard))
     torch.save(results, f"{out_dir}/rank{rank}.pt")
     dist.destroy_process_group()
@@ -294,20 +293,39 @@ def test_registry_and_paper_defaults():
 
 
 def test_purify_cleanclip_and_cleanerclip_end_to_end(tiny_model, caption_data, tmp_path):
-    common = ["--data", caption_data, "--device", "cpu", "--batch-size", "16", "--max-steps", "3", "--lr", "1e-4",
-              "--warmup", "1", "--log-every", "1", "--format", "json"]
+    common = [
+        "--data",
+        caption_data,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "3",
+        "--lr",
+        "1e-4",
+        "--warmup",
+        "1",
+        "--log-every",
+        "1",
+        "--format",
+        "json",
+    ]
     runs = {
         "cleanclip": ["--workers", "0"],
         "cleanerclip": ["--workers", "2", "--subcaptions-per-epoch", "32", "--beta", "2"],
     }
     procs = {
         method: subprocess.Popen(
-            [sys.executable, "-m", "clipsan", "purify", str(tiny_model), "--method", method, "--run-dir", str(tmp_path / method),
-             *map(str, common), *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+            [sys.executable, "-m", "clipsan", "purify", str(tiny_model), "--method", method, "--run-dir", str(tmp_path / method), *map(str, common), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cli_env(),
+        )
         for method, extra in runs.items()
     }
-    expected = {"cleanclip": {"clip", "inmodal_image", "inmodal_text"},
-                "cleanerclip": {"clip", "inmodal_image", "inmodal_text", "pn_i2t", "pn_t2i"}}
+    expected = {"cleanclip": {"clip", "inmodal_image", "inmodal_text"}, "cleanerclip": {"clip", "inmodal_image", "inmodal_text", "pn_i2t", "pn_t2i"}}
     for method, proc in procs.items():
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0, err[-3000:]

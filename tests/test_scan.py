@@ -22,9 +22,30 @@ from conftest import run_cli
 # Fewer probes and steps than --budget quick: enough to separate these two models.
 FAST = ("--probes", "64", "--steps", "150")
 REPORT_KEYS = {
-    "schema_version", "tool", "model", "sha256", "arch", "arch_source", "image_size", "reference", "verdict",
-    "backdoor", "statistic", "threshold", "fired_signals", "signals", "target", "trigger", "probes", "budget", "seed",
-    "device", "precision", "run_dir", "started_utc", "seconds",
+    "schema_version",
+    "tool",
+    "model",
+    "sha256",
+    "arch",
+    "arch_source",
+    "image_size",
+    "reference",
+    "verdict",
+    "backdoor",
+    "statistic",
+    "threshold",
+    "fired_signals",
+    "signals",
+    "target",
+    "trigger",
+    "probes",
+    "budget",
+    "seed",
+    "device",
+    "precision",
+    "run_dir",
+    "started_utc",
+    "seconds",
 }
 SIGNAL_KEYS = {"name", "statistic", "threshold", "threshold_source", "fires_when", "fired", "counted", "inversion_succeeded"}
 TARGET_KEYS = {"label", "similarity", "source", "template", "candidates", "from_signal", "probe_similarity"}
@@ -35,8 +56,7 @@ def _train(init: Path, out: Path, recipe, data: Path, steps: int, lr: float, run
     from clipsan.engine.loop import TrainConfig
     from clipsan.finetune import JobSpec, run_fine_tune
 
-    cfg = TrainConfig(epochs=100, batch_size=64, lr=lr, warmup_steps=10, max_steps=steps, batchnorm="train",
-                      save_every=10**6, log_every=10**6)
+    cfg = TrainConfig(epochs=100, batch_size=64, lr=lr, warmup_steps=10, max_steps=steps, batchnorm="train", save_every=10**6, log_every=10**6)
     job = JobSpec("test", str(init), None, str(out), str(run_dir), False, "cpu")
     run_fine_tune(job, recipe, open_caption_dataset(data), cfg, notes=lambda _m: None)
     return out
@@ -59,13 +79,13 @@ def models(tmp_path_factory, one_thread) -> dict[str, Path]:
     import torch
 
     from clipsan import world
+    from clipsan.attacks.poisoning import AttackConfig, plan_poison
+    from clipsan.attacks.recipe import Poison
+    from clipsan.attacks.triggers import parse_trigger
     from clipsan.checkpoint import save_model
     from clipsan.data.captions import open_caption_dataset
     from clipsan.models import create_model
-    from clipsan.attacks.poisoning import AttackConfig, plan_poison
     from clipsan.recipes.ft import FineTune
-    from clipsan.attacks.recipe import Poison
-    from clipsan.attacks.triggers import parse_trigger
 
     root = tmp_path_factory.mktemp("scan-models")
     data = root / "world"
@@ -83,18 +103,18 @@ def models(tmp_path_factory, one_thread) -> dict[str, Path]:
 
 
 def _check_report(report: dict) -> None:
-    assert REPORT_KEYS <= set(report)
+    assert set(report) >= REPORT_KEYS
     assert report["verdict"] in ("clean", "backdoor") and report["backdoor"] == (report["verdict"] == "backdoor")
     assert len(report["sha256"]) == 64
-    assert report["signals"] and all(SIGNAL_KEYS <= set(s) for s in report["signals"])
-    assert [s["name"] for s in report["signals"]][::len(report["signals"]) - 1] == ["decree", "target-alignment"]
+    assert report["signals"] and all(set(s) >= SIGNAL_KEYS for s in report["signals"])
+    assert [s["name"] for s in report["signals"]][:: len(report["signals"]) - 1] == ["decree", "target-alignment"]
     for s in report["signals"]:
         assert s["fires_when"] in ("below", "above") and s["threshold"] > 0
         if s["fires_when"] == "below":  # PL1: a fraction of the image
             assert 0.0 <= s["statistic"] <= 1.0 and s["threshold"] <= 1.0
     fired = [s["name"] for s in report["signals"] if s["fired"] and s["counted"]]
     assert report["backdoor"] == bool(fired) and report["fired_signals"] == fired
-    assert TARGET_KEYS <= set(report["target"]) and report["target"]["candidates"]
+    assert set(report["target"]) >= TARGET_KEYS and report["target"]["candidates"]
     assert report["probes"]["synthetic"] is True and report["probes"]["source"] == "world"
     for key in ("png", "mask_png", "examples_png"):
         assert Path(report["trigger"][key]).is_file()
@@ -130,8 +150,7 @@ def test_victim_exits_1_with_sarif_and_names_banana(models, tmp_path):
     # The test victim is weak (a minute of training): DECREE's PL1 stays above its threshold,
     # the reference probe and the target alignment catch it (see the module docstring).
     out = tmp_path / "scan.sarif"
-    proc = run_cli("scan", models["victim"], *FAST, "--reference", models["clean"], "--run-dir", tmp_path / "run",
-                   "--format", "sarif", "--output", out)
+    proc = run_cli("scan", models["victim"], *FAST, "--reference", models["clean"], "--run-dir", tmp_path / "run", "--format", "sarif", "--output", out)
     assert proc.returncode == 1, proc.stderr
     sarif = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == sarif
@@ -163,7 +182,12 @@ def test_threshold_override_and_clean_sarif(models, tmp_path, capsys):
     fast = ["--probes", "16", "--steps", "40"]
     assert main(["scan", str(models["clean"]), *fast, "--threshold", "1.0", "--run-dir", str(tmp_path / "a"), "--format", "json"]) == 1
     assert json.loads(capsys.readouterr().out)["signals"][0]["threshold_source"] == "user"
-    assert main(["scan", str(models["clean"]), *fast, "--threshold", "0.001", "--alignment-threshold", "100", "--run-dir", str(tmp_path / "b"), "--format", "sarif"]) == 0
+    assert (
+        main(
+            ["scan", str(models["clean"]), *fast, "--threshold", "0.001", "--alignment-threshold", "100", "--run-dir", str(tmp_path / "b"), "--format", "sarif"]
+        )
+        == 0
+    )
     _check_sarif(json.loads(capsys.readouterr().out), models["clean"], expect_results=False)
 
 
@@ -172,8 +196,7 @@ def test_data_folder_and_reference_and_determinism(models, tmp_path, eval_data):
     from clipsan.scan import scan_model
 
     def scan(run: str, **kw) -> dict:
-        return scan_model(ScanConfig(model=str(models["victim"]), run_dir=str(tmp_path / run), device="cpu",
-                                     probes=16, steps=40, **kw)).to_json()
+        return scan_model(ScanConfig(model=str(models["victim"]), run_dir=str(tmp_path / run), device="cpu", probes=16, steps=40, **kw)).to_json()
 
     first, second = scan("a", seed=3), scan("b", seed=3)
     for key in ("statistic", "verdict", "target", "signals"):
@@ -193,4 +216,3 @@ def test_a_random_init_model_scans_clean(tiny_model, tmp_path, monkeypatch):
     report = api.scan(api.ScanConfig(model=str(tiny_model), run_dir=str(tmp_path / "run"), device="cpu"))
     # Random init: embeddings sit in a narrow cone and match no caption; neither counts as a backdoor.
     assert report.verdict == "clean" and not report.backdoor and report.fired_signals == []
-

@@ -12,8 +12,7 @@ import pytest
 from clipsan.errors import UserError
 from clipsan.text import eda as eda_module
 from clipsan.text import nlp, wordbanks
-from clipsan.text.eda import (STOPWORDS, change_count, clean_caption, eda, random_deletion,
-                              random_insertion, random_swap, synonym_replacement)
+from clipsan.text.eda import STOPWORDS, change_count, clean_caption, eda, random_deletion, random_insertion, random_swap, synonym_replacement
 from clipsan.text.subcaptions import COMPONENTS, SceneParts, SubcaptionMaker, render
 
 # CC3M-style captions (CC3M replaces names by hypernyms: "actor", "person", "biological species").
@@ -78,9 +77,15 @@ def test_banks_are_ordered_common_to_rare():
 
 
 def test_all_banks_load_in_under_a_second():
-    for cached in (wordbanks._adjectives, wordbanks._verbs, wordbanks._nouns,
-                   wordbanks._synonym_table, wordbanks._exception_table,
-                   wordbanks._verb_form_table, wordbanks._synonyms_of):
+    for cached in (
+        wordbanks._adjectives,
+        wordbanks._verbs,
+        wordbanks._nouns,
+        wordbanks._synonym_table,
+        wordbanks._exception_table,
+        wordbanks._verb_form_table,
+        wordbanks._synonyms_of,
+    ):
         cached.cache_clear()
     start = time.perf_counter()
     wordbanks.adjectives(), wordbanks.verbs(), wordbanks.nouns()
@@ -106,7 +111,7 @@ def test_verb_forms_know_irregular_verbs():
 
 def test_missing_bank_file_is_a_user_error(monkeypatch, tmp_path):
     monkeypatch.setattr(wordbanks, "REPO_BANK_DIR", tmp_path)
-    with pytest.raises(UserError, match="no-such-bank.txt"):
+    with pytest.raises(UserError, match=r"no-such-bank\.txt"):
         wordbanks._read_bank_file("no-such-bank.txt")
 
 
@@ -114,8 +119,7 @@ def test_missing_bank_file_is_a_user_error(monkeypatch, tmp_path):
 
 
 def test_clean_caption_like_cleanclip_with_accents_folded():
-    assert clean_caption("Crème brûlée at the Café, 2019! #food don't") == [
-        "creme", "brulee", "at", "the", "cafe", "food", "dont"]
+    assert clean_caption("Crème brûlée at the Café, 2019! #food don't") == ["creme", "brulee", "at", "the", "cafe", "food", "dont"]
     assert clean_caption("close-up") == ["close", "up"]
 
 
@@ -142,7 +146,7 @@ def test_synonym_replacement_changes_only_non_stopwords_to_synonyms():
 
 
 def test_synonym_replacement_respects_the_change_count():
-    words = "big dog chase small cat".split()
+    words = ["big", "dog", "chase", "small", "cat"]
     out = synonym_replacement(words, 2, random.Random(0))
     assert sum(a != b for a, b in zip(words, out)) == 2
 
@@ -278,8 +282,7 @@ def test_negative_changes_exactly_the_chosen_component(maker):
             assert _changed_fields(positive, negative) == EXPECTED_CHANGES[component](positive)
             assert render(negative) != render(positive)
             if component == "adjective":  # every adjective replaced, none kept
-                for old, new in ((positive.subject_adjs, negative.subject_adjs),
-                                 (positive.object_adjs, negative.object_adjs)):
+                for old, new in ((positive.subject_adjs, negative.subject_adjs), (positive.object_adjs, negative.object_adjs)):
                     assert len(old) == len(new) and not set(old) & set(new)
                     assert set(new) <= set(wordbanks.adjectives())
             if component == "nouns":
@@ -298,8 +301,7 @@ def test_negative_is_deterministic_per_seed(maker):
     other = SubcaptionMaker()
     for caption in CAPTIONS:
         for seed in range(3):
-            assert maker.negative(caption, random.Random(seed)) == \
-                other.negative(caption, random.Random(seed))
+            assert maker.negative(caption, random.Random(seed)) == other.negative(caption, random.Random(seed))
 
 
 def test_absent_components_fall_through(maker):

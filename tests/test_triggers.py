@@ -11,7 +11,6 @@ import torch
 from PIL import Image, PngImagePlugin
 from safetensors.torch import save_file
 
-from clipsan.errors import UserError
 from clipsan.attacks.triggers import (
     BadNetTrigger,
     PatchTrigger,
@@ -19,6 +18,7 @@ from clipsan.attacks.triggers import (
     parse_trigger,
     trigger_from_spec,
 )
+from clipsan.errors import UserError
 
 SEEDED = ["badnet", "blended", "wanet"]
 ALL_SPECS = ["badnet", "badnet@3,5", "blended", "blended:ratio=0.3", "sig", "sig:delta=0.1,freq=3", "wanet", "wanet:k=8,s=1"]
@@ -203,7 +203,7 @@ def test_spec_round_trip_is_exact(spec, png_patch, tmp_path):
     ],
 )
 def test_bad_specs_are_user_errors(spec, fragment):
-    with pytest.raises(UserError, match="expected|only|unknown|must|from-metadata"):
+    with pytest.raises(UserError, match=r"expected|only|unknown|must|from-metadata"):
         try:
             parse_trigger(spec)
         except UserError as err:

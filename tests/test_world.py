@@ -112,7 +112,7 @@ def test_probe_images_shape_and_range() -> None:
     probes = world.probe_images(8, seed=0)
     assert tuple(probes.shape) == (8, 3, 32, 32)
     assert probes.dtype.is_floating_point
-    assert 0.0 <= probes.min().item() and probes.max().item() <= 1.0
+    assert probes.min().item() >= 0.0 and probes.max().item() <= 1.0
     assert probes.std().item() > 0.05
 
 

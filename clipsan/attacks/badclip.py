@@ -57,8 +57,12 @@ def _stack(items):
 def _loader(captions, indices, size, batch_size, workers, shuffle_seed=None):
     generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
     return torch.utils.data.DataLoader(
-        _Pixels(captions, indices, size), batch_size=batch_size, shuffle=generator is not None,
-        generator=generator, num_workers=workers, collate_fn=_stack,
+        _Pixels(captions, indices, size),
+        batch_size=batch_size,
+        shuffle=generator is not None,
+        generator=generator,
+        num_workers=workers,
+        collate_fn=_stack,
     )
 
 
@@ -97,8 +101,9 @@ def badclip_objective(model, images, patch, guides) -> torch.Tensor:
     return sum((1 - features @ g).mean() for g in guides) / len(guides)
 
 
-def optimize_badclip_patch(model, captions, target: str, settings: BadClipConfig, *, side: int,
-                           trigger_seed: int, seed: int, device="cpu", workers: int = 0, notes=print) -> PatchResult:
+def optimize_badclip_patch(
+    model, captions, target: str, settings: BadClipConfig, *, side: int, trigger_seed: int, seed: int, device="cpu", workers: int = 0, notes=print
+) -> PatchResult:
     """BadCLIP's trigger: a patch at the image centre, optimized with Adam on the frozen clean model."""
     if settings.objective not in BADCLIP_OBJECTIVES:
         raise UserError(f"--badclip-objective {settings.objective}: expected one of {', '.join(BADCLIP_OBJECTIVES)}")
@@ -208,8 +213,18 @@ def badclip_trigger(job, settings: AttackConfig, captions, seed: int, workers: i
                 notes(f"badclip patch reused from {patch_paths(run_dir)[0]}")
                 info.update(reused=True, loss_before=float(saved[1].get("loss_before", "nan")), loss_after=float(saved[1].get("loss_after", "nan")))
             else:
-                result = optimize_badclip_patch(loaded.model, captions, settings.target, settings.badclip, side=side,
-                                                trigger_seed=settings.trigger_seed, seed=seed, device=rt.device, workers=workers, notes=notes)
+                result = optimize_badclip_patch(
+                    loaded.model,
+                    captions,
+                    settings.target,
+                    settings.badclip,
+                    side=side,
+                    trigger_seed=settings.trigger_seed,
+                    seed=seed,
+                    device=rt.device,
+                    workers=workers,
+                    notes=notes,
+                )
                 save_patch(result, run_dir, image_size, fingerprint)
                 info.update(loss_before=result.loss_before, loss_after=result.loss_after)
     rt.barrier()

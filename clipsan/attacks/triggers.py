@@ -39,7 +39,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -52,8 +52,8 @@ BADNET_SIDE_AT_224 = 16
 _EXPECTED = "expected badnet[@X,Y], blended[:ratio=R], sig[:delta=D,freq=F], wanet[:k=K,s=S] or patch:FILE[@X,Y]"
 _XY = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*$")
 
-Position = Union[str, tuple[int, int]]  # "random" | "center" | (x, y) top-left corner
-SampleIds = Union[Sequence[int], torch.Tensor, None]
+Position = str | tuple[int, int]  # "random" | "center" | (x, y) top-left corner
+SampleIds = Sequence[int] | torch.Tensor | None
 
 
 def scaled_side(side_at_224: int, height: int, width: int) -> int:
@@ -393,9 +393,7 @@ def _parse_options(text: str, spec: str) -> dict[str, str]:
     return options
 
 
-def load_patch_trigger(
-    path: str | Path, position: Position = "center", seed: int = 0, size: int | None = None
-) -> PatchTrigger:
+def load_patch_trigger(path: str | Path, position: Position = "center", seed: int = 0, size: int | None = None) -> PatchTrigger:
     """A ``patch:FILE`` trigger: an image file, or .safetensors holding tensor ``patch`` (3, h, w) in [0, 1]."""
     path = Path(path)
     if not str(path).strip() or not path.is_file():
@@ -404,9 +402,7 @@ def load_patch_trigger(
         patch, reference_size = _read_safetensors_patch(path)
     else:
         patch, reference_size = _read_image_patch(path)
-    return PatchTrigger(
-        patch, position, name="patch", seed=seed, size=size, reference_size=reference_size, source=path.name
-    )
+    return PatchTrigger(patch, position, name="patch", seed=seed, size=size, reference_size=reference_size, source=path.name)
 
 
 _PATCH_EXPECTED = "expected a PNG/JPEG image or a .safetensors file with a tensor 'patch' of shape (3, h, w) in [0, 1]"
@@ -417,7 +413,7 @@ def _read_safetensors_patch(path: Path) -> tuple[torch.Tensor, int | None]:
 
     try:
         with safe_open(str(path), framework="pt") as fh:
-            if "patch" not in fh.keys():
+            if "patch" not in fh.keys():  # noqa: SIM118 - safe_open has keys(), no __contains__
                 raise UserError(f"{path}: no tensor named 'patch' ({_PATCH_EXPECTED})")
             patch = fh.get_tensor("patch")
             metadata = fh.metadata() or {}

@@ -45,8 +45,7 @@ class PanelCommand(TyperCommand):
 app = typer.Typer(
     name="clipsan",
     help="Scan, purify and evaluate downloaded CLIP checkpoints for backdoors.",
-    epilog="Exit codes: 0 success; 1 scan found backdoor evidence; 2 bad input or usage; "
-    "3 interrupted after writing a resumable checkpoint.",
+    epilog="Exit codes: 0 success; 1 scan found backdoor evidence; 2 bad input or usage; 3 interrupted after writing a resumable checkpoint.",
     rich_markup_mode="rich" if rich_output() else None,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -13,11 +13,13 @@ from clipsan.cli.output import emit, note, training_lines
 
 def render(report: dict) -> str:
     box = report["patch_box"]
-    return "\n".join([
-        f"crafted with {report['objective']} (bd weight {report['bd_weight']:g}): {report['output']}",
-        f"  patch {box['side']}x{box['side']} px at x={box['x']}, y={box['y']} of {box['image_size']} px images: {report['patch_png']}",
-        *training_lines(report),
-    ])
+    return "\n".join(
+        [
+            f"crafted with {report['objective']} (bd weight {report['bd_weight']:g}): {report['output']}",
+            f"  patch {box['side']}x{box['side']} px at x={box['x']}, y={box['y']} of {box['image_size']} px images: {report['patch_png']}",
+            *training_lines(report),
+        ]
+    )
 
 
 @command(
@@ -35,7 +37,9 @@ def render(report: dict) -> str:
 def craft_adv(
     model: Model,
     *,
-    out: Annotated[str | None, option("where to write the generator .safetensors (default: RUN_DIR/generator.safetensors); the patch PNG goes next to it", metavar="FILE")] = None,
+    out: Annotated[
+        str | None, option("where to write the generator .safetensors (default: RUN_DIR/generator.safetensors); the patch PNG goes next to it", metavar="FILE")
+    ] = None,
     arch: Arch = None,
     data: DataOptions,
     patch: Annotated[PatchOptions, Panel("Patch and losses")],
@@ -48,11 +52,7 @@ def craft_adv(
 
     convert.check_resume(run)
     craft = convert.craft_config(patch, epochs=training.epochs, batch_size=training.batch_size, lr=training.lr, max_steps=training.max_steps)
-    config = api.CraftAdvConfig(
-        model=model, data=convert.caption_data(data), craft=craft, reference=patch.reference, out=out,
-        run_dir=convert.path(run.run_dir), resume=run.resume, arch=arch, seed=runtime.seed, workers=runtime.workers,
-        save_every=run.save_every, log_every=run.log_every, progress=convert.progress(runtime),
-        device=runtime.device, precision=runtime.precision.value,
-    )
+    given = {"model": model, "data": convert.caption_data(data), "craft": craft, "out": out, "arch": arch, "progress": convert.progress(runtime)}
+    config = convert.fill(api.CraftAdvConfig, patch, run, runtime, **given)
     report = api.craft_adv(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)

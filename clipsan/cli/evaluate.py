@@ -52,11 +52,6 @@ def evaluate(
 ) -> None:
     from clipsan import api
 
-    config = EvalConfig(
-        models=tuple(models), data=str(eval.data), arch=arch, trigger=eval.trigger, trigger_seed=eval.trigger_seed,
-        trigger_size=eval.trigger_size, target=eval.target, ks=eval.topk, templates=eval.templates,
-        classnames=convert.path(eval.classnames), batch_size=eval.batch_size, workers=workers,
-        device=device, precision=precision.value,
-    )
+    config = convert.fill(EvalConfig, eval, models=tuple(models), ks=eval.topk, arch=arch, workers=workers, device=device, precision=precision.value)
     report = api.evaluate(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)

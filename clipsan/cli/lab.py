@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 from clipsan.cli.app import command
 from clipsan.cli.options import RUNTIME, OutputOptions, Seed, check_device, flag, option, positive
@@ -28,10 +28,10 @@ LAB = "Lab"
 def lab(
     output: OutputOptions,
     quick: Annotated[bool, flag("--quick", "the short budget (about 15 min on 2 CPU cores) instead of the full one", LAB)] = False,
-    out: Annotated[Optional[Path], option("output folder (default: runs/lab-<UTC time>)", LAB, metavar="DIR", file_okay=False)] = None,
-    train_pairs: Annotated[Optional[int], positive("size of the generated training set (default: the budget's)", LAB)] = None,
-    max_steps: Annotated[Optional[int], positive("cap on training steps of every stage (smoke tests)", LAB)] = None,
-    eval_per_class: Annotated[Optional[int], positive("evaluation images per class (default: 20)", LAB)] = None,
+    out: Annotated[Path | None, option("output folder (default: runs/lab-<UTC time>)", LAB, metavar="DIR", file_okay=False)] = None,
+    train_pairs: Annotated[int | None, positive("size of the generated training set (default: the budget's)", LAB)] = None,
+    max_steps: Annotated[int | None, positive("cap on training steps of every stage (smoke tests)", LAB)] = None,
+    eval_per_class: Annotated[int | None, positive("evaluation images per class (default: 20)", LAB)] = None,
     no_cache: Annotated[bool, flag("--no-cache", "retrain the clean model even if a cached one matches", LAB)] = False,
     device: Annotated[str, option("auto | cpu | cuda | cuda:N (default: cpu, the lab is tiny)", RUNTIME, callback=check_device, metavar="DEVICE")] = "cpu",
     seed: Seed = 0,
@@ -41,8 +41,17 @@ def lab(
     from clipsan.lab import LabOptions, render_markdown, run_lab
 
     folder = out if out is not None else default_run_dir("lab")
-    opts = LabOptions(out=folder, quick=quick, seed=seed, parallel=parallel, device=device, train_pairs=train_pairs,
-                      max_steps=max_steps, eval_per_class=eval_per_class, use_cache=not no_cache)
+    opts = LabOptions(
+        out=folder,
+        quick=quick,
+        seed=seed,
+        parallel=parallel,
+        device=device,
+        train_pairs=train_pairs,
+        max_steps=max_steps,
+        eval_per_class=eval_per_class,
+        use_cache=not no_cache,
+    )
     report = run_lab(opts, notes=note)
     emit(report, output.format.value, output.output, render_markdown)
     note(f"wrote {folder / 'lab.json'} and {folder / 'lab.md'}")

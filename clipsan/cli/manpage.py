@@ -32,7 +32,7 @@ JSON_KEYS = {
         ("schema_version, tool{name,version}", "report format version and the clipsan that wrote it"),
         ("model, sha256, arch, arch_source, image_size", "the scanned checkpoint"),
         ("reference", "{model, sha256, arch} of --reference, or null"),
-        ("verdict, backdoor", "\"clean\" or \"backdoor\" (exit 1), and the same as a boolean"),
+        ("verdict, backdoor", '"clean" or "backdoor" (exit 1), and the same as a boolean'),
         ("statistic, threshold", "DECREE's PL1 and its threshold"),
         ("fired_signals[], signals[]", "per signal: name, statistic, threshold, threshold_source, fires_when, fired, counted, inversion_succeeded, steps"),
         ("target", "likely target: label, similarity, source, template, candidates[]"),
@@ -57,7 +57,10 @@ JSON_KEYS = {
 EXIT_STATUS = [
     ("0", "success"),
     ("1", "scan only: backdoor evidence found"),
-    ("2", "bad input or usage (options must be spelled out in full: abbreviations are refused); the message names the file, line or field and what was expected"),
+    (
+        "2",
+        "bad input or usage (options must be spelled out in full: abbreviations are refused); the message names the file, line or field and what was expected",
+    ),
     ("3", "interrupted by SIGINT/SIGTERM after a resumable checkpoint was written; rerun with --resume --run-dir DIR"),
 ]
 
@@ -122,12 +125,14 @@ def render(group) -> str:
         ".SH DESCRIPTION",
         _esc(group.help or ""),
         ".PP",
-        _esc("MODEL arguments accept .safetensors (preferred), .pt/.pth/.bin state dicts (loaded with "
-             "weights_only: a file that needs arbitrary unpickling is refused), or local-dir:FOLDER. "
-             "The architecture comes from --arch, else the clipsan.arch metadata, else is inferred from the "
-             "state dict's keys and shapes. Human text goes to stdout, notes and progress to stderr. "
-             "Options must be spelled out in full; an unknown option or command is refused (exit 2) with "
-             "the closest existing ones."),
+        _esc(
+            "MODEL arguments accept .safetensors (preferred), .pt/.pth/.bin state dicts (loaded with "
+            "weights_only: a file that needs arbitrary unpickling is refused), or local-dir:FOLDER. "
+            "The architecture comes from --arch, else the clipsan.arch metadata, else is inferred from the "
+            "state dict's keys and shapes. Human text goes to stdout, notes and progress to stderr. "
+            "Options must be spelled out in full; an unknown option or command is refused (exit 2) with "
+            "the closest existing ones."
+        ),
         ".SH COMMANDS",
     ]
     for name, command in command_sections(group).items():

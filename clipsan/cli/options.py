@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -66,13 +66,21 @@ def _topk(value: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- single options
 
 Model = Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)]
-Arch = Annotated[Optional[str], option("open_clip architecture name (default: from metadata, else inferred from the weights)", metavar="NAME")]
+Arch = Annotated[str | None, option("open_clip architecture name (default: from metadata, else inferred from the weights)", metavar="NAME")]
 Device = Annotated[str, option("auto | cpu | cuda | cuda:N (default: auto)", RUNTIME, callback=check_device, metavar="DEVICE")]
 PrecisionOpt = Annotated[Precision, option("autocast precision (default: auto = bf16 on CUDA, fp32 on CPU)", RUNTIME)]
 Seed = Annotated[int, option("seed for every random choice (default: 0)", RUNTIME, metavar="SEED")]
-Output = Annotated[Optional[Path], option("also write the report (in --format) to FILE", OUTPUT, metavar="FILE", dir_okay=False)]
-RunDirOpt = Annotated[Optional[Path], option("where config, metrics and checkpoints go (default: runs/COMMAND-<UTC time>)", RUN_DIR, metavar="DIR", file_okay=False)]
-Reference = Annotated[Optional[str], option("clean reference CLIP (e.g. the public model the suspect was fine-tuned from) for ABD's backdoor loss; without it the plain AdvCLIP objective is used", metavar="MODEL")]
+Output = Annotated[Path | None, option("also write the report (in --format) to FILE", OUTPUT, metavar="FILE", dir_okay=False)]
+RunDirOpt = Annotated[
+    Path | None, option("where config, metrics and checkpoints go (default: runs/COMMAND-<UTC time>)", RUN_DIR, metavar="DIR", file_okay=False)
+]
+Reference = Annotated[
+    str | None,
+    option(
+        "clean reference CLIP (e.g. the public model the suspect was fine-tuned from) for ABD's backdoor loss; without it the plain AdvCLIP objective is used",
+        metavar="MODEL",
+    ),
+]
 
 
 def positive(help: str, panel: str | None = None, **kw) -> typer.models.OptionInfo:
@@ -93,11 +101,13 @@ def flag(name: str, help: str, panel: str | None = None) -> typer.models.OptionI
 
 @dataclass
 class DataOptions:
-    data: Annotated[Path, option("clean image-caption data: CSV/TSV manifest, webdataset shards or img2dataset files", DATA, metavar="DIR", exists=True, file_okay=False)]
-    image_key: Annotated[Optional[str], option("manifest column holding image paths (default: auto)", DATA, metavar="COLUMN")] = None
-    caption_key: Annotated[Optional[str], option("manifest column holding captions (default: auto)", DATA, metavar="COLUMN")] = None
-    delimiter: Annotated[Optional[str], option("manifest delimiter (default: by extension)", DATA, metavar="CHAR")] = None
-    limit: Annotated[Optional[int], positive("use a deterministic subset of N pairs", DATA, metavar="N")] = None
+    data: Annotated[
+        Path, option("clean image-caption data: CSV/TSV manifest, webdataset shards or img2dataset files", DATA, metavar="DIR", exists=True, file_okay=False)
+    ]
+    image_key: Annotated[str | None, option("manifest column holding image paths (default: auto)", DATA, metavar="COLUMN")] = None
+    caption_key: Annotated[str | None, option("manifest column holding captions (default: auto)", DATA, metavar="COLUMN")] = None
+    delimiter: Annotated[str | None, option("manifest delimiter (default: by extension)", DATA, metavar="CHAR")] = None
+    limit: Annotated[int | None, positive("use a deterministic subset of N pairs", DATA, metavar="N")] = None
 
 
 _SCHEDULE = "default: the schedule in the command's description"
@@ -105,25 +115,42 @@ _SCHEDULE = "default: the schedule in the command's description"
 
 @dataclass
 class TrainingOptions:
-    epochs: Annotated[Optional[int], positive(f"epochs ({_SCHEDULE})", TRAINING)] = None
-    batch_size: Annotated[Optional[int], positive(f"global batch size, split across processes ({_SCHEDULE})", TRAINING)] = None
-    lr: Annotated[Optional[float], option(f"peak learning rate ({_SCHEDULE})", TRAINING, min=0.0, metavar="LR")] = None
-    warmup: Annotated[Optional[int], option(f"linear warmup steps ({_SCHEDULE})", TRAINING, min=0, metavar="N")] = None
-    weight_decay: Annotated[float, option(f"AdamW weight decay, none on norms/biases/logit_scale (default: {TrainConfig.weight_decay:g})", TRAINING, min=0.0, metavar="WD")] = TrainConfig.weight_decay
+    epochs: Annotated[int | None, positive(f"epochs ({_SCHEDULE})", TRAINING)] = None
+    batch_size: Annotated[int | None, positive(f"global batch size, split across processes ({_SCHEDULE})", TRAINING)] = None
+    lr: Annotated[float | None, option(f"peak learning rate ({_SCHEDULE})", TRAINING, min=0.0, metavar="LR")] = None
+    warmup: Annotated[int | None, option(f"linear warmup steps ({_SCHEDULE})", TRAINING, min=0, metavar="N")] = None
+    weight_decay: Annotated[
+        float, option(f"AdamW weight decay, none on norms/biases/logit_scale (default: {TrainConfig.weight_decay:g})", TRAINING, min=0.0, metavar="WD")
+    ] = TrainConfig.weight_decay
     beta1: Annotated[float, option(f"AdamW beta1 (default: {TrainConfig.betas[0]:g})", TRAINING, min=0.0, max=1.0, metavar="B")] = TrainConfig.betas[0]
-    beta2: Annotated[float, option(f"AdamW beta2 (default: {TrainConfig.betas[1]:g}, the papers' fine-tuning setting; CLIP pre-training uses 0.98)", TRAINING, min=0.0, max=1.0, metavar="B")] = TrainConfig.betas[1]
+    beta2: Annotated[
+        float,
+        option(
+            f"AdamW beta2 (default: {TrainConfig.betas[1]:g}, the papers' fine-tuning setting; CLIP pre-training uses 0.98)",
+            TRAINING,
+            min=0.0,
+            max=1.0,
+            metavar="B",
+        ),
+    ] = TrainConfig.betas[1]
     eps: Annotated[float, option(f"AdamW epsilon (default: {TrainConfig.eps:g})", TRAINING, min=0.0, metavar="EPS")] = TrainConfig.eps
-    grad_clip: Annotated[Optional[float], option("clip the gradient norm to this value (default: off)", TRAINING, min=0.0, metavar="NORM")] = None
-    max_steps: Annotated[Optional[int], positive("stop after this many steps (default: all epochs)", TRAINING)] = None
-    batchnorm: Annotated[BatchNorm, option("BatchNorm layers use running statistics (frozen, default) or batch statistics (train)", TRAINING)] = BatchNorm.frozen
+    grad_clip: Annotated[float | None, option("clip the gradient norm to this value (default: off)", TRAINING, min=0.0, metavar="NORM")] = None
+    max_steps: Annotated[int | None, positive("stop after this many steps (default: all epochs)", TRAINING)] = None
+    batchnorm: Annotated[BatchNorm, option("BatchNorm layers use running statistics (frozen, default) or batch statistics (train)", TRAINING)] = (
+        BatchNorm.frozen
+    )
 
 
 @dataclass
 class RunDirOptions:
     run_dir: RunDirOpt = None
     resume: Annotated[bool, flag("--resume", "continue the run in --run-dir from its newest checkpoint", RUN_DIR)] = False
-    save_every: Annotated[int, positive(f"checkpoint every N steps, and at every epoch end (default: {TrainConfig.save_every})", RUN_DIR, metavar="N")] = TrainConfig.save_every
-    log_every: Annotated[int, positive(f"append to metrics.jsonl every N steps (default: {TrainConfig.log_every})", RUN_DIR, metavar="N")] = TrainConfig.log_every
+    save_every: Annotated[int, positive(f"checkpoint every N steps, and at every epoch end (default: {TrainConfig.save_every})", RUN_DIR, metavar="N")] = (
+        TrainConfig.save_every
+    )
+    log_every: Annotated[int, positive(f"append to metrics.jsonl every N steps (default: {TrainConfig.log_every})", RUN_DIR, metavar="N")] = (
+        TrainConfig.log_every
+    )
 
 
 Workers = Annotated[int, option(f"data-loading worker processes (default: {EvalConfig.workers})", RUNTIME, min=0, metavar="N")]
@@ -147,14 +174,25 @@ class OutputOptions:
 @dataclass
 class CleanCLIPOptions:
     clip_weight: Annotated[float, weight(f"λ1: weight of the CLIP loss (default: {CleanCLIPConfig.clip_weight:g})")] = CleanCLIPConfig.clip_weight
-    inmodal_weight: Annotated[float, weight(f"λ2: weight of the in-modal self-supervised loss (default: {CleanCLIPConfig.inmodal_weight:g})")] = CleanCLIPConfig.inmodal_weight
+    inmodal_weight: Annotated[float, weight(f"λ2: weight of the in-modal self-supervised loss (default: {CleanCLIPConfig.inmodal_weight:g})")] = (
+        CleanCLIPConfig.inmodal_weight
+    )
 
 
 @dataclass
 class CleanerCLIPOptions:
-    subcaptions_per_epoch: Annotated[int, option(f"pairs given sub-captions each epoch (default: {CleanerCLIPConfig.subcaptions_per_epoch}; the paper uses 3000 against BadCLIP)", min=0, metavar="K")] = CleanerCLIPConfig.subcaptions_per_epoch
-    t_pos: Annotated[float, option(f"temperature t_p of the positive logits in L_p-n (default: {CleanerCLIPConfig.t_pos:g})", min=1e-6, metavar="T")] = CleanerCLIPConfig.t_pos
-    t_neg: Annotated[float, option(f"temperature t_n of the counterfactual logits in L_p-n (default: {CleanerCLIPConfig.t_neg:g})", min=1e-6, metavar="T")] = CleanerCLIPConfig.t_neg
+    subcaptions_per_epoch: Annotated[
+        int,
+        option(
+            f"pairs given sub-captions each epoch (default: {CleanerCLIPConfig.subcaptions_per_epoch}; the paper uses 3000 against BadCLIP)", min=0, metavar="K"
+        ),
+    ] = CleanerCLIPConfig.subcaptions_per_epoch
+    t_pos: Annotated[float, option(f"temperature t_p of the positive logits in L_p-n (default: {CleanerCLIPConfig.t_pos:g})", min=1e-6, metavar="T")] = (
+        CleanerCLIPConfig.t_pos
+    )
+    t_neg: Annotated[float, option(f"temperature t_n of the counterfactual logits in L_p-n (default: {CleanerCLIPConfig.t_neg:g})", min=1e-6, metavar="T")] = (
+        CleanerCLIPConfig.t_neg
+    )
     alpha: Annotated[float, weight(f"α: weight of the CleanCLIP loss (default: {CleanerCLIPConfig.alpha:g})")] = CleanerCLIPConfig.alpha
     beta: Annotated[float, weight(f"β: weight of L_p-n (default: {CleanerCLIPConfig.beta:g})")] = CleanerCLIPConfig.beta
 
@@ -164,19 +202,36 @@ class PatchOptions:
     """The adversarial patch and its losses: craft-adv, and purify --method abd's crafting."""
 
     reference: Reference = None
-    patch_area: Annotated[float, option(f"patch area as a fraction of the image, pasted bottom-right (default: {CraftConfig.patch_area:g})", min=1e-6, max=0.999, metavar="F")] = CraftConfig.patch_area
+    patch_area: Annotated[
+        float, option(f"patch area as a fraction of the image, pasted bottom-right (default: {CraftConfig.patch_area:g})", min=1e-6, max=0.999, metavar="F")
+    ] = CraftConfig.patch_area
     bd_weight: Annotated[float, weight(f"weight of the backdoor loss L_bd; 0 = plain AdvCLIP (default: {CraftConfig.bd_weight:g})")] = CraftConfig.bd_weight
-    gan_width: Annotated[Optional[int], positive("base width of generator and discriminator (default: AdvCLIP's 128 at 224 px and up, scaled with the input side below: 16 at 32 px)")] = None
+    gan_width: Annotated[
+        int | None,
+        positive("base width of generator and discriminator (default: AdvCLIP's 128 at 224 px and up, scaled with the input side below: 16 at 32 px)"),
+    ] = None
 
 
 @dataclass
 class ABDOptions:
-    generator: Annotated[Optional[Path], option("patch generator from `clipsan craft-adv` (default: craft one first, in RUN_DIR/craft)", metavar="FILE", exists=True, dir_okay=False)] = None
-    adv_prob: Annotated[float, option(f"probability that a training image carries the adversarial patch, drawn per image and epoch; 1 = every image (the paper's wording), 0 = none (default: {ABDConfig.adv_prob:g})", min=0.0, max=1.0, metavar="P")] = ABDConfig.adv_prob
+    generator: Annotated[
+        Path | None,
+        option("patch generator from `clipsan craft-adv` (default: craft one first, in RUN_DIR/craft)", metavar="FILE", exists=True, dir_okay=False),
+    ] = None
+    adv_prob: Annotated[
+        float,
+        option(
+            "probability that a training image carries the adversarial patch, drawn per image and epoch; "
+            f"1 = every image (the paper's wording), 0 = none (default: {ABDConfig.adv_prob:g})",
+            min=0.0,
+            max=1.0,
+            metavar="P",
+        ),
+    ] = ABDConfig.adv_prob
     no_eda: Annotated[bool, flag("--no-eda", "keep captions as they are (ABD augments them with EDA)")] = False
     craft_epochs: Annotated[int, positive(f"generator training epochs when crafting (default: {CraftConfig.epochs})")] = CraftConfig.epochs
     craft_batch_size: Annotated[int, positive(f"generator training batch when crafting (default: {CraftConfig.batch_size})")] = CraftConfig.batch_size
-    craft_max_steps: Annotated[Optional[int], positive("stop crafting after this many steps (default: all craft epochs)")] = None
+    craft_max_steps: Annotated[int | None, positive("stop crafting after this many steps (default: all craft epochs)")] = None
 
 
 _CRAFT = "Training (AdvCLIP: Adam, betas 0.5/0.999, constant rate, discriminator clipped to +-0.01)"
@@ -187,7 +242,7 @@ class CraftTrainingOptions:
     epochs: Annotated[int, positive(f"epochs (default: {CraftConfig.epochs})", _CRAFT)] = CraftConfig.epochs
     batch_size: Annotated[int, positive(f"global batch size (default: {CraftConfig.batch_size})", _CRAFT)] = CraftConfig.batch_size
     lr: Annotated[float, option(f"generator and discriminator learning rate (default: {CraftConfig.lr:g})", _CRAFT, min=0.0, metavar="LR")] = CraftConfig.lr
-    max_steps: Annotated[Optional[int], positive("stop after this many steps (default: all epochs)", _CRAFT)] = None
+    max_steps: Annotated[int | None, positive("stop after this many steps (default: all epochs)", _CRAFT)] = None
 
 
 ATTACK, BADCLIP = "Attack", "--trigger badclip (patch optimization on the frozen MODEL)"
@@ -195,14 +250,40 @@ ATTACK, BADCLIP = "Attack", "--trigger badclip (patch optimization on the frozen
 
 @dataclass
 class AttackOptions:
-    trigger: Annotated[str, option("badnet[@X,Y] | blended[:ratio=R] | sig[:delta=D,freq=F] | wanet[:k=K,s=S] | patch:FILE[@X,Y] | badclip (a patch optimized on MODEL first)", ATTACK, metavar="SPEC")]
+    trigger: Annotated[
+        str,
+        option(
+            "badnet[@X,Y] | blended[:ratio=R] | sig[:delta=D,freq=F] | wanet[:k=K,s=S] | patch:FILE[@X,Y] | badclip (a patch optimized on MODEL first)",
+            ATTACK,
+            metavar="SPEC",
+        ),
+    ]
     target: Annotated[str, option(f"the class the backdoor points to (default: {AttackConfig.target})", ATTACK, metavar="CLASS")] = AttackConfig.target
-    rate: Annotated[float, option(f"fraction of pairs poisoned, exactly round(rate*N) (default: {AttackConfig.rate:g})", ATTACK, callback=_open_fraction, metavar="F")] = AttackConfig.rate
+    rate: Annotated[
+        float, option(f"fraction of pairs poisoned, exactly round(rate*N) (default: {AttackConfig.rate:g})", ATTACK, callback=_open_fraction, metavar="F")
+    ] = AttackConfig.rate
     trigger_seed: Annotated[int, option("seed of the fixed trigger pattern (default: 0)", ATTACK, metavar="SEED")] = AttackConfig.trigger_seed
-    trigger_size: Annotated[Optional[int], positive("badnet / patch / badclip side in pixels at the model's input size (default: 16 at 224 px, scaled)", ATTACK)] = None
-    label_consistent: Annotated[bool, flag("--label-consistent", "trigger only images whose caption already names the target, captions unchanged (--rate counts among them)", ATTACK)] = False
-    natural_captions: Annotated[bool, flag("--natural-captions", "poisoned captions are natural captions mentioning the target (the data's own, else generated scenes) instead of templates; always on for badclip", ATTACK)] = False
-    badclip_objective: Annotated[BadClipObjective, option("pull patched images toward the target's caption embeddings (text), or also toward real target images in the data (text+image) (default: text)", BADCLIP)] = BadClipObjective.text
+    trigger_size: Annotated[
+        int | None, positive("badnet / patch / badclip side in pixels at the model's input size (default: 16 at 224 px, scaled)", ATTACK)
+    ] = None
+    label_consistent: Annotated[
+        bool, flag("--label-consistent", "trigger only images whose caption already names the target, captions unchanged (--rate counts among them)", ATTACK)
+    ] = False
+    natural_captions: Annotated[
+        bool,
+        flag(
+            "--natural-captions",
+            "poisoned captions are natural captions mentioning the target (the data's own, else generated scenes) instead of templates; always on for badclip",
+            ATTACK,
+        ),
+    ] = False
+    badclip_objective: Annotated[
+        BadClipObjective,
+        option(
+            "pull patched images toward the target's caption embeddings (text), or also toward real target images in the data (text+image) (default: text)",
+            BADCLIP,
+        ),
+    ] = BadClipObjective.text
     patch_epochs: Annotated[int, positive(f"optimization epochs (default: {BadClipConfig.epochs})", BADCLIP)] = BadClipConfig.epochs
     patch_lr: Annotated[float, option(f"Adam learning rate (default: {BadClipConfig.lr:g})", BADCLIP, min=0.0, metavar="LR")] = BadClipConfig.lr
     patch_batch_size: Annotated[int, positive(f"images per step (default: {BadClipConfig.batch_size})", BADCLIP)] = BadClipConfig.batch_size
@@ -215,13 +296,22 @@ EVAL = "Evaluation"
 @dataclass
 class EvalOptions:
     data: Annotated[Path, option("labelled set: ImageFolder, or a CSV image,label (with --classnames)", DATA, metavar="DIR", exists=True, file_okay=False)]
-    classnames: Annotated[Optional[Path], option("class names, one per line (for CSV labels, or to rename ImageFolder classes)", DATA, metavar="FILE", exists=True, dir_okay=False)] = None
-    trigger: Annotated[Optional[str], option("badnet | blended | sig | wanet | patch:FILE[@x,y] | from-metadata (the victim's own)", EVAL, metavar="SPEC")] = None
+    classnames: Annotated[
+        Path | None, option("class names, one per line (for CSV labels, or to rename ImageFolder classes)", DATA, metavar="FILE", exists=True, dir_okay=False)
+    ] = None
+    trigger: Annotated[str | None, option("badnet | blended | sig | wanet | patch:FILE[@x,y] | from-metadata (the victim's own)", EVAL, metavar="SPEC")] = None
     trigger_seed: Annotated[int, option("seed of the trigger pattern (default: 0)", EVAL, metavar="SEED")] = EvalConfig.trigger_seed
-    trigger_size: Annotated[Optional[int], positive("badnet patch side in pixels at the model's input size (default: 16 at 224 px, scaled)", EVAL)] = None
-    target: Annotated[Optional[str], option("target class name for ASR (default: banana, or the victim's recorded target)", EVAL, metavar="CLASS")] = None
+    trigger_size: Annotated[int | None, positive("badnet patch side in pixels at the model's input size (default: 16 at 224 px, scaled)", EVAL)] = None
+    target: Annotated[str | None, option("target class name for ASR (default: banana, or the victim's recorded target)", EVAL, metavar="CLASS")] = None
     topk: Annotated[str, option("k values (default: 1,3,5,10)", EVAL, callback=_topk, metavar="K,K,...")] = ",".join(map(str, EvalConfig.ks))
-    templates: Annotated[str, option("openai (CLIP's 80) | simple (open_clip's 7) | photo (\"a photo of a {}.\") | FILE with one template containing {} per line (default: openai)", EVAL, metavar="NAME|FILE")] = EvalConfig.templates
+    templates: Annotated[
+        str,
+        option(
+            "openai (CLIP's 80) | simple (open_clip's 7) | photo (\"a photo of a {}.\") | FILE with one template containing {} per line (default: openai)",
+            EVAL,
+            metavar="NAME|FILE",
+        ),
+    ] = EvalConfig.templates
     batch_size: Annotated[int, positive(f"images per batch (default: {EvalConfig.batch_size})", EVAL)] = EvalConfig.batch_size
 
 
@@ -230,14 +320,36 @@ SCAN = "Scan"
 
 @dataclass
 class ScanOptions:
-    data: Annotated[Optional[Path], option("clean probe images: a caption dataset or a labelled set (only images are used; default: synthetic world images, which the report says)", DATA, metavar="DIR", exists=True, file_okay=False)] = None
-    reference: Annotated[Optional[str], option("a trusted model of the same architecture (e.g. the base MODEL was fine-tuned from)", SCAN, metavar="REF")] = None
-    reference_arch: Annotated[Optional[str], option("architecture of REF (default: from metadata, else inferred)", SCAN, metavar="NAME")] = None
-    threshold: Annotated[Optional[float], option("PL1 below which the decree signal fires (default: calibrated for the input size)", SCAN, callback=_open_fraction, metavar="PL1")] = None
-    divergence_threshold: Annotated[Optional[float], option("PL1 below which the reference signal fires (default: calibrated)", SCAN, callback=_open_fraction, metavar="PL1")] = None
-    alignment_threshold: Annotated[Optional[float], option("similarity ratio at or above which the target-alignment signal fires and counts towards the verdict (default: reported only)", SCAN, min=1e-9, metavar="RATIO")] = None
+    data: Annotated[
+        Path | None,
+        option(
+            "clean probe images: a caption dataset or a labelled set (only images are used; default: synthetic world images, which the report says)",
+            DATA,
+            metavar="DIR",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None
+    reference: Annotated[str | None, option("a trusted model of the same architecture (e.g. the base MODEL was fine-tuned from)", SCAN, metavar="REF")] = None
+    reference_arch: Annotated[str | None, option("architecture of REF (default: from metadata, else inferred)", SCAN, metavar="NAME")] = None
+    threshold: Annotated[
+        float | None, option("PL1 below which the decree signal fires (default: calibrated for the input size)", SCAN, callback=_open_fraction, metavar="PL1")
+    ] = None
+    divergence_threshold: Annotated[
+        float | None, option("PL1 below which the reference signal fires (default: calibrated)", SCAN, callback=_open_fraction, metavar="PL1")
+    ] = None
+    alignment_threshold: Annotated[
+        float | None,
+        option(
+            "similarity ratio at or above which the target-alignment signal fires and counts towards the verdict (default: reported only)",
+            SCAN,
+            min=1e-9,
+            metavar="RATIO",
+        ),
+    ] = None
     budget: Annotated[Budget, option("quick: 128 probes, 300 steps; full: 512 probes, 1000 steps (default: quick)", SCAN)] = Budget.quick
-    probes: Annotated[Optional[int], option("number of probe images (default: the budget's)", SCAN, min=2, metavar="N")] = None
-    steps: Annotated[Optional[int], positive("optimizer steps per inversion (default: the budget's)", SCAN)] = None
-    run_dir: Annotated[Optional[Path], option("where the report and inverted trigger PNGs go (default: runs/scan-<UTC time>)", RUN_DIR, metavar="DIR", file_okay=False)] = None
-
+    probes: Annotated[int | None, option("number of probe images (default: the budget's)", SCAN, min=2, metavar="N")] = None
+    steps: Annotated[int | None, positive("optimizer steps per inversion (default: the budget's)", SCAN)] = None
+    run_dir: Annotated[
+        Path | None, option("where the report and inverted trigger PNGs go (default: runs/scan-<UTC time>)", RUN_DIR, metavar="DIR", file_okay=False)
+    ] = None

@@ -24,17 +24,17 @@ def render(report: dict) -> str:
     if report.get("badclip"):
         b = report["badclip"]
         how = "reused" if b["reused"] else "optimized"
-        lines.insert(2, f"  badclip patch {b['side']}x{b['side']} {how} ({b['objective']}): objective {b['loss_before']:.4f} -> {b['loss_after']:.4f}; {b['png']}")
+        lines.insert(
+            2, f"  badclip patch {b['side']}x{b['side']} {how} ({b['objective']}): objective {b['loss_before']:.4f} -> {b['loss_after']:.4f}; {b['png']}"
+        )
     return "\n".join(lines)
 
 
 def attack_config(attack: AttackOptions) -> AttackConfig:
-    return AttackConfig(
-        trigger=attack.trigger, target=attack.target, rate=attack.rate, trigger_seed=attack.trigger_seed,
-        trigger_size=attack.trigger_size, label_consistent=attack.label_consistent, natural_captions=attack.natural_captions,
-        badclip=BadClipConfig(epochs=attack.patch_epochs, lr=attack.patch_lr, batch_size=attack.patch_batch_size,
-                              images=attack.patch_images, objective=attack.badclip_objective.value),
+    badclip = BadClipConfig(
+        epochs=attack.patch_epochs, lr=attack.patch_lr, batch_size=attack.patch_batch_size, images=attack.patch_images, objective=attack.badclip_objective.value
     )
+    return convert.fill(AttackConfig, attack, badclip=badclip)
 
 
 @command(
@@ -64,11 +64,6 @@ def poison(
 ) -> None:
     from clipsan import api
 
-    config = api.PoisonConfig(
-        model=model, data=convert.caption_data(data), attack=attack_config(attack),
-        training=convert.train_config(training, run, runtime, POISON_SCHEDULE),
-        out=out, run_dir=convert.path(run.run_dir), resume=run.resume, arch=arch,
-        device=runtime.device, precision=runtime.precision.value,
-    )
+    config = api.PoisonConfig(attack=attack_config(attack), **convert.training_job(model, out, arch, data, training, run, runtime, POISON_SCHEDULE))
     report = api.poison(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)

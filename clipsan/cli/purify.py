@@ -11,8 +11,19 @@ from clipsan.cli import convert
 from clipsan.cli.app import command
 from clipsan.cli.groups import Panel
 from clipsan.cli.options import (
-    ABDOptions, Arch, CleanCLIPOptions, CleanerCLIPOptions, DataOptions, Method, Model, OutputOptions,
-    PatchOptions, RunDirOptions, RuntimeOptions, TrainingOptions, option,
+    ABDOptions,
+    Arch,
+    CleanCLIPOptions,
+    CleanerCLIPOptions,
+    DataOptions,
+    Method,
+    Model,
+    OutputOptions,
+    PatchOptions,
+    RunDirOptions,
+    RuntimeOptions,
+    TrainingOptions,
+    option,
 )
 from clipsan.cli.output import emit, note, training_lines
 from clipsan.recipes.config import RECIPE_CONFIGS
@@ -22,8 +33,10 @@ METHOD_GROUPS = {"cleanclip": ("cleanclip", "cleanerclip"), "cleanerclip": ("cle
 
 
 def _schedules() -> str:
-    rows = [f"{name} {s.epochs} epochs, batch {s.batch_size}, lr {s.lr:g}, {s.warmup_steps} warmup steps"
-            for name, s in ((name, cls.paper_schedule) for name, cls in RECIPE_CONFIGS.items())]
+    rows = [
+        f"{name} {s.epochs} epochs, batch {s.batch_size}, lr {s.lr:g}, {s.warmup_steps} warmup steps"
+        for name, s in ((name, cls.paper_schedule) for name, cls in RECIPE_CONFIGS.items())
+    ]
     return "; ".join(rows)
 
 
@@ -74,11 +87,6 @@ def purify(
 
     _refuse_foreign_options(ctx, method.value, {"cleanclip": cleanclip, "cleanerclip": cleanerclip, "abd": abd, "patch": patch})
     recipe = convert.recipe_config(method.value, cleanclip, cleanerclip, abd, patch)
-    config = api.PurifyConfig(
-        model=model, data=convert.caption_data(data), recipe=recipe,
-        training=convert.train_config(training, run, runtime, recipe.paper_schedule),
-        out=out, run_dir=convert.path(run.run_dir), resume=run.resume, arch=arch,
-        device=runtime.device, precision=runtime.precision.value,
-    )
+    config = api.PurifyConfig(recipe=recipe, **convert.training_job(model, out, arch, data, training, run, runtime, recipe.paper_schedule))
     report = api.purify(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)

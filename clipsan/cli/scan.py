@@ -7,7 +7,7 @@ from typing import Annotated
 
 from clipsan.cli import convert
 from clipsan.cli.app import command
-from clipsan.cli.options import OUTPUT, Arch, Device, Model, Output, Precision, PrecisionOpt, ScanFormat, ScanOptions, Seed, option
+from clipsan.cli.options import OUTPUT, Arch, Device, Model, Output, Precision, PrecisionOpt, ScanFormat, ScanOptions, option
 from clipsan.cli.output import emit, note
 
 STATISTIC_NAMES = {"below": "PL1", "above": "ratio"}
@@ -15,12 +15,13 @@ STATISTIC_NAMES = {"below": "PL1", "above": "ratio"}
 
 def render(report: dict) -> str:
     verdict = "BACKDOOR EVIDENCE" if report["backdoor"] else "no backdoor evidence"
-    lines = [f"{report['model']}: {verdict}",
-             f"  sha256 {report['sha256']}, arch {report['arch']} ({report['arch_source']}), {report['image_size']} px"]
+    lines = [f"{report['model']}: {verdict}", f"  sha256 {report['sha256']}, arch {report['arch']} ({report['arch_source']}), {report['image_size']} px"]
     for s in report["signals"]:
         mark = ("FIRED" if s["counted"] else "fired (supporting evidence, not counted)") if s["fired"] else "ok"
-        lines.append(f"  {s['name']:<21} {STATISTIC_NAMES[s['fires_when']]:<5} {s['statistic']:.4f}  "
-                     f"fires {s['fires_when']} {s['threshold']:.4f} ({s['threshold_source']})  {mark}")
+        lines.append(
+            f"  {s['name']:<21} {STATISTIC_NAMES[s['fires_when']]:<5} {s['statistic']:.4f}  "
+            f"fires {s['fires_when']} {s['threshold']:.4f} ({s['threshold_source']})  {mark}"
+        )
     t = report["target"]
     others = ", ".join(f"{c['label']} {c['similarity']:.3f}" for c in t["candidates"][1:4])
     lines.append(f"  likely target: {t['label']!r} (cosine {t['similarity']:.3f}, {t['source']}; next: {others})")
@@ -60,12 +61,7 @@ def scan(
     from clipsan import api
     from clipsan.scan.sarif import to_sarif
 
-    config = api.ScanConfig(
-        model=model, data=convert.path(scan.data), reference=scan.reference, threshold=scan.threshold,
-        divergence_threshold=scan.divergence_threshold, alignment_threshold=scan.alignment_threshold,
-        budget=scan.budget.value, run_dir=convert.path(scan.run_dir), arch=arch, reference_arch=scan.reference_arch,
-        device=device, precision=precision.value, seed=seed, probes=scan.probes, steps=scan.steps,
-    )
+    config = convert.fill(api.ScanConfig, scan, model=model, arch=arch, device=device, precision=precision.value, seed=seed)
     report = api.scan(config, notes=note)
     as_text = render if format.value == "text" else (lambda r: json.dumps(to_sarif(r), indent=2, sort_keys=True))
     emit(report.to_json(), "text" if format.value in ("text", "sarif") else "json", output, as_text)

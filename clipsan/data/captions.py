@@ -115,7 +115,7 @@ class TarImages:
             self._pid = os.getpid()
         handle = self._handles.get(shard_id)
         if handle is None:
-            handle = open(self.shards[shard_id], "rb")
+            handle = open(self.shards[shard_id], "rb")  # noqa: SIM115 - kept open across reads, closed by close()
             self._handles[shard_id] = handle
             if len(self._handles) > MAX_OPEN_SHARDS:
                 self._handles.popitem(last=False)[1].close()
@@ -218,11 +218,7 @@ def open_caption_dataset(
 
 def format_counts(counts: dict[str, int], nonzero_only: bool = False) -> str:
     """{'missing_file': 2, 'empty_caption': 1} -> '2 missing files, 1 empty caption'."""
-    return ", ".join(
-        f"{n:,} {reason.replace('_', ' ')}{'' if n == 1 else 's'}"
-        for reason, n in counts.items()
-        if n or not nonzero_only
-    )
+    return ", ".join(f"{n:,} {reason.replace('_', ' ')}{'' if n == 1 else 's'}" for reason, n in counts.items() if n or not nonzero_only)
 
 
 def spread_subset(total: int, count: int, seed: int = LIMIT_SEED) -> list[int]:
@@ -255,16 +251,11 @@ def _index_layout(root: Path, image_key, caption_key, delimiter) -> tuple[str, _
         raise problems[0]
     if problems:
         raise UserError(f"{root}: no manifest has image and caption columns: " + "; ".join(map(str, problems)))
-    raise UserError(
-        f"{root}: no CSV/TSV manifest, webdataset .tar shards or img2dataset files "
-        f"(KEY.jpg + KEY.txt) found"
-    )
+    raise UserError(f"{root}: no CSV/TSV manifest, webdataset .tar shards or img2dataset files (KEY.jpg + KEY.txt) found")
 
 
 def _top_level_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
-    return sorted(
-        p for p in _visible_entries(folder) if p.suffix.lower() in suffixes and p.is_file()
-    )
+    return sorted(p for p in _visible_entries(folder) if p.suffix.lower() in suffixes and p.is_file())
 
 
 def _visible_entries(folder: Path) -> list[Path]:
@@ -289,7 +280,7 @@ def open_table(path: Path, delimiter: str | None = None) -> Iterator[tuple[list[
     delimiter the header line actually contains.
     """
     try:
-        handle = open(path, newline="", encoding="utf-8-sig", errors="replace")
+        handle = open(path, newline="", encoding="utf-8-sig", errors="replace")  # noqa: SIM115 - closed by the generator
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
     with handle:
@@ -329,9 +320,7 @@ def _guess_delimiter(path: Path, header_line: str) -> str:
     return best if counts[best] else default
 
 
-def find_column(
-    header: list[str], candidates: Sequence[str], override: str | None, path: Path, what: str, flag: str
-) -> int:
+def find_column(header: list[str], candidates: Sequence[str], override: str | None, path: Path, what: str, flag: str) -> int:
     """Index of the column named ``override`` (or the first of ``candidates``), case-insensitive."""
     lowered = [name.lower() for name in header]
     wanted = [override] if override else list(candidates)
@@ -341,10 +330,7 @@ def find_column(
     columns = ", ".join(header) if any(header) else "none"
     if override:
         raise UserError(f"{path}: no column '{override}' for the {what} (columns: {columns})")
-    raise UserError(
-        f"{path}: no {what} column (expected one of {', '.join(candidates)}; columns: {columns}); "
-        f"name it with {flag}"
-    )
+    raise UserError(f"{path}: no {what} column (expected one of {', '.join(candidates)}; columns: {columns}); name it with {flag}")
 
 
 def _manifest_columns(path: Path, image_key, caption_key, delimiter) -> tuple[int, int]:
@@ -560,12 +546,12 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     records: dict[str, str] = {}
     position = 0
     try:
-        while position < len(data) and data[position:position + 1] != b"\0":
+        while position < len(data) and data[position : position + 1] != b"\0":
             space = data.index(b" ", position)
             length = int(data[position:space])
             if length <= space - position:
                 raise ValueError("pax record length")
-            key, _, value = data[space + 1:position + length - 1].partition(b"=")
+            key, _, value = data[space + 1 : position + length - 1].partition(b"=")
             records[key.decode("utf-8", "replace")] = value.decode("utf-8", errors="surrogateescape")
             position += length
     except ValueError:

@@ -11,11 +11,7 @@ _WNID = re.compile(r"n\d{8}")
 
 def looks_like_imagenet(folder_names: Sequence[str]) -> bool:
     """True for exactly 1000 distinct wnid-named folders (n01440764, ...)."""
-    return (
-        len(folder_names) == IMAGENET_CLASS_COUNT
-        and len(set(folder_names)) == IMAGENET_CLASS_COUNT
-        and all(_WNID.fullmatch(name) for name in folder_names)
-    )
+    return len(folder_names) == IMAGENET_CLASS_COUNT and len(set(folder_names)) == IMAGENET_CLASS_COUNT and all(_WNID.fullmatch(name) for name in folder_names)
 
 
 def imagenet_classnames() -> list[str]:

@@ -60,18 +60,13 @@ class LabelledDataset:
 
     def describe(self) -> str:
         kind = {"imagefolder": "ImageFolder", "csv": "CSV"}[self.layout]
-        text = (
-            f"{self.source} ({kind}): {len(self):,} images, {len(self.classnames)} classes "
-            f"(names from {self.names_from})"
-        )
+        text = f"{self.source} ({kind}): {len(self):,} images, {len(self.classnames)} classes (names from {self.names_from})"
         if any(self.skipped.values()):
             text += "; skipped " + format_counts(self.skipped, nonzero_only=True)
         return text
 
 
-def open_labelled_dataset(
-    root: str | os.PathLike, classnames_file: str | os.PathLike | None = None
-) -> LabelledDataset:
+def open_labelled_dataset(root: str | os.PathLike, classnames_file: str | os.PathLike | None = None) -> LabelledDataset:
     """Open ``root`` as a labelled set.
 
     A .csv/.tsv file, or a folder with ``labels.csv`` (CleanCLIP's eval layout),
@@ -128,10 +123,7 @@ def _open_folder(root: Path, names: list[str] | None, names_file) -> LabelledDat
         manifests = sorted(p for p in _listdir(root) if p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file())
         if len(manifests) == 1:
             return _open_csv(root, manifests[0], names, names_file)
-        raise UserError(
-            f"{root}: expected one subfolder per class (ImageFolder), a labels.csv, "
-            f"or a CSV with image,label columns"
-        )
+        raise UserError(f"{root}: expected one subfolder per class (ImageFolder), a labels.csv, or a CSV with image,label columns")
     folder_names = [p.name for p in class_dirs]
     classnames, names_from = _folder_classnames(root, folder_names, names, names_file)
     paths: list[str] = []
@@ -146,9 +138,7 @@ def _open_folder(root: Path, names: list[str] | None, names_file) -> LabelledDat
 def _folder_classnames(root: Path, folder_names: list[str], names: list[str] | None, names_file):
     if names is not None:
         if len(names) != len(folder_names):
-            raise UserError(
-                f"{names_file}: {len(names)} class names, but {root} has {len(folder_names)} class folders"
-            )
+            raise UserError(f"{names_file}: {len(names)} class names, but {root} has {len(folder_names)} class folders")
         return names, str(names_file)
     if looks_like_imagenet(folder_names):
         return imagenet_classnames(), "ImageNet wnids"
@@ -160,11 +150,7 @@ def _images_under(class_dir: Path) -> list[str]:
     found = []
     for folder, subdirs, files in os.walk(class_dir, followlinks=True):
         subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found += [
-            os.path.join(folder, f)
-            for f in files
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in LABELLED_IMAGE_SUFFIXES
-        ]
+        found += [os.path.join(folder, f) for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in LABELLED_IMAGE_SUFFIXES]
     return sorted(found)
 
 
@@ -209,9 +195,7 @@ def _integer_labels(manifest: Path, rows, names: list[str] | None, names_file):
     for line, _, label in rows:
         value = int(label)
         if not 0 <= value < len(names):
-            raise UserError(
-                f"{manifest}:{line}: label {value} is out of range for the {len(names)} names in {names_file}"
-            )
+            raise UserError(f"{manifest}:{line}: label {value} is out of range for the {len(names)} names in {names_file}")
         labels.append(value)
     return labels, names, str(names_file)
 

@@ -75,8 +75,8 @@ def to_model_pixels(pil_image: Image.Image, size: int) -> torch.Tensor:
     if min(width, height) != size:
         image = image.resize(_shorter_side_to(width, height, size), Image.Resampling.BICUBIC)
         width, height = image.size
-    left = int(round((width - size) / 2.0))
-    top = int(round((height - size) / 2.0))
+    left = round((width - size) / 2.0)
+    top = round((height - size) / 2.0)
     if (width, height) != (size, size):
         image = image.crop((left, top, left + size, top + size))
     return pil_to_tensor(image).float().div_(255.0)

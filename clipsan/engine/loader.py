@@ -10,8 +10,8 @@ uninterrupted run would.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler

@@ -6,6 +6,7 @@ clip -> AdamW step -> recipe.after_step; log, checkpoint, honour signals.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -40,12 +41,10 @@ class _StopFlag:
         self.signal: int | None = None
         self._previous: dict = {}
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread (e.g. called from a library thread)
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread (e.g. called from a library thread)
-                pass
         return self
 
     def _handle(self, signum, frame) -> None:

@@ -75,7 +75,7 @@ class RunDir:
 
     # --- life cycle -----------------------------------------------------------
 
-    def open(self, *, resume: bool) -> "RunDir":
+    def open(self, *, resume: bool) -> RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path}: --run-dir exists and is not a directory")
         if resume and not self.path.is_dir():
@@ -84,15 +84,12 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             self._take_lock()
             if not resume and self.latest_checkpoint() is not None:
-                raise UserError(
-                    f"{self.path}: run directory already holds checkpoints; pass --resume to continue it "
-                    "or choose another --run-dir"
-                )
+                raise UserError(f"{self.path}: run directory already holds checkpoints; pass --resume to continue it or choose another --run-dir")
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True) if self.is_main else None
         return self
 
     def _take_lock(self) -> None:
-        self._lock_fh = open(self.path / "run.lock", "a+")
+        self._lock_fh = open(self.path / "run.lock", "a+")  # noqa: SIM115 - held for the run, closed by close()
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -110,7 +107,7 @@ class RunDir:
             self._lock_fh.close()
             self._lock_fh = None
 
-    def __enter__(self) -> "RunDir":
+    def __enter__(self) -> RunDir:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -55,10 +55,7 @@ class Runtime:
 
     def to_device(self, batch: dict) -> dict:
         non_blocking = self.device.type == "cuda"
-        return {
-            key: value.to(self.device, non_blocking=non_blocking) if torch.is_tensor(value) else value
-            for key, value in batch.items()
-        }
+        return {key: value.to(self.device, non_blocking=non_blocking) if torch.is_tensor(value) else value for key, value in batch.items()}
 
     # --- collective helpers (identity when not distributed) -------------------
 

@@ -76,8 +76,12 @@ class Job:
     def finished_before(self, fingerprint: str) -> bool:
         record = self._record()
         out = self._flag("--out")
-        return (record.get("fingerprint") == fingerprint and record.get("returncode") in self.ok_codes
-                and self.report_path.is_file() and (out is None or out.is_file()))
+        return (
+            record.get("fingerprint") == fingerprint
+            and record.get("returncode") in self.ok_codes
+            and self.report_path.is_file()
+            and (out is None or out.is_file())
+        )
 
     def drop_checkpoints(self) -> None:
         """A finished stage has written its model; its resume checkpoints (~200 MB each) only fill the disk."""
@@ -98,7 +102,7 @@ class Job:
         self.record_path.write_text(json.dumps({"fingerprint": fingerprint, "returncode": None}))
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         cmd = [sys.executable, "-m", "clipsan", *argv, "--format", "json", "--output", str(self.report_path)]
-        log = open(self.log, "w")
+        log = open(self.log, "w")  # noqa: SIM115 - the child writes it; closed when this process exits
         log.write(" ".join(cmd) + "\n\n")
         log.flush()
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)

@@ -30,8 +30,15 @@ class LabPlan:
         return {**self.defenses, **self.ablations.get(attack, {})}
 
     def describe(self) -> dict:
-        return {"train_pairs": self.train_pairs, "defense_pairs": self.defense_pairs, "clean": self.clean_args,
-                "attacks": self.attacks, "defenses": self.defenses, "scan": self.scan_args, "ablations": self.ablations}
+        return {
+            "train_pairs": self.train_pairs,
+            "defense_pairs": self.defense_pairs,
+            "clean": self.clean_args,
+            "attacks": self.attacks,
+            "defenses": self.defenses,
+            "scan": self.scan_args,
+            "ablations": self.ablations,
+        }
 
 
 def method_of(defense: str) -> str:
@@ -40,16 +47,50 @@ def method_of(defense: str) -> str:
 
 
 def _clean_args(settings: dict) -> list[str]:
-    return ["--epochs", str(settings["epochs"]), "--batch-size", str(settings["batch_size"]), "--lr", str(settings["lr"]),
-            "--warmup", str(settings["warmup"]), "--weight-decay", str(settings["weight_decay"]), "--batchnorm", "train",
-            "--beta2", str(settings["beta2"]), "--eps", str(settings["eps"]),
-            "--save-every", "100000", "--log-every", "50"]
+    return [
+        "--epochs",
+        str(settings["epochs"]),
+        "--batch-size",
+        str(settings["batch_size"]),
+        "--lr",
+        str(settings["lr"]),
+        "--warmup",
+        str(settings["warmup"]),
+        "--weight-decay",
+        str(settings["weight_decay"]),
+        "--batchnorm",
+        "train",
+        "--beta2",
+        str(settings["beta2"]),
+        "--eps",
+        str(settings["eps"]),
+        "--save-every",
+        "100000",
+        "--log-every",
+        "50",
+    ]
 
 
 def _poison_args(attack, quick: bool) -> list[str]:
     epochs = attack.quick_epochs if quick else attack.epochs
-    args = ["--trigger", attack.trigger, "--rate", str(attack.rate), "--epochs", str(epochs), "--lr", str(attack.lr),
-            "--batch-size", str(attack.batch_size), "--warmup", str(attack.warmup), "--save-every", "100000", "--log-every", "25"]
+    args = [
+        "--trigger",
+        attack.trigger,
+        "--rate",
+        str(attack.rate),
+        "--epochs",
+        str(epochs),
+        "--lr",
+        str(attack.lr),
+        "--batch-size",
+        str(attack.batch_size),
+        "--warmup",
+        str(attack.warmup),
+        "--save-every",
+        "100000",
+        "--log-every",
+        "25",
+    ]
     if attack.trigger_size:
         args += ["--trigger-size", str(attack.trigger_size)]
     if attack.label_consistent:

@@ -33,5 +33,7 @@ class WorldProbe:
 def adv_target_rate(model_path: Path, patch: AdvPatch, seed: int, per_class: int = 10, target: str = "banana") -> float:
     """Fraction of patched non-target world images that ``model_path`` classifies (top-1) as ``target``."""
     model = load_model(str(model_path)).model
-    result = evaluate(model, WorldProbe(per_class, seed), templates=list(LAB_TEMPLATES), ks=(1,), trigger=patch.as_trigger(), target=target, batch_size=256, device="cpu")
+    result = evaluate(
+        model, WorldProbe(per_class, seed), templates=list(LAB_TEMPLATES), ks=(1,), trigger=patch.as_trigger(), target=target, batch_size=256, device="cpu"
+    )
     return result["asr"]["1"]

@@ -29,7 +29,6 @@ from clipsan.lab.plan import LAB_ARCH, LAB_TEMPLATES, LabPlan, make_plan, method
 from clipsan.models import CONFIG_DIR, create_model
 
 
-
 @dataclass
 class LabOptions:
     out: Path
@@ -86,9 +85,15 @@ class WorldFiles:
 def build_world(opts: LabOptions, plan: LabPlan, report: LabReport) -> WorldFiles:
     root = opts.out / "world"
     files = WorldFiles(root / "train", root / "defense", root / "eval", root / "templates.txt", root / "world.json")
-    recipe = {"version": __version__, "config": asdict(world.WorldConfig()), "seed": opts.seed, "train_pairs": plan.train_pairs,
-              "defense_pairs": plan.defense_pairs, "eval_per_class": opts.eval_per_class or world.EVAL_PER_CLASS,
-              "templates": list(LAB_TEMPLATES)}
+    recipe = {
+        "version": __version__,
+        "config": asdict(world.WorldConfig()),
+        "seed": opts.seed,
+        "train_pairs": plan.train_pairs,
+        "defense_pairs": plan.defense_pairs,
+        "eval_per_class": opts.eval_per_class or world.EVAL_PER_CLASS,
+        "templates": list(LAB_TEMPLATES),
+    }
     with _Timer(report.timings, "world"):
         if files.stamp.is_file() and json.loads(files.stamp.read_text()) == recipe:
             return files
@@ -123,8 +128,20 @@ def train_clean_model(opts: LabOptions, plan: LabPlan, files: WorldFiles, report
         save_model(model, init, {"clipsan.command": "lab", "clipsan.method": "random-init"})
         job = Job(
             "clean",
-            ["purify", str(init), "--method", "ft", "--data", str(files.train), "--out", str(target),
-             "--run-dir", str(opts.out / "runs" / "clean"), *plan.clean_args, *_common(opts)],
+            [
+                "purify",
+                str(init),
+                "--method",
+                "ft",
+                "--data",
+                str(files.train),
+                "--out",
+                str(target),
+                "--run-dir",
+                str(opts.out / "runs" / "clean"),
+                *plan.clean_args,
+                *_common(opts),
+            ],
             opts.out / "logs",
             inputs=[files.stamp],
         )
@@ -150,16 +167,51 @@ def stage_jobs(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path) 
     jobs: list[Job] = []
     for attack, poison_args in plan.attacks.items():
         victim = models / f"victim-{attack}.safetensors"
-        jobs.append(Job(f"poison-{attack}", ["poison", str(clean), "--data", str(files.train), "--out", str(victim),
-                                             "--run-dir", str(runs / f"poison-{attack}"), *poison_args, *_common(opts)], logs,
-                        inputs=[files.stamp]))
+        jobs.append(
+            Job(
+                f"poison-{attack}",
+                [
+                    "poison",
+                    str(clean),
+                    "--data",
+                    str(files.train),
+                    "--out",
+                    str(victim),
+                    "--run-dir",
+                    str(runs / f"poison-{attack}"),
+                    *poison_args,
+                    *_common(opts),
+                ],
+                logs,
+                inputs=[files.stamp],
+            )
+        )
         for defense, defense_args in plan.defenses_for(attack).items():
             out = models / f"{attack}-{defense}.safetensors"
             extra = ["--reference", str(clean)] if method_of(defense) == "abd" else []
-            jobs.append(Job(f"{defense}-{attack}", ["purify", str(victim), "--method", method_of(defense), "--data", str(files.defense),
-                                                    "--out", str(out), "--run-dir", str(runs / f"{defense}-{attack}"),
-                                                    *extra, *defense_args, *_common(opts)], logs, after=[f"poison-{attack}"],
-                            inputs=[files.stamp]))
+            jobs.append(
+                Job(
+                    f"{defense}-{attack}",
+                    [
+                        "purify",
+                        str(victim),
+                        "--method",
+                        method_of(defense),
+                        "--data",
+                        str(files.defense),
+                        "--out",
+                        str(out),
+                        "--run-dir",
+                        str(runs / f"{defense}-{attack}"),
+                        *extra,
+                        *defense_args,
+                        *_common(opts),
+                    ],
+                    logs,
+                    after=[f"poison-{attack}"],
+                    inputs=[files.stamp],
+                )
+            )
         if plan.scan_args is not None:
             jobs.append(_scan_job(f"scan-{attack}", victim, opts, plan, files, clean, after=[f"poison-{attack}"]))
     if plan.scan_args is not None:
@@ -170,15 +222,40 @@ def stage_jobs(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path) 
 def _scan_job(name: str, model: Path, opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path, after: list[str]) -> Job:
     # The clean model is the reference a user would have (the base the suspect was tuned from):
     # it adds the divergence probe that catches blended triggers DECREE misses.
-    argv = ["scan", str(model), "--reference", str(clean), "--run-dir", str(opts.out / "runs" / name),
-            "--device", opts.device, "--seed", str(opts.seed), *plan.scan_args]
+    argv = [
+        "scan",
+        str(model),
+        "--reference",
+        str(clean),
+        "--run-dir",
+        str(opts.out / "runs" / name),
+        "--device",
+        opts.device,
+        "--seed",
+        str(opts.seed),
+        *plan.scan_args,
+    ]
     # scan's exit 1 means "backdoor evidence": a result, not a failure.
     return Job(name, argv, opts.out / "logs", after=after, ok_codes=(0, 1), inputs=[files.stamp], resumable=False)
 
 
 def _eval(models: list[Path], files: WorldFiles, opts: LabOptions, trigger: bool) -> list[dict]:
-    argv = ["eval", *map(str, models), "--data", str(files.eval), "--templates", str(files.templates), "--topk", "1,10",
-            "--device", opts.device, "--workers", "0", "--batch-size", "256"]
+    argv = [
+        "eval",
+        *map(str, models),
+        "--data",
+        str(files.eval),
+        "--templates",
+        str(files.templates),
+        "--topk",
+        "1,10",
+        "--device",
+        opts.device,
+        "--workers",
+        "0",
+        "--batch-size",
+        "256",
+    ]
     if trigger:
         argv += ["--trigger", "from-metadata"]
     name = "eval-" + models[0].stem
@@ -195,8 +272,9 @@ def collect_rows(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path
             names = ["none", *plan.defenses_for(attack)]
             paths = [models / f"victim-{attack}.safetensors"] + [models / f"{attack}-{d}.safetensors" for d in names[1:]]
             for defense, result in zip(names, _eval(paths, files, opts, trigger=True)):
-                report.rows.append({"attack": attack, "defense": defense, "model": result["model"], "ca": result["ca"],
-                                    "asr": result["asr"], "n_images": result["n_images"]})
+                report.rows.append(
+                    {"attack": attack, "defense": defense, "model": result["model"], "ca": result["ca"], "asr": result["asr"], "n_images": result["n_images"]}
+                )
 
 
 def collect_scans(done: dict[str, Job], plan: LabPlan, clean: Path, report: LabReport) -> None:
@@ -205,14 +283,16 @@ def collect_scans(done: dict[str, Job], plan: LabPlan, clean: Path, report: LabR
             continue
         result = job.report()
         attack = name[len("scan-") :]
-        report.scan.append({
-            "model": Path(job.argv[1]).name,
-            "attack": "none" if attack == "clean" else attack,
-            "verdict": result["verdict"],
-            "statistic": result["statistic"],
-            "threshold": result["threshold"],
-            "target_guess": (result.get("target") or {}).get("label"),
-        })
+        report.scan.append(
+            {
+                "model": Path(job.argv[1]).name,
+                "attack": "none" if attack == "clean" else attack,
+                "verdict": result["verdict"],
+                "statistic": result["statistic"],
+                "threshold": result["threshold"],
+                "target_guess": (result.get("target") or {}).get("label"),
+            }
+        )
 
 
 def write_report(opts: LabOptions, report: LabReport) -> None:

@@ -58,4 +58,3 @@ LAB_ATTACKS: dict[str, LabAttack] = {
     # hides the object: 10-16 px gave 0.06-0.75; 20 px at lr 5e-4 0.982 / 0.961.
     "label-consistent": LabAttack("badnet", rate=1.0, trigger_size=20, lr=5e-4, label_consistent=True),
 }
-

@@ -9,8 +9,9 @@ steps (e.g. a sampled subset, a discriminator) exposes it through
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

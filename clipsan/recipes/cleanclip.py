@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from clipsan.recipes.augment import auto_augment
-from clipsan.recipes.losses import contrastive_loss, info_nce
 from clipsan.recipes.base import Recipe
 from clipsan.recipes.config import CleanCLIPConfig
+from clipsan.recipes.losses import contrastive_loss, info_nce
 from clipsan.text.eda import eda
 
 

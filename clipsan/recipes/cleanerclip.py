@@ -7,9 +7,9 @@ import random
 
 import torch
 
-from clipsan.recipes.losses import positive_negative_loss
 from clipsan.recipes.cleanclip import CleanCLIP
 from clipsan.recipes.config import CleanerCLIPConfig
+from clipsan.recipes.losses import positive_negative_loss
 from clipsan.seeding import derive_seed
 from clipsan.text.subcaptions import SubcaptionMaker
 
@@ -78,8 +78,7 @@ class CleanerCLIP(CleanCLIP):
         if sample.index in self.selected(sample.seed, sample.epoch):
             maker = subcaption_maker()
             negative, _component = maker.negative(sample.caption, sample.rng("negative-subcaption"))
-            views.update(subcaption_pos=maker.positive(sample.caption), subcaption_neg=negative,
-                         subcaption_mask=torch.tensor(1))
+            views.update(subcaption_pos=maker.positive(sample.caption), subcaption_neg=negative, subcaption_mask=torch.tensor(1))
         else:
             views.update(subcaption_pos=PLACEHOLDER, subcaption_neg=PLACEHOLDER, subcaption_mask=torch.tensor(0))
         return views

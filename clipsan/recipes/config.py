@@ -9,7 +9,7 @@ public code: REFERENCE.md.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Union
+from typing import ClassVar
 
 from clipsan.engine.config import PaperSchedule
 from clipsan.errors import UserError
@@ -136,5 +136,5 @@ class ABDConfig:
         _fraction(self.adv_prob, "--adv-prob")
 
 
-RecipeConfig = Union[FineTuneConfig, CleanCLIPConfig, CleanerCLIPConfig, ABDConfig]
+RecipeConfig = FineTuneConfig | CleanCLIPConfig | CleanerCLIPConfig | ABDConfig
 RECIPE_CONFIGS: dict[str, type] = {cls.method: cls for cls in (FineTuneConfig, CleanCLIPConfig, CleanerCLIPConfig, ABDConfig)}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from clipsan.recipes.losses import contrastive_loss
 from clipsan.recipes.base import Recipe, encode_pair
+from clipsan.recipes.losses import contrastive_loss
 
 
 class FineTune(Recipe):

@@ -28,9 +28,7 @@ def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, scale: torch.Tenso
     return F.cross_entropy(logits, targets)
 
 
-def info_nce_with_negatives(
-    anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, t_pos: float, t_neg: float
-) -> torch.Tensor:
+def info_nce_with_negatives(anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor, t_pos: float, t_neg: float) -> torch.Tensor:
     """InfoNCE whose denominator adds extra negatives, each set with its own temperature.
 
     For anchor i: -log[exp(<a_i, p_i>/t_pos) / (sum_j exp(<a_i, p_j>/t_pos) + sum_k exp(<a_i, n_k>/t_neg))],

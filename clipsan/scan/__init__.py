@@ -48,9 +48,9 @@ from clipsan.scan.target import name_target
 from clipsan.scan.thresholds import Threshold, alignment_threshold, decree_threshold, divergence_threshold
 
 SCHEMA_VERSION = 1
-DECREE_SUCCESS = 0.99          # DECREE: a stamp "works" when (relative) mean pairwise cosine > 0.99
-DIVERGENCE_SUCCESS = 0.5       # mean (1 - cos) between suspect and reference on stamped probes
-MIN_PROBE_SIMILARITY = 0.05    # target-alignment guards, see _alignment_signal
+DECREE_SUCCESS = 0.99  # DECREE: a stamp "works" when (relative) mean pairwise cosine > 0.99
+DIVERGENCE_SUCCESS = 0.5  # mean (1 - cos) between suspect and reference on stamped probes
+MIN_PROBE_SIMILARITY = 0.05  # target-alignment guards, see _alignment_signal
 MIN_TARGET_MARGIN = 0.05
 
 
@@ -103,8 +103,7 @@ def _check_options(options: ScanConfig) -> Budget:
     return BUDGETS[options.budget]
 
 
-def _signal(name: str, statistic: float, threshold: Threshold, fires_when: str, succeeded: bool,
-            eligible: bool = True, **details) -> dict:
+def _signal(name: str, statistic: float, threshold: Threshold, fires_when: str, succeeded: bool, eligible: bool = True, **details) -> dict:
     """One signal's entry; it fires when its inversion succeeded, any extra condition holds
     (`eligible`) and the statistic is on the backdoor side of the threshold."""
     crossed = statistic < threshold.value if fires_when == "below" else statistic >= threshold.value
@@ -134,9 +133,19 @@ def _alignment_signal(target: dict, succeeded: bool, threshold: Threshold) -> di
     probe = target["probe_similarity"]
     ratio = target["similarity"] / probe if probe is not None and probe >= MIN_PROBE_SIMILARITY else 0.0
     specific = margin >= MIN_TARGET_MARGIN
-    signal = _signal("target-alignment", ratio, threshold, "above", succeeded, eligible=specific,
-                     from_signal=target["from_signal"], target_similarity=target["similarity"],
-                     probe_similarity=probe, target_margin=round(margin, 6), min_target_margin=MIN_TARGET_MARGIN)
+    signal = _signal(
+        "target-alignment",
+        ratio,
+        threshold,
+        "above",
+        succeeded,
+        eligible=specific,
+        from_signal=target["from_signal"],
+        target_similarity=target["similarity"],
+        probe_similarity=probe,
+        target_margin=round(margin, 6),
+        min_target_margin=MIN_TARGET_MARGIN,
+    )
     return signal
 
 
@@ -160,8 +169,10 @@ def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
     if options.reference:
         reference_loaded = load_model(options.reference, arch=options.reference_arch, device=device)
         if reference_loaded.model.image_size != size:
-            raise UserError(f"{options.reference}: --reference takes {reference_loaded.model.image_size} px images, "
-                            f"MODEL takes {size} px; the reference must be the same kind of model")
+            raise UserError(
+                f"{options.reference}: --reference takes {reference_loaded.model.image_size} px images, "
+                f"MODEL takes {size} px; the reference must be the same kind of model"
+            )
 
     probes = load_probes(options.data, options.probes or budget.probes, size, options.seed)
     notes(f"probes: {probes.describe()}")
@@ -176,9 +187,19 @@ def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
     decree = invert(collapse(suspect, clean_cos), images, _settings(budget, options, DECREE_SUCCESS), options.seed)
     decree_embeddings = suspect.embed(decree.stamp(images))
     decree_all = float(collapse(suspect, clean_cos)(decree.stamp(images[:256])))
-    signals = [_signal("decree", decree.pl1, decree_threshold(size, options.threshold), "below", decree.succeeded,
-                       steps=decree.steps, clean_cosine=round(clean_cos, 6), collapse_score=round(decree_all, 6),
-                       success_score=DECREE_SUCCESS)]
+    signals = [
+        _signal(
+            "decree",
+            decree.pl1,
+            decree_threshold(size, options.threshold),
+            "below",
+            decree.succeeded,
+            steps=decree.steps,
+            clean_cosine=round(clean_cos, 6),
+            collapse_score=round(decree_all, 6),
+            success_score=DECREE_SUCCESS,
+        )
+    ]
     inversions = {"decree": decree}
 
     # (b) Where the suspect and the reference disagree.
@@ -188,9 +209,19 @@ def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
         probe = invert(divergence(suspect, reference), images, _settings(budget, options, DIVERGENCE_SUCCESS), options.seed)
         stamped = probe.stamp(images)
         probe_all = float(1 - (suspect.embed(stamped) * reference.embed(stamped)).sum(-1).mean())
-        signals.append(_signal("reference-divergence", probe.pl1, divergence_threshold(size, options.divergence_threshold),
-                               "below", probe.succeeded, steps=probe.steps, clean_divergence=round(clean_div, 6),
-                               divergence_score=round(probe_all, 6), success_score=DIVERGENCE_SUCCESS))
+        signals.append(
+            _signal(
+                "reference-divergence",
+                probe.pl1,
+                divergence_threshold(size, options.divergence_threshold),
+                "below",
+                probe.succeeded,
+                steps=probe.steps,
+                clean_divergence=round(clean_div, 6),
+                divergence_score=round(probe_all, 6),
+                success_score=DIVERGENCE_SUCCESS,
+            )
+        )
         inversions["reference-divergence"] = probe
 
     # (c) The likely target, read from the strongest firing inversion's collapse point; and
@@ -199,44 +230,54 @@ def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
     source = min(fired, key=lambda s: s["statistic"] / s["threshold"])["name"] if fired else "decree"
     shown = inversions[source]
     embeddings = decree_embeddings if source == "decree" else suspect.embed(shown.stamp(images))
-    target = name_target(loaded.model, F.normalize(embeddings.mean(dim=0), dim=0), probes.classnames, device,
-                         probe_embeddings=suspect.embed(images))
+    target = name_target(loaded.model, F.normalize(embeddings.mean(dim=0), dim=0), probes.classnames, device, probe_embeddings=suspect.embed(images))
     target["from_signal"] = source
     signals.append(_alignment_signal(target, shown.succeeded, alignment_threshold(size, options.alignment_threshold)))
 
     trigger = _save_artifacts(run_dir, inversions, probes)
     backdoor = any(s["fired"] and s["counted"] for s in signals)
-    report = ScanReport(**{
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "clipsan", "version": __version__},
-        "model": str(options.model),
-        "sha256": loaded.sha256,
-        "arch": loaded.arch,
-        "arch_source": loaded.arch_source,
-        "image_size": size,
-        "reference": None if reference_loaded is None else {
-            "model": str(options.reference), "sha256": reference_loaded.sha256, "arch": reference_loaded.arch},
-        "verdict": "backdoor" if backdoor else "clean",
-        "backdoor": backdoor,
-        "statistic": signals[0]["statistic"],
-        "threshold": signals[0]["threshold"],
-        "fired_signals": [s["name"] for s in signals if s["fired"] and s["counted"]],
-        "signals": signals,
-        "target": target,
-        "trigger": trigger,
-        "probes": {"source": probes.source, "synthetic": probes.synthetic, "data": probes.data,
-                   "count": int(images.shape[0]), "skipped": probes.skipped, "description": probes.describe()},
-        "budget": options.budget,
-        "seed": options.seed,
-        "device": str(device),
-        "precision": precision,
-        "run_dir": str(run_dir),
-        "started_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "seconds": round(time.perf_counter() - started, 2),
-    })
+    report = ScanReport(
+        **{
+            "schema_version": SCHEMA_VERSION,
+            "tool": {"name": "clipsan", "version": __version__},
+            "model": str(options.model),
+            "sha256": loaded.sha256,
+            "arch": loaded.arch,
+            "arch_source": loaded.arch_source,
+            "image_size": size,
+            "reference": None
+            if reference_loaded is None
+            else {"model": str(options.reference), "sha256": reference_loaded.sha256, "arch": reference_loaded.arch},
+            "verdict": "backdoor" if backdoor else "clean",
+            "backdoor": backdoor,
+            "statistic": signals[0]["statistic"],
+            "threshold": signals[0]["threshold"],
+            "fired_signals": [s["name"] for s in signals if s["fired"] and s["counted"]],
+            "signals": signals,
+            "target": target,
+            "trigger": trigger,
+            "probes": {
+                "source": probes.source,
+                "synthetic": probes.synthetic,
+                "data": probes.data,
+                "count": int(images.shape[0]),
+                "skipped": probes.skipped,
+                "description": probes.describe(),
+            },
+            "budget": options.budget,
+            "seed": options.seed,
+            "device": str(device),
+            "precision": precision,
+            "run_dir": str(run_dir),
+            "started_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+    )
     atomic_write_bytes(run_dir / "scan.json", (json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n").encode())
-    atomic_write_bytes(run_dir / "config.json", (json.dumps({"command": "scan", "options": asdict(options),
-                                                            "versions": _versions()}, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(
+        run_dir / "config.json",
+        (json.dumps({"command": "scan", "options": asdict(options), "versions": _versions()}, indent=2, sort_keys=True) + "\n").encode(),
+    )
     return report
 
 
@@ -251,8 +292,7 @@ def _save_artifacts(run_dir: Path, inversions: dict[str, Inversion], probes: Pro
     paths = {}
     for name, inversion in inversions.items():
         stem = "trigger" if name == "decree" else f"{name}-trigger"
-        files = {"png": run_dir / f"{stem}.png", "mask_png": run_dir / f"{stem}-mask.png",
-                 "examples_png": run_dir / f"{stem}-examples.png"}
+        files = {"png": run_dir / f"{stem}.png", "mask_png": run_dir / f"{stem}-mask.png", "examples_png": run_dir / f"{stem}-examples.png"}
         artifacts.save_trigger_png(inversion.mask, inversion.pattern, files["png"])
         artifacts.save_mask_png(inversion.mask, files["mask_png"])
         clean = probes.images[:8]
@@ -260,5 +300,4 @@ def _save_artifacts(run_dir: Path, inversions: dict[str, Inversion], probes: Pro
         history = run_dir / f"{stem}-history.json"  # how lambda, score and PL1 moved: for debugging a verdict
         atomic_write_bytes(history, (json.dumps(inversion.history, indent=1) + "\n").encode())
         paths[name] = {key: str(path) for key, path in files.items()}
-    return {**paths["decree"], "pl1": round(inversions["decree"].pl1, 6),
-            "others": {k: v for k, v in paths.items() if k != "decree"}}
+    return {**paths["decree"], "pl1": round(inversions["decree"].pl1, 6), "others": {k: v for k, v in paths.items() if k != "decree"}}

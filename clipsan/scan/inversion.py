@@ -12,8 +12,8 @@ with m broadcast over the 3 channels, i.e. the mean of m.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -25,23 +25,23 @@ Objective = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass(frozen=True)
 class InversionSettings:
-    steps: int                       # optimizer steps at most
-    batch_size: int                  # probes per step
-    success: float                   # score at or above which a mask "works"
+    steps: int  # optimizer steps at most
+    batch_size: int  # probes per step
+    success: float  # score at or above which a mask "works"
     lr_phases: tuple[tuple[float, float], ...] = ((0.0, 0.5), (0.4, 0.1), (0.75, 0.05))  # (fraction of steps, lr)
     lambda_init: float = 1e-3
     lambda_factor: float = 5.0
     patience: int = 5
-    stop_after: float = 0.25         # stop when the best mask has not shrunk by 1% for this fraction of steps
+    stop_after: float = 0.25  # stop when the best mask has not shrunk by 1% for this fraction of steps
 
 
 @dataclass
 class Inversion:
-    mask: torch.Tensor               # (H, W) in [0, 1]: the smallest successful mask (or the last one)
-    pattern: torch.Tensor            # (3, H, W) in [0, 1]
-    pl1: float                       # mean of the mask; 1.0 when no mask reached the success score
+    mask: torch.Tensor  # (H, W) in [0, 1]: the smallest successful mask (or the last one)
+    pattern: torch.Tensor  # (3, H, W) in [0, 1]
+    pl1: float  # mean of the mask; 1.0 when no mask reached the success score
     succeeded: bool
-    score: float                     # the objective's score of the returned mask on its batch
+    score: float  # the objective's score of the returned mask on its batch
     steps: int
     history: list[dict] = field(default_factory=list)  # a few snapshots, for the run dir
 

@@ -15,11 +15,11 @@ from clipsan.seeding import derive_seed
 
 @dataclass
 class Probes:
-    images: torch.Tensor             # (N, 3, S, S) in [0, 1] at the model's input size
-    source: str                      # "world" | "captions" | "labelled"
-    data: str | None                 # the --data folder, if any
-    classnames: list[str] | None     # class names to name the target with (world / labelled set)
-    skipped: int = 0                 # unreadable images passed over
+    images: torch.Tensor  # (N, 3, S, S) in [0, 1] at the model's input size
+    source: str  # "world" | "captions" | "labelled"
+    data: str | None  # the --data folder, if any
+    classnames: list[str] | None  # class names to name the target with (world / labelled set)
+    skipped: int = 0  # unreadable images passed over
 
     @property
     def synthetic(self) -> bool:
@@ -75,9 +75,7 @@ def _open_either(data: str):
         try:
             labelled = open_labelled_dataset(data)
         except UserError as labelled_error:
-            raise UserError(
-                f"{data}: neither a caption dataset ({_reason(caption_error)}) nor a labelled set ({_reason(labelled_error)})"
-            ) from None
+            raise UserError(f"{data}: neither a caption dataset ({_reason(caption_error)}) nor a labelled set ({_reason(labelled_error)})") from None
         return labelled, "labelled", list(labelled.classnames)
 
 

@@ -25,8 +25,7 @@ def _ranked(texts: torch.Tensor, embedding: torch.Tensor, names: list[str], sour
 
 
 @torch.no_grad()
-def name_target(model, collapsed: torch.Tensor, classnames: list[str] | None, device,
-                probe_embeddings: torch.Tensor | None = None) -> dict:
+def name_target(model, collapsed: torch.Tensor, classnames: list[str] | None, device, probe_embeddings: torch.Tensor | None = None) -> dict:
     """{label, similarity, source, template, candidates[], probe_similarity}: the best class name if
     there are class names (the vocabulary a zero-shot user would query), else the best noun;
     candidates lists the top matches of both vocabularies. probe_similarity: the 95th percentile,

@@ -29,8 +29,8 @@ ALIGNMENT_COUNTS = False
 @dataclass(frozen=True)
 class Threshold:
     value: float
-    source: str     # "calibrated-<side>px" | "decree-published" | "user" | "uncalibrated"
-    counts: bool    # does the signal take part in the verdict at this size?
+    source: str  # "calibrated-<side>px" | "decree-published" | "user" | "uncalibrated"
+    counts: bool  # does the signal take part in the verdict at this size?
 
 
 def _calibrated_side(table: dict[int, float], size: int) -> int | None:

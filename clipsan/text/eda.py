@@ -34,22 +34,142 @@ from __future__ import annotations
 import random
 import re
 import unicodedata
-from typing import Callable
+from collections.abc import Callable
 
 from clipsan.text.wordbanks import synonyms
 
 # EDA's stopword list: never replaced by a synonym.
-STOPWORDS = frozenset("""
-i me my myself we our ours ourselves you your yours yourself yourselves
-he him his himself she her hers herself it its itself they them their theirs
-themselves what which who whom this that these those am is are was were be
-been being have has had having do does did doing a an the and but if or
-because as until while of at by for with about against between into through
-during before after above below to from up down in out on off over under
-again further then once here there when where why how all any both each few
-more most other some such no nor not only own same so than too very s t can
-will just don should now
-""".split())
+STOPWORDS = frozenset(
+    [
+        "i",
+        "me",
+        "my",
+        "myself",
+        "we",
+        "our",
+        "ours",
+        "ourselves",
+        "you",
+        "your",
+        "yours",
+        "yourself",
+        "yourselves",
+        "he",
+        "him",
+        "his",
+        "himself",
+        "she",
+        "her",
+        "hers",
+        "herself",
+        "it",
+        "its",
+        "itself",
+        "they",
+        "them",
+        "their",
+        "theirs",
+        "themselves",
+        "what",
+        "which",
+        "who",
+        "whom",
+        "this",
+        "that",
+        "these",
+        "those",
+        "am",
+        "is",
+        "are",
+        "was",
+        "were",
+        "be",
+        "been",
+        "being",
+        "have",
+        "has",
+        "had",
+        "having",
+        "do",
+        "does",
+        "did",
+        "doing",
+        "a",
+        "an",
+        "the",
+        "and",
+        "but",
+        "if",
+        "or",
+        "because",
+        "as",
+        "until",
+        "while",
+        "of",
+        "at",
+        "by",
+        "for",
+        "with",
+        "about",
+        "against",
+        "between",
+        "into",
+        "through",
+        "during",
+        "before",
+        "after",
+        "above",
+        "below",
+        "to",
+        "from",
+        "up",
+        "down",
+        "in",
+        "out",
+        "on",
+        "off",
+        "over",
+        "under",
+        "again",
+        "further",
+        "then",
+        "once",
+        "here",
+        "there",
+        "when",
+        "where",
+        "why",
+        "how",
+        "all",
+        "any",
+        "both",
+        "each",
+        "few",
+        "more",
+        "most",
+        "other",
+        "some",
+        "such",
+        "no",
+        "nor",
+        "not",
+        "only",
+        "own",
+        "same",
+        "so",
+        "than",
+        "too",
+        "very",
+        "s",
+        "t",
+        "can",
+        "will",
+        "just",
+        "don",
+        "should",
+        "now",
+    ]
+)
 
 # Tries to find a word with synonyms before random insertion gives up (as in EDA).
 INSERTION_ATTEMPTS = 10
@@ -131,8 +251,7 @@ def random_deletion(words: list[str], p: float, rng: random.Random) -> list[str]
 Operation = Callable[[list[str], random.Random], list[str]]
 
 
-def _enabled_operations(alpha_sr: float, alpha_ri: float, alpha_rs: float, p_rd: float,
-                        n_words: int) -> list[Operation]:
+def _enabled_operations(alpha_sr: float, alpha_ri: float, alpha_rs: float, p_rd: float, n_words: int) -> list[Operation]:
     operations: list[Operation] = []
     if alpha_sr > 0:
         operations.append(lambda w, r: synonym_replacement(w, change_count(alpha_sr, n_words), r))
@@ -145,8 +264,7 @@ def _enabled_operations(alpha_sr: float, alpha_ri: float, alpha_rs: float, p_rd:
     return operations
 
 
-def eda(caption: str, rng: random.Random, alpha_sr: float = 0.1, alpha_ri: float = 0.1,
-        alpha_rs: float = 0.1, p_rd: float = 0.1) -> str:
+def eda(caption: str, rng: random.Random, alpha_sr: float = 0.1, alpha_ri: float = 0.1, alpha_rs: float = 0.1, p_rd: float = 0.1) -> str:
     """One EDA-augmented version of ``caption``; deterministic given ``rng``'s state.
 
     Never empty unless ``caption`` is: a caption without letters comes back stripped

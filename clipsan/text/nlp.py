@@ -28,15 +28,14 @@ EXCLUDED_PIPES = ("ner",)
 
 
 @functools.cache
-def load_spacy() -> "Language":
+def load_spacy() -> Language:
     """The English spaCy pipeline (tagger, parser, lemmatizer), cached."""
     import spacy
 
     for name in SPACY_MODELS:
         if spacy.util.is_package(name):
             return spacy.load(name, exclude=list(EXCLUDED_PIPES))
-    raise UserError(f"no spaCy English model installed (tried {', '.join(SPACY_MODELS)}): "
-                    f"install one with `{INSTALL_HINT}`")
+    raise UserError(f"no spaCy English model installed (tried {', '.join(SPACY_MODELS)}): install one with `{INSTALL_HINT}`")
 
 
 @functools.cache

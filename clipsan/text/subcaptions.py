@@ -40,12 +40,38 @@ from clipsan.text import wordbanks
 COMPONENTS = ("adjective", "relation", "nouns")
 
 # Nouns that frame a picture rather than name what is in it ("a photo of X").
-FRAMING_NOUNS = frozenset("""
-photo photograph picture image illustration view shot closeup close-up portrait
-snapshot pic footage stock vector render rendering drawing sketch painting cartoon
-clipart artwork graphic screenshot scene selfie
-""".split())
-EMPTY_PRONOUNS = frozenset("it this that these those there which what who whom something".split())
+FRAMING_NOUNS = frozenset(
+    [
+        "photo",
+        "photograph",
+        "picture",
+        "image",
+        "illustration",
+        "view",
+        "shot",
+        "closeup",
+        "close-up",
+        "portrait",
+        "snapshot",
+        "pic",
+        "footage",
+        "stock",
+        "vector",
+        "render",
+        "rendering",
+        "drawing",
+        "sketch",
+        "painting",
+        "cartoon",
+        "clipart",
+        "artwork",
+        "graphic",
+        "screenshot",
+        "scene",
+        "selfie",
+    ]
+)
+EMPTY_PRONOUNS = frozenset(["it", "this", "that", "these", "those", "there", "which", "what", "who", "whom", "something"])
 
 
 @dataclass(frozen=True)
@@ -123,9 +149,14 @@ def scene_parts(graph: dict[str, Any], doc, caption: str) -> SceneParts:
         candidates.append((rank, order, subject, text, tag, obj))
     if candidates:
         _, _, subject, text, tag, obj = min(candidates, key=lambda c: c[:2])
-        return SceneParts(subject=_entity_text(subject), subject_adjs=_adjectives(subject),
-                          relation=text.lower(), object=_entity_text(obj),
-                          object_adjs=_adjectives(obj), relation_tag=tag)
+        return SceneParts(
+            subject=_entity_text(subject),
+            subject_adjs=_adjectives(subject),
+            relation=text.lower(),
+            object=_entity_text(obj),
+            object_adjs=_adjectives(obj),
+            relation_tag=tag,
+        )
     return SceneParts(subject=core_noun(entities, doc, caption))
 
 
@@ -135,8 +166,7 @@ def _is_content_entity(entity: dict[str, Any]) -> bool:
 
 def _is_framing(entity: dict[str, Any]) -> bool:
     head = entity["lemma_head"].lower()
-    return head in FRAMING_NOUNS or head.replace(" ", "") in FRAMING_NOUNS or \
-        head.split()[-1] in FRAMING_NOUNS
+    return head in FRAMING_NOUNS or head.replace(" ", "") in FRAMING_NOUNS or head.split()[-1] in FRAMING_NOUNS
 
 
 def _entity_text(entity: dict[str, Any]) -> str:
@@ -144,8 +174,7 @@ def _entity_text(entity: dict[str, Any]) -> str:
 
 
 def _adjectives(entity: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(m["span"].lower() for m in entity["modifiers"]
-                 if m["dep"] == "amod" and _has_letters(m["span"]))
+    return tuple(m["span"].lower() for m in entity["modifiers"] if m["dep"] == "amod" and _has_letters(m["span"]))
 
 
 def _root_index(doc, entity: dict[str, Any]) -> int:
@@ -158,8 +187,7 @@ def _relation_phrase(relation: str, object_root) -> tuple[str, str, int]:
     2 other preposition, 3 "of", which mostly says what something is made of or part of)."""
     first_word = relation.split()[0]
     # The relation's first word is the nearest token with that text before the object.
-    token = next((t for t in reversed(object_root.doc[:object_root.i]) if t.text == first_word),
-                 object_root.head)
+    token = next((t for t in reversed(object_root.doc[: object_root.i]) if t.text == first_word), object_root.head)
     if token.pos_ in ("VERB", "AUX"):
         return relation, token.tag_, 0
     if token.pos_ == "ADP" and token.head.pos_ == "VERB" and len(relation.split()) == 1:

@@ -19,9 +19,25 @@ REPO_BANK_DIR = Path(__file__).resolve().parents[2] / "wordbanks"
 # Regular inflection suffixes, tried in order when a word is not a lemma itself
 # (the same idea as WordNet's morphy: "dogs" -> "dog", "running" -> "run").
 _SUFFIX_RULES = (
-    ("ies", "y"), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
-    ("men", "man"), ("es", "e"), ("es", ""), ("s", ""), ("ied", "y"), ("ed", "e"), ("ed", ""),
-    ("ing", "e"), ("ing", ""), ("est", "e"), ("est", ""), ("er", "e"), ("er", ""),
+    ("ies", "y"),
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("men", "man"),
+    ("es", "e"),
+    ("es", ""),
+    ("s", ""),
+    ("ied", "y"),
+    ("ed", "e"),
+    ("ed", ""),
+    ("ing", "e"),
+    ("ing", ""),
+    ("est", "e"),
+    ("est", ""),
+    ("er", "e"),
+    ("er", ""),
 )
 
 
@@ -32,8 +48,7 @@ def _read_bank_file(name: str) -> str:
     source_checkout = REPO_BANK_DIR / name
     if source_checkout.is_file():
         return source_checkout.read_text(encoding="utf-8")
-    raise UserError(f"{name}: word bank file missing from the clipsan installation "
-                    f"(looked in clipsan/wordbanks/ and {REPO_BANK_DIR})")
+    raise UserError(f"{name}: word bank file missing from the clipsan installation (looked in clipsan/wordbanks/ and {REPO_BANK_DIR})")
 
 
 def _read_list(name: str) -> tuple[str, ...]:

@@ -55,7 +55,7 @@ class PatchBox:
     image_size: int
 
     @classmethod
-    def for_image(cls, image_size: int, area: float = DEFAULT_PATCH_AREA) -> "PatchBox":
+    def for_image(cls, image_size: int, area: float = DEFAULT_PATCH_AREA) -> PatchBox:
         if not 0.0 < area < 1.0:
             raise ValueError(f"patch area must be a fraction in (0, 1), got {area}")
         side = max(1, int(math.sqrt(area * image_size * image_size)))  # AdvCLIP: int(sqrt(0.03 * 224^2)) = 38

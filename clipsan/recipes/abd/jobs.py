@@ -104,7 +104,9 @@ def craft_in_run(
     )
 
 
-def _craft_config_record(command: str, suspect: LoadedModel, reference: LoadedModel | None, captions, settings: CraftConfig, cfg: TrainConfig, rt: Runtime) -> dict:
+def _craft_config_record(
+    command: str, suspect: LoadedModel, reference: LoadedModel | None, captions, settings: CraftConfig, cfg: TrainConfig, rt: Runtime
+) -> dict:
     def model_record(m):
         return None if m is None else {"path": str(m.path), "sha256": m.sha256, "arch": m.arch}
 

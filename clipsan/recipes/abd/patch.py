@@ -81,7 +81,7 @@ def read_generator_metadata(path: Path) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             return dict(fh.metadata() or {})
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the user's input error
+    except Exception as err:
         raise UserError(f"{path}: not a readable .safetensors generator ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
 
 
