@@ -21,8 +21,8 @@ from pathlib import Path
 from PIL import Image
 
 from clipsan.data.limits import MAX_CAPTION_CHARS, MAX_CAPTION_FILE_BYTES, MAX_IMAGE_PIXELS
-from clipsan.data.paths import OUTSIDE_ROOT, DataRoot, outside_hint
-from clipsan.data.skips import count, format_counts
+from clipsan.data.paths import DataRoot, outside_hint
+from clipsan.data.skips import MISSING_FILE, count, format_counts
 from clipsan.data.tables import find_column, open_table
 from clipsan.data.tars import Member, TarImages, list_tar_members, read_member
 from clipsan.data.transforms import UnreadableImage, read_image
@@ -131,7 +131,7 @@ class _Index:
     images: FileImages | TarImages
     captions: list[str]
     data_root: DataRoot
-    skipped: dict[str, int] = field(default_factory=lambda: {"missing_file": 0, "empty_caption": 0})
+    skipped: dict[str, int] = field(default_factory=lambda: {MISSING_FILE: 0, "empty_caption": 0})
 
     def accepts_caption(self, caption: str | None) -> bool:
         """Whether a pair with this caption is usable; counts it if not (None: a sidecar too large to read)."""
@@ -143,12 +143,14 @@ class _Index:
             return True
         return False
 
-    def admits(self, *paths: str) -> bool:
-        """Whether these files lie inside the data folder; counts the pair as outside_root if not."""
-        if all(self.data_root.admits(path) for path in paths):
-            return True
-        count(self.skipped, OUTSIDE_ROOT)
-        return False
+    def readable_files(self, *paths: str) -> bool:
+        """Whether a pair's files exist and lie inside the data folder; counts it (missing_file, outside_root) if not."""
+        for path in paths:
+            _, reason = self.data_root.locate(path)
+            if reason:
+                count(self.skipped, reason)
+                return False
+        return True
 
 
 def open_caption_dataset(
@@ -287,13 +289,10 @@ def _index_manifest(path: Path, image_key, caption_key, delimiter, data_root: Da
                 continue
             cell = row[image_col].strip() if image_col < len(row) else ""
             if not cell:
-                index.skipped["missing_file"] += 1
+                index.skipped[MISSING_FILE] += 1
                 continue
-            image_path = os.path.join(base, cell)  # absolute cells stay absolute, and are then checked like any other
-            if not index.admits(image_path):
-                continue
-            if not os.path.isfile(image_path):
-                index.skipped["missing_file"] += 1
+            image_path = os.path.join(base, cell)  # absolute cells stay absolute, and are checked like any other
+            if not index.readable_files(image_path):
                 continue
             paths.append(image_path)
             index.captions.append(caption)
@@ -345,7 +344,7 @@ def _index_shards(root: Path, shards: list[Path], data_root: DataRoot) -> _Index
     keys: list[str] = []
     index = _Index(source=f"{root} ({len(shards)} shards)", images=TarImages([], shard_ids, offsets, sizes, keys), captions=[], data_root=data_root)
     for shard in shards:
-        if not index.admits(str(shard)):  # a shard linked in from elsewhere
+        if not index.readable_files(str(shard)):  # e.g. a shard linked in from elsewhere
             continue
         shard_id = len(index.images.shards)
         index.images.shards.append(str(shard))
@@ -373,7 +372,7 @@ def _index_one_shard(shard: Path, index: _Index) -> list[tuple[str, Member, str]
             by_suffix = members[key]
             image_suffix = _preferred_image_suffix(by_suffix)
             if image_suffix is None:
-                index.skipped["missing_file"] += 1
+                index.skipped[MISSING_FILE] += 1
                 continue
             caption = _member_caption(handle, by_suffix)
             if index.accepts_caption(caption):
@@ -435,10 +434,10 @@ def _add_sidecar_sample(files: dict[str, str], index: _Index) -> None:
         # A caption without its image is a sample whose file is missing; anything else
         # (img2dataset's parquet/stats .json, READMEs) is not a sample at all.
         if "txt" in files:
-            index.skipped["missing_file"] += 1
+            index.skipped[MISSING_FILE] += 1
         return
     used = [files[image_suffix]] + ([files[caption_suffix]] if caption_suffix else [])
-    if not index.admits(*used):
+    if not index.readable_files(*used):
         return
     caption = _sidecar_caption(files, caption_suffix)
     if index.accepts_caption(caption):

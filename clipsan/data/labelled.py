@@ -17,8 +17,8 @@ from PIL import Image
 from clipsan.data.captions import IMAGE_COLUMNS, MANIFEST_SUFFIXES
 from clipsan.data.imagenet import looks_like_wnid, wnid_classnames
 from clipsan.data.limits import MAX_IMAGE_PIXELS
-from clipsan.data.paths import OUTSIDE_ROOT, DataRoot, outside_hint, walk_once
-from clipsan.data.skips import count, format_counts
+from clipsan.data.paths import DataRoot, outside_hint, walk_once
+from clipsan.data.skips import MISSING_FILE, count, format_counts
 from clipsan.data.tables import find_column, open_table
 from clipsan.data.transforms import decode_image
 from clipsan.errors import UserError
@@ -178,14 +178,10 @@ def _images_under(class_dir: Path, data_root: DataRoot, skipped: dict[str, int])
             if os.path.splitext(name)[1].lower() not in LABELLED_IMAGE_SUFFIXES:
                 continue
             path = os.path.join(folder, name)
-            real = data_root.real_path(path)
-            if real in seen:  # a second link to the same file
-                continue
-            if not data_root.allows(real):
-                count(skipped, OUTSIDE_ROOT)
-            elif not os.path.isfile(real):  # a dangling link, a FIFO: nothing to read (and nothing to block on)
-                count(skipped, "missing_file")
-            else:
+            real, reason = data_root.locate(path)
+            if reason:
+                count(skipped, reason)
+            elif real not in seen:  # else a second link to the same file
                 seen.add(real)
                 found.append(path)
     return sorted(found)
@@ -204,7 +200,7 @@ def _listdir(folder: Path) -> list[Path]:
 def _open_csv(root: Path, manifest: Path, names: list[str] | None, names_file, max_image_pixels: int, allow_outside: bool) -> LabelledDataset:
     base = os.path.dirname(os.path.abspath(manifest))
     data_root = DataRoot(base, allow_outside)
-    skipped = {"missing_file": 0, "empty_label": 0}
+    skipped = {MISSING_FILE: 0, "empty_label": 0}
     rows: list[tuple[int, str, str]] = []
     with open_table(manifest) as (header, table):
         image_col = find_column(header, IMAGE_COLUMNS, None, manifest, "image", "an 'image' header")
@@ -217,13 +213,13 @@ def _open_csv(root: Path, manifest: Path, names: list[str] | None, names_file, m
             cell = row[image_col].strip() if image_col < len(row) else ""
             path = os.path.join(base, cell)
             if not label:
-                skipped["empty_label"] += 1
+                reason = "empty_label"
             elif not cell:
-                skipped["missing_file"] += 1
-            elif not data_root.admits(path):
-                count(skipped, OUTSIDE_ROOT)
-            elif not os.path.isfile(path):
-                skipped["missing_file"] += 1
+                reason = MISSING_FILE
+            else:
+                _, reason = data_root.locate(path)
+            if reason:
+                count(skipped, reason)
             else:
                 rows.append((line, path, label))
     if rows and all(_INTEGER.fullmatch(label) for _, _, label in rows):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+MISSING_FILE = "missing_file"
+OUTSIDE_ROOT = "outside_root"  # a file whose real path is outside the data folder (clipsan.data.paths)
+
 
 def count(skipped: dict[str, int], reason: str, n: int = 1) -> None:
     skipped[reason] = skipped.get(reason, 0) + n
