@@ -111,6 +111,29 @@ def test_training_through_30_percent_unreadable_images(faulty_captions, tiny_mod
     assert all(torch.isfinite(t).all() for t in outputs[0].values())
 
 
+def test_two_processes_refill_their_shards_like_one(faulty_captions, tiny_model, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    root, bad = faulty_captions
+    args = ["purify", str(tiny_model), "--method", "ft", "--data", str(root), "--batch-size", "16", "--max-steps", "3", "--lr", "1e-4"]
+    args += ["--warmup", "1", "--workers", "0", "--device", "cpu", "--format", "json"]
+    reports = []
+    for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
+        out = tmp_path / f"{name}.safetensors"
+        cmd = [sys.executable, *launcher, "-m", "clipsan", *args, "--out", str(out), "--run-dir", str(tmp_path / name)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        report, _ = json.JSONDecoder().raw_decode(proc.stdout)  # under torchrun each process prints the same counts
+        reports.append((report, load_file(str(out))))
+    (one, one_weights), (two, two_weights) = reports
+    assert one["skipped"]["corrupt_image"] == two["skipped"]["corrupt_image"] == scheduled_unreadable(bad, 16, 3) > 0
+    worst = max((one_weights[k] - two_weights[k]).abs().max().item() for k in one_weights)
+    assert worst < 1e-4  # equal shards, every slot filled the same way on either side
+
+
 def test_substitutes_are_readable_samples_seen_as_themselves(faulty_captions):
     from clipsan.engine.loader import RecipeSamples, collate
     from clipsan.models import tokenizer_for

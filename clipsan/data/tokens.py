@@ -28,8 +28,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-# Shorter texts are handed over untouched without cleaning them first: cleaning can at
-# most triple a text (ligatures), so their BPE costs little either way.
+# Shorter texts are handed over untouched, without cleaning them first: cleaning grows a
+# text a few times at most (ligatures such as "ﬃ"), so their BPE costs little either way.
 _UNCHECKED_CHARS = 256
 
 

@@ -90,12 +90,12 @@ class RecipeSamples(Dataset):
     def __getitem__(self, key):
         epoch, index = key
         image, caption = self.captions.load(index)
-        corrupt = image is None
-        if corrupt:
+        unreadable = image is None  # corrupt, truncated or over the pixel limit: counted as corrupt_image
+        if unreadable:
             index, image, caption = self._substitute(epoch, index)
         sample = Sample(to_model_pixels(image, self.image_size), image, caption, index, epoch, self.seed)
         views = self.recipe.views(sample)
-        out = {"index": torch.tensor(index), "n_corrupt": int(corrupt)}
+        out = {"index": torch.tensor(index), "n_corrupt": int(unreadable)}
         for name, value in views.items():
             out[name] = self.tokenize([fit_caption(value, self.tokenize)])[0] if isinstance(value, str) else value
         return out
