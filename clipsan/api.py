@@ -56,7 +56,15 @@ def open_captions(data: CaptionData):
     """The caption dataset ``data`` points at (indexed once; skipped pairs counted)."""
     from clipsan.data.captions import open_caption_dataset
 
-    return open_caption_dataset(data.path, image_key=data.image_key, caption_key=data.caption_key, delimiter=data.delimiter, limit=data.limit)
+    return open_caption_dataset(
+        data.path,
+        image_key=data.image_key,
+        caption_key=data.caption_key,
+        delimiter=data.delimiter,
+        limit=data.limit,
+        max_image_pixels=data.max_image_pixels,
+        allow_outside_root=data.allow_outside_root,
+    )
 
 
 def _job(command: str, config: PurifyConfig | PoisonConfig):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from clipsan.attacks.config import AttackConfig
+from clipsan.data.limits import MAX_IMAGE_PIXELS
 from clipsan.engine.config import TrainConfig
 from clipsan.recipes.config import CraftConfig, FineTuneConfig, RecipeConfig
 
@@ -23,6 +24,8 @@ class CaptionData:
     caption_key: str | None = None
     delimiter: str | None = None
     limit: int | None = None  # a deterministic subset of N pairs
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are refused from their header (clipsan.data.limits)
+    allow_outside_root: bool = False  # read files whose real path is outside the data folder (clipsan.data.paths)
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class EvalConfig:
     workers: int = 2
     device: str = "auto"
     precision: str = "auto"
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    allow_outside_root: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,3 +112,5 @@ class ScanConfig:
     seed: int = 0
     probes: int | None = None  # override the budget's probe count
     steps: int | None = None  # override the budget's optimizer steps
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # of --data probe images
+    allow_outside_root: bool = False

@@ -30,7 +30,7 @@ def _trigger_for(spec: EvalConfig, metadata: dict, model_path):
 
 def evaluate_models(spec: EvalConfig, notes=print) -> EvalReport:
     rt = setup_runtime(spec.device, spec.precision)
-    dataset = open_labelled_dataset(spec.data, classnames_file=spec.classnames)
+    dataset = open_labelled_dataset(spec.data, spec.classnames, max_image_pixels=spec.max_image_pixels, allow_outside_root=spec.allow_outside_root)
     templates = load_templates(spec.templates)
     notes(f"eval set {dataset.describe()}; {len(templates)} templates")
     rows = []

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipsan.data.tokens import fit_caption
 from clipsan.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -242,7 +243,8 @@ class ClipModel(nn.Module):
         return self.encode_image(images01), self.encode_text(tokens)
 
     def tokenize(self, texts: list[str]) -> torch.LongTensor:
-        return tokenizer_for(self.arch, self.context_length)(list(texts))
+        tokenizer = tokenizer_for(self.arch, self.context_length)
+        return tokenizer([fit_caption(text, tokenizer) for text in texts])  # long texts cut before BPE (same tokens)
 
 
 def tokenizer_for(arch: str, context_length: int) -> Any:

@@ -73,7 +73,10 @@ def csv_root(tmp_path: Path) -> Path:
 
 
 def test_csv_counts_order_and_loading(csv_root: Path):
-    dataset = open_caption_dataset(csv_root)
+    confined = open_caption_dataset(csv_root)  # the absolute path points outside the data folder
+    assert len(confined) == 4 and confined.skipped == {"missing_file": 1, "empty_caption": 1, "outside_root": 1}
+    assert "an absolute path" not in confined.captions and "--allow-outside-root" in confined.describe()
+    dataset = open_caption_dataset(csv_root, allow_outside_root=True)
     assert dataset.layout == "csv" and dataset.root == csv_root
     assert len(dataset) == 5
     assert dataset.skipped == {"missing_file": 1, "empty_caption": 1}
@@ -218,7 +221,7 @@ def test_webdataset_is_picklable_and_reopens_handles_per_process(tar_root: Path)
 
 @pytest.mark.parametrize("tar_format", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
 def test_fast_tar_scan_agrees_with_tarfile(tmp_path: Path, tar_format: int):
-    from clipsan.data.captions import _scan_with_tarfile, list_tar_members
+    from clipsan.data.tars import _scan_with_tarfile, list_tar_members
 
     deep = "/".join(["folder"] * 15)  # > 100 chars: pax path, GNU long name, or ustar prefix
     shard = tmp_path / "s.tar"
@@ -305,14 +308,17 @@ def test_imagefolder_classes_images_and_corrupt(tmp_path: Path):
 def test_imagenet_wnid_folders_map_to_open_clip_classnames(tmp_path: Path):
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 
+    from clipsan.data.imagenet import WNID_FILE
+
+    wnids = (Path(__file__).parents[1] / "clipsan" / "data" / WNID_FILE).read_text().split()
     root = tmp_path / "imagenet"
     png = image_bytes(size=(2, 2))
-    for i in range(1000):
-        write(root / f"n{i:08d}" / "0.png", png)
+    for wnid in wnids:
+        write(root / wnid / "0.png", png)
     dataset = open_labelled_dataset(root)
     assert dataset.classnames == list(IMAGENET_CLASSNAMES)
     assert dataset.classnames[0] == "tench" and dataset.labels[-1] == 999
-    assert "ImageNet" in dataset.describe()
+    assert "ImageNet-1k wnids: 1000 of 1000 folders" in dataset.describe()
 
 
 def test_labelled_csv_cleanclip_layout(tmp_path: Path):

@@ -423,13 +423,13 @@ def _read_safetensors_patch(path: Path) -> tuple[torch.Tensor, int | None]:
 
 
 def _read_image_patch(path: Path) -> tuple[torch.Tensor, int | None]:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor
 
-    from clipsan.data.transforms import to_rgb
+    from clipsan.data.transforms import open_image, to_rgb
 
     try:
-        with Image.open(path) as image:
+        with open_image(path.read_bytes()) as image:  # refused over clipsan's default pixel limit
             image.load()
             reference = image.info.get("reference_size")
             rgb = to_rgb(image)

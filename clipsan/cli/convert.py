@@ -33,7 +33,7 @@ def fill(config_cls, *groups, **given):
 
 
 def caption_data(data: DataOptions) -> CaptionData:
-    return CaptionData(str(data.data), data.image_key, data.caption_key, data.delimiter, data.limit)
+    return fill(CaptionData, data, path=str(data.data))
 
 
 def progress(runtime: RuntimeOptions) -> bool:

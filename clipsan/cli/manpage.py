@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from clipsan import __version__
+from clipsan.data.limits import MAX_CAPTION_CHARS, MAX_CAPTION_FILE_BYTES, MAX_IMAGE_PIXELS
 
 # What each command's --format json report holds (stable keys; fractions are 0-1 floats).
 JSON_KEYS = {
@@ -18,14 +19,18 @@ JSON_KEYS = {
         ("models[].ca", "object k -> CA@k (fraction of clean images whose class is in the top k)"),
         ("models[].asr", "object k -> ASR@k over non-target images, or null without --trigger"),
         ("models[].n_images, n_asr_images", "images behind CA and behind ASR"),
-        ("models[].skipped", "unreadable images skipped, by reason"),
+        ("models[].skipped", "images skipped, by reason (corrupt_image, missing_file, empty_label, outside_root, oversized_row)"),
     ],
     "purify": [
         ("output, run_dir", "the purified .safetensors and the run directory"),
         ("method, arch, arch_source", "recipe; architecture and how it was found (flag, metadata, inferred)"),
         ("source_sha256", "sha256 of MODEL"),
         ("steps, epochs, seconds, resumed_from_step", "training length and time; the step a --resume started from (null if none)"),
-        ("samples, skipped", "usable training pairs; pairs skipped by reason (missing_file, empty_caption, corrupt_image)"),
+        (
+            "samples, skipped",
+            "usable training pairs; what was skipped, by reason: missing_file, empty_caption, oversized_caption, outside_root, "
+            "truncated_shard (shards cut short), corrupt_image (each time an unreadable image's turn came; another pair took its place)",
+        ),
         ("final", "the last logged metrics (step, lr, loss and each loss term, images_per_s)"),
     ],
     "scan": [
@@ -62,6 +67,27 @@ EXIT_STATUS = [
         "bad input or usage (options must be spelled out in full: abbreviations are refused); the message names the file, line or field and what was expected",
     ),
     ("3", "interrupted by SIGINT/SIGTERM after a resumable checkpoint was written; rerun with --resume --run-dir DIR"),
+]
+
+
+# How much clipsan reads from data it is handed (clipsan.data.limits, clipsan.data.paths).
+DATA_LIMITS = [
+    (
+        "--max-image-pixels N",
+        f"images over N pixels (default {MAX_IMAGE_PIXELS} = 8192x8192) are refused from their header, before any pixel is decoded, "
+        "and count as corrupt_image; for the --data of every command, scan's probes included (patch:FILE triggers are held to the default)",
+    ),
+    (
+        "--allow-outside-root",
+        "by default only files whose real path (links resolved) lies inside the data folder (a manifest's own folder) are read; "
+        "absolute or ../ manifest paths and links that lead elsewhere are skipped as outside_root",
+    ),
+    (
+        "captions",
+        f"a caption over {MAX_CAPTION_CHARS} characters, or a CSV field or caption file over {MAX_CAPTION_FILE_BYTES} bytes, is skipped as "
+        "oversized_caption; a caption with more tokens than the model keeps is cut to those before BPE (a caption that fits is never changed)",
+    ),
+    ("unreadable images", "in training, each is replaced by another pair drawn from (seed, epoch, index); a set with no readable image is refused"),
 ]
 
 
@@ -137,6 +163,9 @@ def render(group) -> str:
     ]
     for name, command in command_sections(group).items():
         out += _command_lines(name, command)
+    out += [".SH DATA LIMITS"]
+    for term, meaning in DATA_LIMITS:
+        out += [".TP", f"\\fB{_esc(term)}\\fR", _esc(meaning)]
     out += [".SH EXIT STATUS"]
     for code, meaning in EXIT_STATUS:
         out += [".TP", f"\\fB{code}\\fR", _esc(meaning)]

@@ -17,6 +17,7 @@ import typer
 
 from clipsan.attacks.config import AttackConfig, BadClipConfig
 from clipsan.config import EvalConfig
+from clipsan.data.limits import MAX_IMAGE_PIXELS, PILLOW_REFUSES_ABOVE
 from clipsan.engine.config import TrainConfig
 from clipsan.recipes.config import ABDConfig, CleanCLIPConfig, CleanerCLIPConfig, CraftConfig
 
@@ -96,6 +97,27 @@ def flag(name: str, help: str, panel: str | None = None) -> typer.models.OptionI
     return typer.Option(name, help=help, rich_help_panel=panel, show_default=False)
 
 
+MaxImagePixels = Annotated[
+    int,
+    option(
+        f"refuse images over N pixels, from their header before decoding; they count as corrupt_image (default: {MAX_IMAGE_PIXELS} = 8192x8192; "
+        f"at most {PILLOW_REFUSES_ABOVE}, where Pillow refuses them itself)",
+        DATA,
+        min=1,
+        max=PILLOW_REFUSES_ABOVE,
+        metavar="N",
+    ),
+]
+AllowOutsideRoot = Annotated[
+    bool,
+    flag(
+        "--allow-outside-root",
+        "also read files whose real path is outside the data folder (absolute or ../ manifest paths, links); by default they are skipped as outside_root",
+        DATA,
+    ),
+]
+
+
 # --------------------------------------------------------------------------- groups
 
 
@@ -108,6 +130,8 @@ class DataOptions:
     caption_key: Annotated[str | None, option("manifest column holding captions (default: auto)", DATA, metavar="COLUMN")] = None
     delimiter: Annotated[str | None, option("manifest delimiter (default: by extension)", DATA, metavar="CHAR")] = None
     limit: Annotated[int | None, positive("use a deterministic subset of N pairs", DATA, metavar="N")] = None
+    max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS
+    allow_outside_root: AllowOutsideRoot = False
 
 
 _SCHEDULE = "default: the schedule in the command's description"
@@ -313,6 +337,8 @@ class EvalOptions:
         ),
     ] = EvalConfig.templates
     batch_size: Annotated[int, positive(f"images per batch (default: {EvalConfig.batch_size})", EVAL)] = EvalConfig.batch_size
+    max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS
+    allow_outside_root: AllowOutsideRoot = False
 
 
 SCAN = "Scan"
@@ -353,3 +379,5 @@ class ScanOptions:
     run_dir: Annotated[
         Path | None, option("where the report and inverted trigger PNGs go (default: runs/scan-<UTC time>)", RUN_DIR, metavar="DIR", file_okay=False)
     ] = None
+    max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS
+    allow_outside_root: AllowOutsideRoot = False

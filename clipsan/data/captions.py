@@ -3,27 +3,29 @@
 ``open_caption_dataset`` detects the layout, indexes every sample once (captions
 are read at index time: they are small and empty ones must be skipped), and
 returns a picklable ``CaptionDataset`` whose ``load(i)`` decodes one image on
-demand. Tar shards are never extracted: image bytes are read by seeking to the
-member's data offset, through file handles opened lazily in the current process.
+demand. Tar shards are never extracted (``clipsan.data.tars``). What cannot be
+used is skipped and counted by reason (``clipsan.data.skips``), and only files
+inside the data folder are read (``clipsan.data.paths``).
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
-import tarfile
 from array import array
-from collections import OrderedDict
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from clipsan.data.transforms import decode_image
+from clipsan.data.limits import MAX_CAPTION_CHARS, MAX_CAPTION_FILE_BYTES, MAX_IMAGE_PIXELS
+from clipsan.data.paths import DataRoot, outside_hint
+from clipsan.data.skips import MISSING_FILE, count, format_counts
+from clipsan.data.tables import find_column, open_table
+from clipsan.data.tars import Member, TarImages, list_tar_members, read_member
+from clipsan.data.transforms import UnreadableImage, read_image
 from clipsan.errors import UserError
 
 IMAGE_COLUMNS = ("image", "filepath", "file", "path", "image_path", "img")
@@ -31,12 +33,10 @@ CAPTION_COLUMNS = ("caption", "text", "title", "captions")
 MANIFEST_SUFFIXES = (".csv", ".tsv")
 # img2dataset's output formats, in the order we prefer when a key has several.
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp")
-CANDIDATE_DELIMITERS = ("\t", ",", ";", "|")
+CAPTION_SUFFIXES = ("txt", "json")  # a .txt caption wins over a .json one
 LIMIT_SEED = 0
-MAX_OPEN_SHARDS = 32
-
-# Captions of web datasets can be long; the csv module's default cap is 128 KiB.
-csv.field_size_limit(max(csv.field_size_limit(), 1 << 24))
+OVERSIZED_CAPTION = "oversized_caption"
+TRUNCATED_SHARD = "truncated_shard"
 
 
 # --------------------------------------------------------------------------- images
@@ -61,74 +61,11 @@ class FileImages:
         return FileImages([self.paths[i] for i in indices])
 
 
-class TarImages:
-    """Images stored as tar members, addressed by (shard, data offset, size).
-
-    Handles are opened on first use in the current process and never pickled:
-    a handle inherited through fork shares its file offset with the parent.
-    """
-
-    def __init__(self, shards: list[str], shard_ids: array, offsets: array, sizes: array, keys: list[str]):
-        self.shards = shards
-        self.shard_ids = shard_ids
-        self.offsets = offsets
-        self.sizes = sizes
-        self.keys = keys
-        self._handles: OrderedDict[int, object] = OrderedDict()
-        self._pid: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.offsets)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_handles"] = OrderedDict()
-        state["_pid"] = None
-        return state
-
-    def read(self, index: int) -> bytes:
-        handle = self._handle(self.shard_ids[index])
-        handle.seek(self.offsets[index])
-        return handle.read(self.sizes[index])
-
-    def ref(self, index: int) -> str:
-        return f"{self.shards[self.shard_ids[index]]}:{self.keys[index]}"
-
-    def select(self, indices: Sequence[int]) -> TarImages:
-        return TarImages(
-            self.shards,
-            array("l", (self.shard_ids[i] for i in indices)),
-            array("q", (self.offsets[i] for i in indices)),
-            array("q", (self.sizes[i] for i in indices)),
-            [self.keys[i] for i in indices],
-        )
-
-    def close(self) -> None:
-        for handle in self._handles.values():
-            handle.close()
-        self._handles.clear()
-
-    def _handle(self, shard_id: int):
-        if self._pid != os.getpid():
-            # Forget (without closing) handles that belong to another process.
-            self._handles = OrderedDict()
-            self._pid = os.getpid()
-        handle = self._handles.get(shard_id)
-        if handle is None:
-            handle = open(self.shards[shard_id], "rb")  # noqa: SIM115 - kept open across reads, closed by close()
-            self._handles[shard_id] = handle
-            if len(self._handles) > MAX_OPEN_SHARDS:
-                self._handles.popitem(last=False)[1].close()
-        else:
-            self._handles.move_to_end(shard_id)
-        return handle
-
-
 # --------------------------------------------------------------------------- dataset
 
 
 class CaptionDataset:
-    """Indexed image-caption pairs. ``load(i)`` -> (RGB PIL image or None if corrupt, caption)."""
+    """Indexed image-caption pairs. ``load(i)`` -> (RGB PIL image, or None if unreadable, caption)."""
 
     def __init__(
         self,
@@ -139,6 +76,7 @@ class CaptionDataset:
         captions: list[str],
         skipped: dict[str, int],
         usable_before_limit: int,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         self.root = root
         self.layout = layout
@@ -147,16 +85,24 @@ class CaptionDataset:
         self.captions = captions
         self.skipped = skipped
         self.usable_before_limit = usable_before_limit
+        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.captions)
 
-    def load(self, index: int) -> tuple[Image.Image | None, str]:
+    def read_image(self, index: int) -> Image.Image:
+        """Sample ``index``'s image; UnreadableImage (saying why) if it is corrupt, missing or over the pixel limit."""
         try:
             data = self.images.read(index)
-        except OSError:
+        except OSError as err:
+            raise UnreadableImage(f"cannot be read ({err.strerror})") from None
+        return read_image(data, self.max_image_pixels)
+
+    def load(self, index: int) -> tuple[Image.Image | None, str]:
+        try:
+            return self.read_image(index), self.captions[index]
+        except UnreadableImage:
             return None, self.captions[index]
-        return decode_image(data), self.captions[index]
 
     def caption(self, index: int) -> str:
         return self.captions[index]
@@ -174,7 +120,7 @@ class CaptionDataset:
             text += f" (limit: {len(self):,} of {self.usable_before_limit:,})"
         if any(self.skipped.values()):
             text += "; skipped " + format_counts(self.skipped, nonzero_only=True)
-        return text
+        return text + outside_hint(self.skipped)
 
 
 @dataclass
@@ -184,7 +130,27 @@ class _Index:
     source: str
     images: FileImages | TarImages
     captions: list[str]
-    skipped: dict[str, int] = field(default_factory=lambda: {"missing_file": 0, "empty_caption": 0})
+    data_root: DataRoot
+    skipped: dict[str, int] = field(default_factory=lambda: {MISSING_FILE: 0, "empty_caption": 0})
+
+    def accepts_caption(self, caption: str | None) -> bool:
+        """Whether a pair with this caption is usable; counts it if not (None: a sidecar too large to read)."""
+        if caption == "":
+            count(self.skipped, "empty_caption")
+        elif caption is None or len(caption) > MAX_CAPTION_CHARS:
+            count(self.skipped, OVERSIZED_CAPTION)
+        else:
+            return True
+        return False
+
+    def readable_files(self, *paths: str) -> bool:
+        """Whether a pair's files exist and lie inside the data folder; counts it (missing_file, outside_root) if not."""
+        for path in paths:
+            _, reason = self.data_root.locate(path)
+            if reason:
+                count(self.skipped, reason)
+                return False
+        return True
 
 
 def open_caption_dataset(
@@ -193,32 +159,36 @@ def open_caption_dataset(
     caption_key: str | None = None,
     delimiter: str | None = None,
     limit: int | None = None,
+    *,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    allow_outside_root: bool = False,
 ) -> CaptionDataset:
     """Open ``root`` (a folder, or a .csv/.tsv manifest) as an image-caption dataset.
 
     Layouts, in detection order: a CSV/TSV manifest at the folder's top,
     webdataset ``*.tar`` shards (top or one level down), img2dataset's 'files'
     layout (``KEY.jpg`` + ``KEY.txt``, at the top or in depth-1 subfolders).
+    Files are read only inside the data folder (the manifest's folder) unless
+    ``allow_outside_root``; at least one image must decode (checked here, so a
+    set of corrupt files is refused before any training starts).
     """
     root = Path(root)
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive integer, got {limit}")
     if not root.exists():
         raise UserError(f"{root}: no such file or directory")
-    layout, index = _index_layout(root, image_key, caption_key, delimiter)
+    data_root = DataRoot(root.parent if root.is_file() else root, allow_outside_root)
+    layout, index = _index_layout(root, image_key, caption_key, delimiter, data_root)
     if not index.captions:
-        raise UserError(f"{root}: no usable image-caption pairs ({format_counts(index.skipped)})")
+        raise UserError(f"{root}: no usable image-caption pairs ({format_counts(index.skipped)}){outside_hint(index.skipped)}")
     usable = len(index.captions)
     images, captions = index.images, index.captions
     if limit is not None and limit < usable:
         chosen = spread_subset(usable, limit)
         images, captions = images.select(chosen), [captions[i] for i in chosen]
-    return CaptionDataset(root, layout, index.source, images, captions, index.skipped, usable)
-
-
-def format_counts(counts: dict[str, int], nonzero_only: bool = False) -> str:
-    """{'missing_file': 2, 'empty_caption': 1} -> '2 missing files, 1 empty caption'."""
-    return ", ".join(f"{n:,} {reason.replace('_', ' ')}{'' if n == 1 else 's'}" for reason, n in counts.items() if n or not nonzero_only)
+    dataset = CaptionDataset(root, layout, index.source, images, captions, index.skipped, usable, max_image_pixels)
+    _require_a_readable_image(dataset)
+    return dataset
 
 
 def spread_subset(total: int, count: int, seed: int = LIMIT_SEED) -> list[int]:
@@ -226,27 +196,39 @@ def spread_subset(total: int, count: int, seed: int = LIMIT_SEED) -> list[int]:
     return sorted(random.Random(seed).sample(range(total), count))
 
 
-def _index_layout(root: Path, image_key, caption_key, delimiter) -> tuple[str, _Index]:
+def _require_a_readable_image(dataset: CaptionDataset) -> None:
+    """Stop at the first image that decodes (normal data: the first one); refuse a set where none does."""
+    first_problem = None
+    for index in range(len(dataset)):
+        try:
+            dataset.read_image(index)
+            return
+        except UnreadableImage as err:
+            first_problem = first_problem or f"{dataset.image_ref(index)}: {err}"
+    raise UserError(f"{dataset.root}: none of the {len(dataset):,} images can be used (first: {first_problem})")
+
+
+def _index_layout(root: Path, image_key, caption_key, delimiter, data_root: DataRoot) -> tuple[str, _Index]:
     if root.is_file():
         if root.suffix.lower() == ".tar":
-            return "webdataset", _index_shards(root, [root])
+            return "webdataset", _index_shards(root, [root], data_root)
         if root.suffix.lower() not in MANIFEST_SUFFIXES:
             raise UserError(f"{root}: expected a folder, a .csv/.tsv manifest or a .tar shard")
-        return "csv", _index_manifest(root, image_key, caption_key, delimiter)
+        return "csv", _index_manifest(root, image_key, caption_key, delimiter, data_root)
     manifests = _top_level_files(root, MANIFEST_SUFFIXES)
     usable, problems = _usable_manifests(manifests, image_key, caption_key, delimiter)
     if len(usable) == 1:
-        return "csv", _index_manifest(usable[0], image_key, caption_key, delimiter)
+        return "csv", _index_manifest(usable[0], image_key, caption_key, delimiter, data_root)
     if len(usable) > 1:
         names = ", ".join(p.name for p in usable)
         raise UserError(f"{root}: several manifests ({names}); pass the one to use as the data path")
     # Only now look for the other layouts: listing a big image folder is not free.
     shards = _find_shards(root)
     if shards:
-        return "webdataset", _index_shards(root, shards)
+        return "webdataset", _index_shards(root, shards, data_root)
     sidecar_dirs = _folders_with_images(root)
     if sidecar_dirs:
-        return "files", _index_sidecar_files(root, sidecar_dirs)
+        return "files", _index_sidecar_files(root, sidecar_dirs, data_root)
     if len(problems) == 1:
         raise problems[0]
     if problems:
@@ -272,67 +254,6 @@ def _visible_subfolders(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- CSV / TSV
 
 
-@contextmanager
-def open_table(path: Path, delimiter: str | None = None) -> Iterator[tuple[list[str], Iterator[tuple[int, list[str]]]]]:
-    """Open a CSV/TSV file: yields (header, rows) where rows are (line number, cells).
-
-    Delimiter: ``delimiter`` if given, else by extension, else whichever common
-    delimiter the header line actually contains.
-    """
-    try:
-        handle = open(path, newline="", encoding="utf-8-sig", errors="replace")  # noqa: SIM115 - closed by the generator
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror})") from None
-    with handle:
-        first_line = handle.readline()
-        handle.seek(0)
-        if not first_line.strip():
-            raise UserError(f"{path}: empty file (expected a header line)")
-        reader = csv.reader(handle, delimiter=delimiter or _guess_delimiter(path, first_line))
-        header = [cell.strip() for cell in _next_row(reader, path)]
-
-        def rows() -> Iterator[tuple[int, list[str]]]:
-            while True:
-                row = _next_row(reader, path)
-                if row is None:
-                    return
-                if row:
-                    yield reader.line_num, row
-
-        yield header, rows()
-
-
-def _next_row(reader, path: Path) -> list[str] | None:
-    try:
-        return next(reader)
-    except StopIteration:
-        return None
-    except csv.Error as err:
-        raise UserError(f"{path}:{reader.line_num}: malformed CSV ({err})") from None
-
-
-def _guess_delimiter(path: Path, header_line: str) -> str:
-    default = "\t" if path.suffix.lower() == ".tsv" else ","
-    if default in header_line:
-        return default
-    counts = {d: header_line.count(d) for d in CANDIDATE_DELIMITERS}
-    best = max(counts, key=counts.get)
-    return best if counts[best] else default
-
-
-def find_column(header: list[str], candidates: Sequence[str], override: str | None, path: Path, what: str, flag: str) -> int:
-    """Index of the column named ``override`` (or the first of ``candidates``), case-insensitive."""
-    lowered = [name.lower() for name in header]
-    wanted = [override] if override else list(candidates)
-    for name in wanted:
-        if name.lower() in lowered:
-            return lowered.index(name.lower())
-    columns = ", ".join(header) if any(header) else "none"
-    if override:
-        raise UserError(f"{path}: no column '{override}' for the {what} (columns: {columns})")
-    raise UserError(f"{path}: no {what} column (expected one of {', '.join(candidates)}; columns: {columns}); name it with {flag}")
-
-
 def _manifest_columns(path: Path, image_key, caption_key, delimiter) -> tuple[int, int]:
     with open_table(path, delimiter) as (header, _):
         image_col = find_column(header, IMAGE_COLUMNS, image_key, path, "image", "--image-key")
@@ -352,22 +273,26 @@ def _usable_manifests(manifests: list[Path], image_key, caption_key, delimiter) 
     return usable, problems
 
 
-def _index_manifest(path: Path, image_key, caption_key, delimiter) -> _Index:
+def _index_manifest(path: Path, image_key, caption_key, delimiter, data_root: DataRoot) -> _Index:
     base = os.path.dirname(os.path.abspath(path))
-    index = _Index(source=str(path), images=FileImages([]), captions=[])
+    index = _Index(source=str(path), images=FileImages([]), captions=[], data_root=data_root)
     paths = index.images.paths
     with open_table(path, delimiter) as (header, rows):
         image_col = find_column(header, IMAGE_COLUMNS, image_key, path, "image", "--image-key")
         caption_col = find_column(header, CAPTION_COLUMNS, caption_key, path, "caption", "--caption-key")
         for _, row in rows:
+            if row is None:  # a field over the csv field limit
+                count(index.skipped, OVERSIZED_CAPTION)
+                continue
             caption = row[caption_col].strip() if caption_col < len(row) else ""
-            if not caption:
-                index.skipped["empty_caption"] += 1
+            if not index.accepts_caption(caption):
                 continue
             cell = row[image_col].strip() if image_col < len(row) else ""
-            image_path = os.path.join(base, cell) if cell else ""  # absolute cells stay absolute
-            if not cell or not os.path.isfile(image_path):
-                index.skipped["missing_file"] += 1
+            if not cell:
+                index.skipped[MISSING_FILE] += 1
+                continue
+            image_path = os.path.join(base, cell)  # absolute cells stay absolute, and are checked like any other
+            if not index.readable_files(image_path):
                 continue
             paths.append(image_path)
             index.captions.append(caption)
@@ -392,12 +317,16 @@ def caption_from_json(data: bytes) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-def _decode_caption(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace").strip()
+def _caption_from(data: bytes, suffix: str) -> str:
+    return caption_from_json(data) if suffix == "json" else data.decode("utf-8", errors="replace").strip()
 
 
 def _preferred_image_suffix(suffixes: dict[str, object]) -> str | None:
     return next((s for s in IMAGE_SUFFIXES if s in suffixes), None)
+
+
+def _caption_suffix(suffixes: dict[str, object]) -> str | None:
+    return next((s for s in CAPTION_SUFFIXES if s in suffixes), None)
 
 
 # --------------------------------------------------------------------------- webdataset tars
@@ -410,19 +339,16 @@ def _find_shards(root: Path) -> list[Path]:
     return shards
 
 
-@dataclass
-class _Member:
-    offset: int
-    size: int
-
-
-def _index_shards(root: Path, shards: list[Path]) -> _Index:
+def _index_shards(root: Path, shards: list[Path], data_root: DataRoot) -> _Index:
     shard_ids, offsets, sizes = array("l"), array("q"), array("q")
     keys: list[str] = []
-    index = _Index(source=f"{root} ({len(shards)} shards)", images=TarImages([], shard_ids, offsets, sizes, keys), captions=[])
-    for shard_id, shard in enumerate(shards):
+    index = _Index(source=f"{root} ({len(shards)} shards)", images=TarImages([], shard_ids, offsets, sizes, keys), captions=[], data_root=data_root)
+    for shard in shards:
+        if not index.readable_files(str(shard)):  # e.g. a shard linked in from elsewhere
+            continue
+        shard_id = len(index.images.shards)
         index.images.shards.append(str(shard))
-        for key, image, caption in _index_one_shard(shard, index.skipped):
+        for key, image, caption in _index_one_shard(shard, index):
             shard_ids.append(shard_id)
             offsets.append(image.offset)
             sizes.append(image.size)
@@ -431,12 +357,12 @@ def _index_shards(root: Path, shards: list[Path]) -> _Index:
     return index
 
 
-def _index_one_shard(shard: Path, skipped: dict[str, int]) -> list[tuple[str, _Member, str]]:
+def _index_one_shard(shard: Path, index: _Index) -> list[tuple[str, Member, str]]:
     """(key, image member, caption) of every usable sample of one shard, sorted by key."""
     names, truncated = list_tar_members(shard)
     if truncated:
-        skipped["truncated_shard"] = skipped.get("truncated_shard", 0) + 1
-    members: dict[str, dict[str, _Member]] = {}
+        count(index.skipped, TRUNCATED_SHARD)
+    members: dict[str, dict[str, Member]] = {}
     for name, member in names:
         key, suffix = split_key(name)
         members.setdefault(key, {})[suffix] = member
@@ -446,159 +372,22 @@ def _index_one_shard(shard: Path, skipped: dict[str, int]) -> list[tuple[str, _M
             by_suffix = members[key]
             image_suffix = _preferred_image_suffix(by_suffix)
             if image_suffix is None:
-                skipped["missing_file"] += 1
+                index.skipped[MISSING_FILE] += 1
                 continue
             caption = _member_caption(handle, by_suffix)
-            if not caption:
-                skipped["empty_caption"] += 1
-                continue
-            samples.append((key, by_suffix[image_suffix], caption))
+            if index.accepts_caption(caption):
+                samples.append((key, by_suffix[image_suffix], caption))
     return samples
 
 
-def _member_caption(handle, by_suffix: dict[str, _Member]) -> str:
-    if "txt" in by_suffix:
-        return _decode_caption(_read_member(handle, by_suffix["txt"]))
-    if "json" in by_suffix:
-        return caption_from_json(_read_member(handle, by_suffix["json"]))
-    return ""
-
-
-# Reading headers ourselves is ~10x faster than tarfile's TarInfo parsing, which
-# matters for millions of members. Plain ustar/GNU headers, pax extended headers
-# (webdataset writes one per member for its float mtimes) and GNU long names are
-# handled here; anything else (global pax headers, sparse files, base-256 sizes,
-# bad checksums) sends the whole shard to tarfile.
-_BLOCK = 512
-_FILE_TYPES = (b"0", b"\0", b"7")
-_NO_DATA_TYPES = (b"1", b"2", b"3", b"4", b"5", b"6")
-_PAX_HEADER, _GNU_LONG_NAME, _GNU_LONG_LINK = b"x", b"L", b"K"
-
-
-class _UnusualHeader(Exception):
-    """A header the fast scanner leaves to tarfile."""
-
-
-def list_tar_members(shard: Path) -> tuple[list[tuple[str, _Member]], bool]:
-    """(name, data offset/size) of every regular file in an uncompressed tar, and whether it is truncated.
-
-    Members whose data runs past the end of the file are left out.
-    """
-    try:
-        with open(shard, "rb") as handle:
-            return _scan_tar_headers(handle, os.fstat(handle.fileno()).st_size)
-    except _UnusualHeader:
-        return _scan_with_tarfile(shard)
-    except OSError as err:
-        raise UserError(f"{shard}: cannot read ({err.strerror})") from None
-
-
-def _scan_tar_headers(handle, file_size: int) -> tuple[list[tuple[str, _Member]], bool]:
-    members: list[tuple[str, _Member]] = []
-    extended: dict[str, str] = {}  # pax / GNU long-name values for the next member
-    offset = 0
-    while True:
-        handle.seek(offset)
-        header = handle.read(_BLOCK)
-        if offset == 0 and (len(header) < _BLOCK or header.count(0) == _BLOCK):
-            raise _UnusualHeader  # empty or not a tar: let tarfile word the error
-        if not header or header.count(0) == _BLOCK:
-            return members, False
-        if len(header) < _BLOCK:
-            return members, True
-        kind, size = _parse_header(header)
-        data_offset = offset + _BLOCK
-        if kind in (_PAX_HEADER, _GNU_LONG_NAME):
-            data = handle.read(size)
-            if len(data) < size:
-                return members, True
-            extended.update(_parse_pax(data) if kind == _PAX_HEADER else {"path": _gnu_long_name(data)})
-        elif kind == _GNU_LONG_LINK:
-            pass  # a link target: irrelevant to us, and must not reset a pending long name
-        else:
-            if "size" in extended:
-                size = _pax_int(extended["size"])
-            if kind in _FILE_TYPES:
-                if data_offset + size > file_size:
-                    return members, True
-                members.append((extended.get("path") or _header_name(header), _Member(data_offset, size)))
-            extended = {}
-        offset = data_offset + -(-size // _BLOCK) * _BLOCK
-
-
-def _parse_header(header: bytes) -> tuple[bytes, int]:
-    """(type flag, size) of a header the fast scanner understands; _UnusualHeader otherwise."""
-    kind = header[156:157]
-    if kind not in _FILE_TYPES and kind not in _NO_DATA_TYPES and kind not in (_PAX_HEADER, _GNU_LONG_NAME, _GNU_LONG_LINK):
-        raise _UnusualHeader
-    try:
-        stored_checksum = int(header[148:156].strip(b"\0 ") or b"-1", 8)
-        size = int(header[124:136].strip(b"\0 ") or b"0", 8)  # base-256 sizes fail here
-    except ValueError:
-        raise _UnusualHeader from None
-    if stored_checksum != sum(header) - sum(header[148:156]) + 8 * ord(" "):
-        raise _UnusualHeader
-    return kind, size
-
-
-def _parse_pax(data: bytes) -> dict[str, str]:
-    """Records of the form b"LENGTH KEY=VALUE\\n"."""
-    records: dict[str, str] = {}
-    position = 0
-    try:
-        while position < len(data) and data[position : position + 1] != b"\0":
-            space = data.index(b" ", position)
-            length = int(data[position:space])
-            if length <= space - position:
-                raise ValueError("pax record length")
-            key, _, value = data[space + 1 : position + length - 1].partition(b"=")
-            records[key.decode("utf-8", "replace")] = value.decode("utf-8", errors="surrogateescape")
-            position += length
-    except ValueError:
-        raise _UnusualHeader from None
-    return records
-
-
-def _pax_int(value: str) -> int:
-    try:
-        return int(value)
-    except ValueError:
-        raise _UnusualHeader from None
-
-
-def _gnu_long_name(data: bytes) -> str:
-    return data.split(b"\0", 1)[0].decode("utf-8", errors="surrogateescape")
-
-
-def _header_name(header: bytes) -> str:
-    name = header[:100].split(b"\0", 1)[0]
-    if header[257:265] == b"ustar\x0000":  # POSIX ustar: long paths are split into prefix + name
-        prefix = header[345:500].split(b"\0", 1)[0]
-        if prefix:
-            name = prefix + b"/" + name
-    return name.decode("utf-8", errors="surrogateescape")
-
-
-def _scan_with_tarfile(shard: Path) -> tuple[list[tuple[str, _Member]], bool]:
-    members: list[tuple[str, _Member]] = []
-    file_size = shard.stat().st_size
-    try:
-        with tarfile.open(shard, mode="r:") as archive:
-            for info in archive:
-                if info.isfile():
-                    if info.offset_data + info.size > file_size:
-                        return members, True
-                    members.append((info.name, _Member(info.offset_data, info.size)))
-    except (tarfile.TarError, OSError, EOFError) as err:
-        if not members:
-            raise UserError(f"{shard}: not a readable (uncompressed) tar file ({err})") from None
-        return members, True
-    return members, False
-
-
-def _read_member(handle, member: _Member) -> bytes:
-    handle.seek(member.offset)
-    return handle.read(member.size)
+def _member_caption(handle, by_suffix: dict[str, Member]) -> str | None:
+    """The sample's caption ("" if it has none); None if its caption member is too large to read."""
+    suffix = _caption_suffix(by_suffix)
+    if suffix is None:
+        return ""
+    if by_suffix[suffix].size > MAX_CAPTION_FILE_BYTES:
+        return None
+    return _caption_from(read_member(handle, by_suffix[suffix]), suffix)
 
 
 # --------------------------------------------------------------------------- img2dataset 'files'
@@ -613,7 +402,7 @@ def _folders_with_images(root: Path) -> list[Path]:
         for name in names:
             key, suffix = split_key(name)
             keyed.setdefault(key, set()).add(suffix)
-        if any(_preferred_image_suffix(s) and ("txt" in s or "json" in s) for s in keyed.values()):
+        if any(_preferred_image_suffix(s) and _caption_suffix(s) for s in keyed.values()):
             folders.append(folder)
     return folders
 
@@ -626,8 +415,8 @@ def _file_names(folder: Path) -> list[str]:
         return []
 
 
-def _index_sidecar_files(root: Path, folders: list[Path]) -> _Index:
-    index = _Index(source=str(root), images=FileImages([]), captions=[])
+def _index_sidecar_files(root: Path, folders: list[Path], data_root: DataRoot) -> _Index:
+    index = _Index(source=str(root), images=FileImages([]), captions=[], data_root=data_root)
     for folder in folders:
         by_key: dict[str, dict[str, str]] = {}
         for name in _file_names(folder):
@@ -640,20 +429,27 @@ def _index_sidecar_files(root: Path, folders: list[Path]) -> _Index:
 
 def _add_sidecar_sample(files: dict[str, str], index: _Index) -> None:
     image_suffix = _preferred_image_suffix(files)
+    caption_suffix = _caption_suffix(files)
     if image_suffix is None:
         # A caption without its image is a sample whose file is missing; anything else
         # (img2dataset's parquet/stats .json, READMEs) is not a sample at all.
         if "txt" in files:
-            index.skipped["missing_file"] += 1
+            index.skipped[MISSING_FILE] += 1
         return
-    if "txt" in files:
-        caption = _decode_caption(Path(files["txt"]).read_bytes())
-    elif "json" in files:
-        caption = caption_from_json(Path(files["json"]).read_bytes())
-    else:
-        caption = ""
-    if not caption:
-        index.skipped["empty_caption"] += 1
+    used = [files[image_suffix]] + ([files[caption_suffix]] if caption_suffix else [])
+    if not index.readable_files(*used):
         return
-    index.images.paths.append(files[image_suffix])
-    index.captions.append(caption)
+    caption = _sidecar_caption(files, caption_suffix)
+    if index.accepts_caption(caption):
+        index.images.paths.append(files[image_suffix])
+        index.captions.append(caption)
+
+
+def _sidecar_caption(files: dict[str, str], suffix: str | None) -> str | None:
+    """The caption file's text ("" without one); None if it is too large to read."""
+    if suffix is None:
+        return ""
+    path = Path(files[suffix])
+    if path.stat().st_size > MAX_CAPTION_FILE_BYTES:
+        return None
+    return _caption_from(path.read_bytes(), suffix)

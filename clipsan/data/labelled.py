@@ -1,7 +1,8 @@
 """Labelled evaluation sets: ImageFolder, or a CSV of (image, label) plus class names.
 
 ``open_labelled_dataset`` returns a picklable ``LabelledDataset``; ``load(i)``
-decodes one image on demand and returns None for a corrupt one.
+decodes one image on demand and returns None for an unreadable one. As for
+caption data, only files inside the data folder are read (``clipsan.data.paths``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from clipsan.data.captions import IMAGE_COLUMNS, MANIFEST_SUFFIXES, find_column, format_counts, open_table
-from clipsan.data.imagenet import imagenet_classnames, looks_like_imagenet
+from clipsan.data.captions import IMAGE_COLUMNS, MANIFEST_SUFFIXES
+from clipsan.data.imagenet import looks_like_wnid, wnid_classnames
+from clipsan.data.limits import MAX_IMAGE_PIXELS
+from clipsan.data.paths import DataRoot, outside_hint, walk_once
+from clipsan.data.skips import MISSING_FILE, count, format_counts
+from clipsan.data.tables import find_column, open_table
 from clipsan.data.transforms import decode_image
 from clipsan.errors import UserError
 
@@ -37,6 +42,8 @@ class LabelledDataset:
         classnames: list[str],
         skipped: dict[str, int],
         names_from: str,
+        empty_classes: list[str] | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
     ):
         self.root = root
         self.layout = layout
@@ -46,12 +53,14 @@ class LabelledDataset:
         self.classnames = classnames
         self.skipped = skipped
         self.names_from = names_from
+        self.empty_classes = empty_classes or []
+        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, index: int) -> tuple[Image.Image | None, int]:
-        return decode_image(self.paths[index]), self.labels[index]
+        return decode_image(self.paths[index], self.max_image_pixels), self.labels[index]
 
     __getitem__ = load  # usable directly as a torch map-style dataset
 
@@ -61,31 +70,42 @@ class LabelledDataset:
     def describe(self) -> str:
         kind = {"imagefolder": "ImageFolder", "csv": "CSV"}[self.layout]
         text = f"{self.source} ({kind}): {len(self):,} images, {len(self.classnames)} classes (names from {self.names_from})"
+        if self.empty_classes:
+            shown = ", ".join(self.empty_classes[:5]) + (", ..." if len(self.empty_classes) > 5 else "")
+            text += f"; {len(self.empty_classes)} class folder{'s' if len(self.empty_classes) > 1 else ''} without images, kept as classes ({shown})"
         if any(self.skipped.values()):
             text += "; skipped " + format_counts(self.skipped, nonzero_only=True)
-        return text
+        return text + outside_hint(self.skipped)
 
 
-def open_labelled_dataset(root: str | os.PathLike, classnames_file: str | os.PathLike | None = None) -> LabelledDataset:
+def open_labelled_dataset(
+    root: str | os.PathLike,
+    classnames_file: str | os.PathLike | None = None,
+    *,
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+    allow_outside_root: bool = False,
+) -> LabelledDataset:
     """Open ``root`` as a labelled set.
 
     A .csv/.tsv file, or a folder with ``labels.csv`` (CleanCLIP's eval layout),
     is read as a CSV; a folder of class folders as an ImageFolder; a folder with
-    a single manifest and no class folders as a CSV.
+    a single manifest and no class folders as a CSV. Files are read only inside
+    the data folder (the CSV's folder) unless ``allow_outside_root``.
     """
     root = Path(root)
     names = read_classnames(Path(classnames_file)) if classnames_file is not None else None
     if not root.exists():
         raise UserError(f"{root}: no such file or directory")
+    reading = (max_image_pixels, allow_outside_root)
     if root.is_file():
-        dataset = _open_csv(root, root, names, classnames_file)
+        dataset = _open_csv(root, root, names, classnames_file, *reading)
     elif (root / CLEANCLIP_MANIFEST).is_file():
-        dataset = _open_csv(root, root / CLEANCLIP_MANIFEST, names, classnames_file)
+        dataset = _open_csv(root, root / CLEANCLIP_MANIFEST, names, classnames_file, *reading)
     else:
-        dataset = _open_folder(root, names, classnames_file)
+        dataset = _open_folder(root, names, classnames_file, *reading)
     if not dataset.paths:
-        counts = format_counts(dataset.skipped)
-        raise UserError(f"{root}: no images found" + (f" ({counts})" if counts else ""))
+        counts = format_counts(dataset.skipped, nonzero_only=True)
+        raise UserError(f"{root}: no images found" + (f" ({counts})" if counts else "") + outside_hint(dataset.skipped))
     return dataset
 
 
@@ -117,22 +137,27 @@ def _display_name(folder_or_label: str) -> str:
 # --------------------------------------------------------------------------- ImageFolder
 
 
-def _open_folder(root: Path, names: list[str] | None, names_file) -> LabelledDataset:
+def _open_folder(root: Path, names: list[str] | None, names_file, max_image_pixels: int, allow_outside: bool) -> LabelledDataset:
     class_dirs = sorted(p for p in _listdir(root) if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         manifests = sorted(p for p in _listdir(root) if p.suffix.lower() in MANIFEST_SUFFIXES and p.is_file())
         if len(manifests) == 1:
-            return _open_csv(root, manifests[0], names, names_file)
+            return _open_csv(root, manifests[0], names, names_file, max_image_pixels, allow_outside)
         raise UserError(f"{root}: expected one subfolder per class (ImageFolder), a labels.csv, or a CSV with image,label columns")
     folder_names = [p.name for p in class_dirs]
     classnames, names_from = _folder_classnames(root, folder_names, names, names_file)
+    data_root = DataRoot(root, allow_outside)
+    skipped: dict[str, int] = {}
     paths: list[str] = []
     labels: list[int] = []
+    empty: list[str] = []
     for label, class_dir in enumerate(class_dirs):
-        images = _images_under(class_dir)
+        images = _images_under(class_dir, data_root, skipped)
+        if not images:
+            empty.append(class_dir.name)
         paths += images
         labels += [label] * len(images)
-    return LabelledDataset(root, "imagefolder", str(root), paths, labels, classnames, {}, names_from)
+    return LabelledDataset(root, "imagefolder", str(root), paths, labels, classnames, skipped, names_from, empty, max_image_pixels)
 
 
 def _folder_classnames(root: Path, folder_names: list[str], names: list[str] | None, names_file):
@@ -140,17 +165,25 @@ def _folder_classnames(root: Path, folder_names: list[str], names: list[str] | N
         if len(names) != len(folder_names):
             raise UserError(f"{names_file}: {len(names)} class names, but {root} has {len(folder_names)} class folders")
         return names, str(names_file)
-    if looks_like_imagenet(folder_names):
-        return imagenet_classnames(), "ImageNet wnids"
+    if any(looks_like_wnid(name) for name in folder_names):
+        return wnid_classnames(root, folder_names, _display_name)
     return [_display_name(n) for n in folder_names], "folder names"
 
 
-def _images_under(class_dir: Path) -> list[str]:
-    """Image files anywhere under one class folder, sorted; hidden entries ignored."""
-    found = []
-    for folder, subdirs, files in os.walk(class_dir, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found += [os.path.join(folder, f) for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in LABELLED_IMAGE_SUFFIXES]
+def _images_under(class_dir: Path, data_root: DataRoot, skipped: dict[str, int]) -> list[str]:
+    """Image files anywhere under one class folder, sorted, each real file once; hidden entries ignored."""
+    found, seen = [], set()
+    for folder, files in walk_once(str(class_dir), data_root, skipped):
+        for name in files:
+            if os.path.splitext(name)[1].lower() not in LABELLED_IMAGE_SUFFIXES:
+                continue
+            path = os.path.join(folder, name)
+            real, reason = data_root.locate(path)
+            if reason:
+                count(skipped, reason)
+            elif real not in seen:  # else a second link to the same file
+                seen.add(real)
+                found.append(path)
     return sorted(found)
 
 
@@ -164,20 +197,29 @@ def _listdir(folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- CSV
 
 
-def _open_csv(root: Path, manifest: Path, names: list[str] | None, names_file) -> LabelledDataset:
+def _open_csv(root: Path, manifest: Path, names: list[str] | None, names_file, max_image_pixels: int, allow_outside: bool) -> LabelledDataset:
     base = os.path.dirname(os.path.abspath(manifest))
-    skipped = {"missing_file": 0, "empty_label": 0}
+    data_root = DataRoot(base, allow_outside)
+    skipped = {MISSING_FILE: 0, "empty_label": 0}
     rows: list[tuple[int, str, str]] = []
     with open_table(manifest) as (header, table):
         image_col = find_column(header, IMAGE_COLUMNS, None, manifest, "image", "an 'image' header")
         label_col = find_column(header, LABEL_COLUMNS, None, manifest, "label", "a 'label' header")
         for line, row in table:
+            if row is None:  # a field over the csv field limit
+                count(skipped, "oversized_row")
+                continue
             label = row[label_col].strip() if label_col < len(row) else ""
             cell = row[image_col].strip() if image_col < len(row) else ""
+            path = os.path.join(base, cell)
             if not label:
-                skipped["empty_label"] += 1
-            elif not cell or not os.path.isfile(path := os.path.join(base, cell)):
-                skipped["missing_file"] += 1
+                reason = "empty_label"
+            elif not cell:
+                reason = MISSING_FILE
+            else:
+                _, reason = data_root.locate(path)
+            if reason:
+                count(skipped, reason)
             else:
                 rows.append((line, path, label))
     if rows and all(_INTEGER.fullmatch(label) for _, _, label in rows):
@@ -185,7 +227,7 @@ def _open_csv(root: Path, manifest: Path, names: list[str] | None, names_file) -
     else:
         labels, classnames, names_from = _named_labels(manifest, rows, names, names_file)
     paths = [path for _, path, _ in rows]
-    return LabelledDataset(root, "csv", str(manifest), paths, labels, classnames, skipped, names_from)
+    return LabelledDataset(root, "csv", str(manifest), paths, labels, classnames, skipped, names_from, max_image_pixels=max_image_pixels)
 
 
 def _integer_labels(manifest: Path, rows, names: list[str] | None, names_file):

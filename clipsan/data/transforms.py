@@ -13,30 +13,70 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor
+
+from clipsan.data.limits import MAX_IMAGE_PIXELS, PILLOW_REFUSES_ABOVE
 
 _WHITE = (255, 255, 255, 255)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _HIGH_DEPTH_MODES = {"I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
-def decode_image(source: bytes | str | Path) -> Image.Image | None:
-    """Decode image bytes (or a file) to an RGB PIL image; None if unreadable or corrupt.
+class UnreadableImage(ValueError):
+    """An image clipsan will not use: undecodable, truncated, or over the pixel limit (the message says which)."""
 
-    Files are read into memory first so no file handle outlives the call
-    (multi-frame formats would otherwise keep theirs open).
+
+def read_image(source: bytes | str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode image bytes (or a file) to an RGB PIL image; UnreadableImage if it cannot or must not be.
+
+    The size is checked from the header, before any pixel is decoded: a small file
+    can declare a huge canvas (a decompression bomb). Files are read into memory
+    first so no file handle outlives the call (multi-frame formats would otherwise
+    keep theirs open).
     """
     try:
-        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+        image = open_image(source if isinstance(source, bytes) else Path(source).read_bytes(), max_pixels)
         with warnings.catch_warnings():
-            # Pillow warns about palette transparency; we composite it away below.
-            warnings.simplefilter("ignore", UserWarning)
-            image = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore", UserWarning)  # palette transparency: composited away by to_rgb
             image.load()
             return to_rgb(image)
-    except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError):
+    except UnreadableImage:
+        raise
+    except UnidentifiedImageError:
+        raise UnreadableImage("not an image in a format Pillow reads") from None
+    except (OSError, ValueError, SyntaxError, MemoryError) as err:
+        raise UnreadableImage(f"cannot be decoded ({type(err).__name__}: {err})") from None
+
+
+def open_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Image bytes opened lazily (header only) and refused, as UnreadableImage, over ``max_pixels``.
+
+    Pillow's own bomb warning is silenced and its bomb error reworded: clipsan's
+    limit, lower than Pillow's, decides. Pillow's other errors pass through.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+        except Image.DecompressionBombError:
+            raise UnreadableImage(f"more than {PILLOW_REFUSES_ABOVE:,} pixels (refused by Pillow)") from None
+    check_pixels(image.size, max_pixels)
+    return image
+
+
+def decode_image(source: bytes | str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image | None:
+    """``read_image``, or None for an image clipsan cannot use (counted by the caller, never a crash)."""
+    try:
+        return read_image(source, max_pixels)
+    except UnreadableImage:
         return None
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise UnreadableImage(f"{width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} (--max-image-pixels)")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

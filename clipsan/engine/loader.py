@@ -16,8 +16,12 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clipsan.data.tokens import fit_caption
 from clipsan.data.transforms import to_model_pixels
+from clipsan.errors import UserError
 from clipsan.seeding import derive_seed, sample_generator, sample_rng
+
+SUBSTITUTE_DRAWS = 16  # random tries for a readable sample before walking the set in order
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
@@ -86,22 +90,42 @@ class RecipeSamples(Dataset):
     def __getitem__(self, key):
         epoch, index = key
         image, caption = self.captions.load(index)
-        if image is None:
-            return None  # corrupt image: dropped and counted by the collate
+        unreadable = image is None  # corrupt, truncated or over the pixel limit: counted as corrupt_image
+        if unreadable:
+            index, image, caption = self._substitute(epoch, index)
         sample = Sample(to_model_pixels(image, self.image_size), image, caption, index, epoch, self.seed)
         views = self.recipe.views(sample)
-        out = {"index": torch.tensor(index)}
+        out = {"index": torch.tensor(index), "n_corrupt": int(unreadable)}
         for name, value in views.items():
-            out[name] = self.tokenize([value])[0] if isinstance(value, str) else value
+            out[name] = self.tokenize([fit_caption(value, self.tokenize)])[0] if isinstance(value, str) else value
         return out
+
+    def _substitute(self, epoch: int, index: int):
+        """Another sample, with a readable image, in place of one whose image is not.
+
+        Batches stay full (a contrastive loss is defined over the batch, and data-parallel
+        shards stay equal), and the choice depends on (seed, epoch, index) only, so it does
+        not change with --workers or on resume. The substitute is that sample as itself
+        (its own index, views and poison plan). Random draws first; a set that is nearly
+        all unreadable is then walked from the last draw (it has one readable image: the
+        dataset's opener checks).
+        """
+        n = len(self.captions)
+        rng = sample_rng(self.seed, epoch, index, "substitute")
+        candidate = index
+        for attempt in range(SUBSTITUTE_DRAWS + n):
+            candidate = rng.randrange(n) if attempt < SUBSTITUTE_DRAWS else (candidate + 1) % n
+            image, caption = self.captions.load(candidate)
+            if image is not None:
+                return candidate, image, caption
+        raise UserError(f"{getattr(self.captions, 'root', 'the training data')}: no readable image left to train on")
 
 
 def collate(items: list) -> dict:
-    good = [item for item in items if item is not None]
-    batch: dict = {"n_corrupt": len(items) - len(good)}
-    if good:
-        for name in good[0]:
-            batch[name] = torch.stack([item[name] for item in good])
+    # Every slot holds a sample (unreadable images are substituted); n_corrupt counts the substitutions.
+    batch: dict = {"n_corrupt": sum(item.pop("n_corrupt") for item in items)}
+    for name in items[0]:
+        batch[name] = torch.stack([item[name] for item in items])
     return batch
 
 

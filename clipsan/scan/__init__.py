@@ -174,7 +174,8 @@ def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
                 f"MODEL takes {size} px; the reference must be the same kind of model"
             )
 
-    probes = load_probes(options.data, options.probes or budget.probes, size, options.seed)
+    reading = {"max_image_pixels": options.max_image_pixels, "allow_outside_root": options.allow_outside_root}
+    probes = load_probes(options.data, options.probes or budget.probes, size, options.seed, **reading)
     notes(f"probes: {probes.describe()}")
     images = probes.images.to(device)
     run_dir = Path(options.run_dir) if options.run_dir else default_run_dir("scan")

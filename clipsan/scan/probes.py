@@ -44,9 +44,12 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
 
 
-def folder_probes(data: str, n: int, size: int, seed: int) -> Probes:
-    """Images of a caption dataset or a labelled set (whichever `data` is); captions and labels unused."""
-    dataset, source, classnames = _open_either(data)
+def folder_probes(data: str, n: int, size: int, seed: int, **reading) -> Probes:
+    """Images of a caption dataset or a labelled set (whichever `data` is); captions and labels unused.
+
+    ``reading``: the data readers' max_image_pixels and allow_outside_root.
+    """
+    dataset, source, classnames = _open_either(data, **reading)
     from clipsan.data.transforms import to_model_pixels
 
     # A seeded shuffle (labelled sets are sorted by class); unreadable images are passed over.
@@ -65,15 +68,15 @@ def folder_probes(data: str, n: int, size: int, seed: int) -> Probes:
     return Probes(torch.stack(images), source, str(data), classnames, skipped)
 
 
-def _open_either(data: str):
+def _open_either(data: str, **reading):
     from clipsan.data.captions import open_caption_dataset
     from clipsan.data.labelled import open_labelled_dataset
 
     try:
-        return open_caption_dataset(data), "captions", None
+        return open_caption_dataset(data, **reading), "captions", None
     except UserError as caption_error:
         try:
-            labelled = open_labelled_dataset(data)
+            labelled = open_labelled_dataset(data, **reading)
         except UserError as labelled_error:
             raise UserError(f"{data}: neither a caption dataset ({_reason(caption_error)}) nor a labelled set ({_reason(labelled_error)})") from None
         return labelled, "labelled", list(labelled.classnames)
@@ -85,5 +88,5 @@ def _reason(err: UserError) -> str:
     return tail if sep and Path(head).name else text
 
 
-def load_probes(data: str | None, n: int, size: int, seed: int) -> Probes:
-    return world_probes(n, size, seed) if data is None else folder_probes(data, n, size, seed)
+def load_probes(data: str | None, n: int, size: int, seed: int, **reading) -> Probes:
+    return world_probes(n, size, seed) if data is None else folder_probes(data, n, size, seed, **reading)
