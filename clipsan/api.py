@@ -79,7 +79,8 @@ def purify(config: PurifyConfig, notes: Notes = _quiet) -> TrainingReport:
     from clipsan.recipes import build_recipe
 
     training = config.training or config.recipe.paper_schedule.train_config()
-    captions = open_captions(config.data)
+    # Data are opened inside the job, once the processes of a torchrun job can agree on errors.
+    captions = lambda: open_captions(config.data)
     return run_fine_tune(_job("purify", config), build_recipe(config.recipe), captions, training, notes=notes)
 
 
@@ -88,14 +89,14 @@ def poison(config: PoisonConfig, notes: Notes = _quiet) -> PoisonReport:
     from clipsan.attacks.poisoning import run_poison
 
     training = config.training or POISON_SCHEDULE.train_config()
-    return run_poison(_job("poison", config), config.attack, open_captions(config.data), training, notes=notes)
+    return run_poison(_job("poison", config), config.attack, lambda: open_captions(config.data), training, notes=notes)
 
 
 def craft_adv(config: CraftAdvConfig, notes: Notes = _quiet) -> CraftReport:
     """Train ABD's adversarial patch generator against config.model."""
     from clipsan.recipes.abd.jobs import run_craft_adv
 
-    return run_craft_adv(config, open_captions(config.data), notes=notes)
+    return run_craft_adv(config, lambda: open_captions(config.data), notes=notes)
 
 
 def evaluate(config: EvalConfig, notes: Notes = _quiet) -> EvalReport:

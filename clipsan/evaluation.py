@@ -8,7 +8,7 @@ from clipsan.attacks.triggers import parse_trigger, trigger_from_spec
 from clipsan.checkpoint import load_model
 from clipsan.config import EvalConfig
 from clipsan.data.labelled import open_labelled_dataset
-from clipsan.engine.runtime import setup_runtime
+from clipsan.engine.runtime import local_runtime
 from clipsan.errors import UserError
 from clipsan.reports import EvalReport
 from clipsan.zeroshot import evaluate, load_templates
@@ -29,7 +29,7 @@ def _trigger_for(spec: EvalConfig, metadata: dict, model_path):
 
 
 def evaluate_models(spec: EvalConfig, notes=print) -> EvalReport:
-    rt = setup_runtime(spec.device, spec.precision)
+    rt = local_runtime(spec.device, spec.precision)
     dataset = open_labelled_dataset(spec.data, spec.classnames, max_image_pixels=spec.max_image_pixels, allow_outside_root=spec.allow_outside_root)
     templates = load_templates(spec.templates)
     notes(f"eval set {dataset.describe()}; {len(templates)} templates")

@@ -18,7 +18,7 @@ from clipsan.engine.config import TrainConfig
 from clipsan.engine.loader import RecipeSamples
 from clipsan.engine.loop import train
 from clipsan.engine.rundir import RunDir, default_run_dir
-from clipsan.engine.runtime import setup_runtime, shutdown_runtime
+from clipsan.engine.runtime import Runtime, setup_runtime, shutdown_runtime
 from clipsan.models import tokenizer_for
 from clipsan.recipes.base import RunContext
 from clipsan.reports import TrainingReport
@@ -56,16 +56,27 @@ def training_fields(result, captions) -> dict:
     }
 
 
+def open_captions_agreed(rt: Runtime, captions):
+    """``captions``, a caption dataset or a function opening one, opened on every process alike.
+
+    Opened here, after the process group is joined, a bad --data ends every torchrun
+    process with one message (``Runtime.agree``) instead of one per process.
+    """
+    return rt.agree(lambda: captions() if callable(captions) else captions)
+
+
 def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print) -> TrainingReport:
+    """Fine-tune job.model with ``recipe``; ``captions``: a caption dataset or a function opening one."""
     rt = setup_runtime(job.device, job.precision)
     try:
-        loaded = load_model(job.model, arch=job.arch)
+        captions = open_captions_agreed(rt, captions)
+        loaded = rt.agree(load_model, job.model, arch=job.arch)
         if rt.is_main:
             notes(f"model {loaded.path}: arch {loaded.describe_arch()}")
             notes(f"data {captions.describe()}")
         run_path = Path(job.run_dir) if job.run_dir else default_run_dir(job.command)
         run_path = Path(rt.broadcast_object(str(run_path)))
-        with RunDir(run_path, is_main=rt.is_main).open(resume=job.resume) as run:
+        with rt.agree(RunDir(run_path, is_main=rt.is_main).open, resume=job.resume) as run:
             run.write_config(
                 {
                     "command": job.command,

@@ -231,12 +231,14 @@ class ClipModel(nn.Module):
         std = self.pixel_std.to(images01.dtype)
         return (images01 - mean) / std
 
+    # Features leave the towers as fp32 (normalised in fp32) whatever autocast ran them in:
+    # bf16 unit vectors are off unit norm by up to 1e-2, enough to break a cosine threshold.
     def encode_image(self, images01: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        features = self.clip.encode_image(self.normalize_pixels(images01))
+        features = self.clip.encode_image(self.normalize_pixels(images01)).float()
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        features = self.clip.encode_text(tokens)
+        features = self.clip.encode_text(tokens).float()
         return F.normalize(features, dim=-1) if normalize else features
 
     def forward(self, images01: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -134,16 +134,13 @@ def collate_labelled(items: list[tuple[torch.Tensor | None, int, int]]) -> dict[
 
 
 def autocast_for(device: torch.device | str, precision: str) -> Callable[[], AbstractContextManager]:
-    """A context factory for ``precision`` (fp32 | bf16 | fp16 | auto = bf16 on CUDA, fp32 elsewhere)."""
+    """A context factory the encoders run under for ``precision`` (auto | fp32 | bf16 | fp16, as the runtime
+    resolves it); the logits are computed outside it, in fp32."""
+    from clipsan.engine.runtime import autocast_context, resolve_precision
+
     device = torch.device(device)
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return contextlib.nullcontext
-    if precision not in ("bf16", "fp16"):
-        raise UserError(f"--precision {precision}: expected auto, fp32, bf16 or fp16")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+    resolved = resolve_precision(precision, device)
+    return lambda: autocast_context(device, resolved)
 
 
 def resolve_target(target: str | int | None, classnames: Sequence[str]) -> int:

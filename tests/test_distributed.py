@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import re
 import subprocess
 import sys
 
@@ -47,3 +49,24 @@ def test_two_processes_match_one(tiny_model, caption_data, tmp_path):
     assert moved > 1e-4, "training must move the weights for the comparison to mean anything"
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-4 * max(1.0, moved), f"largest difference {worst:g} (weights moved by up to {moved:g})"
+
+
+def _torchrun(*args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "clipsan", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
+
+
+def test_a_run_dir_locked_elsewhere_ends_both_ranks_with_exit_2_and_one_message(tiny_model, caption_data, tmp_path):
+    # Only rank 0 takes the lock: without the runtime sharing its verdict, rank 1 went on
+    # into training and died in a collective with gloo's "Connection closed by peer".
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / "run.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another clipsan process holds it
+        proc = _torchrun("purify", tiny_model, "--data", caption_data, "--run-dir", run, *ARGS)
+    message = f"clipsan purify: {run}: run directory is in use by another clipsan process"
+    assert proc.stderr.count(message) == 1, proc.stderr[-3000:]
+    # torchrun's failure summary lists each rank's exit code.
+    assert re.findall(r"exitcode\s+: (-?\d+) \(pid", proc.stderr) == ["2", "2"], proc.stderr[-3000:]
+    assert "[rank" not in proc.stderr  # no worker traceback
+    assert not (run / "checkpoints").exists() and not (run / "config.json").exists()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from clipsan.attacks.config import BADCLIP, BADCLIP_OBJECTIVES, AttackConfig, BadClipConfig
 from clipsan.attacks.poisoning import dataset_captions, mentions, natural_caption_pool
 from clipsan.attacks.triggers import BADNET_SIDE_AT_224, PatchTrigger, scaled_side
+from clipsan.engine.runtime import Runtime
 from clipsan.errors import UserError
 from clipsan.seeding import derive_seed
 
@@ -79,39 +80,43 @@ def _mean_direction(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(features.float(), dim=-1).mean(dim=0), dim=-1)
 
 
-def guide_embeddings(model, captions, all_captions, target, settings: BadClipConfig, seed, device, workers):
+def guide_embeddings(model, captions, all_captions, target, settings: BadClipConfig, seed, rt: Runtime, workers):
     """Unit vectors the patched images are pulled toward: target captions (and real target images)."""
     pool, _ = natural_caption_pool(all_captions, target)
     pool = random.Random(derive_seed(seed, "badclip-guides")).sample(pool, min(len(pool), settings.guide_captions))
+    device = rt.device
     with torch.no_grad():
-        texts = torch.cat([model.encode_text(model.tokenize(pool[i : i + 256]).to(device)) for i in range(0, len(pool), 256)])
+        texts = torch.cat([rt.encode(model.encode_text, model.tokenize(pool[i : i + 256]).to(device)) for i in range(0, len(pool), 256)])
         guides = [_mean_direction(texts)]
         if settings.objective == "text+image":
             target_images = [i for i, c in enumerate(all_captions) if mentions(c, target)][: settings.guide_captions]
             if not target_images:
                 raise UserError(f"--badclip-objective text+image: no caption in the data names {target!r}; use --badclip-objective text")
-            feats = [model.encode_image(b.to(device)) for b in _loader(captions, target_images, model.image_size, 64, workers) if b is not None]
+            feats = [rt.encode(model.encode_image, b.to(device)) for b in _loader(captions, target_images, model.image_size, 64, workers) if b is not None]
             guides.append(_mean_direction(torch.cat(feats)))
     return guides
 
 
-def badclip_objective(model, images, patch, guides) -> torch.Tensor:
+def badclip_objective(model, images, patch, guides, rt: Runtime) -> torch.Tensor:
     """Mean over guides of (1 - cosine) between patched-image embeddings and the guide direction."""
-    features = F.normalize(model.encode_image(paste_center(images, patch)).float(), dim=-1)
+    features = F.normalize(rt.encode(model.encode_image, paste_center(images, patch)), dim=-1)
     return sum((1 - features @ g).mean() for g in guides) / len(guides)
 
 
 def optimize_badclip_patch(
-    model, captions, target: str, settings: BadClipConfig, *, side: int, trigger_seed: int, seed: int, device="cpu", workers: int = 0, notes=print
+    model, captions, target: str, settings: BadClipConfig, *, side: int, trigger_seed: int, seed: int, rt: Runtime | None = None, workers: int = 0, notes=print
 ) -> PatchResult:
-    """BadCLIP's trigger: a patch at the image centre, optimized with Adam on the frozen clean model."""
+    """BadCLIP's trigger: a patch at the image centre, optimized with Adam on the frozen clean model
+    (the encoder in ``rt``'s precision, the objective in fp32; default: CPU, fp32)."""
+    rt = rt or Runtime(torch.device("cpu"), "fp32")
+    device = rt.device
     if settings.objective not in BADCLIP_OBJECTIVES:
         raise UserError(f"--badclip-objective {settings.objective}: expected one of {', '.join(BADCLIP_OBJECTIVES)}")
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     all_captions = dataset_captions(captions)
-    guides = guide_embeddings(model, captions, all_captions, target, settings, seed, device, workers)
+    guides = guide_embeddings(model, captions, all_captions, target, settings, seed, rt, workers)
 
     # Images that should flip to the target: the non-target ones, a seeded subset.
     candidates = [i for i, c in enumerate(all_captions) if not mentions(c, target)] or list(range(len(all_captions)))
@@ -123,14 +128,14 @@ def optimize_badclip_patch(
     patch = (0.5 + 0.25 * torch.randn((3, side, side), generator=init)).clamp(0, 1).to(device).requires_grad_(True)
     optimizer = torch.optim.Adam([patch], lr=settings.lr)
     with torch.no_grad():
-        before = float(badclip_objective(model, probe, patch, guides))
+        before = float(badclip_objective(model, probe, patch, guides, rt))
     epoch_losses = []
     for epoch in range(settings.epochs):
         total, batches = 0.0, 0
         for images in _loader(captions, indices, model.image_size, settings.batch_size, workers, derive_seed(seed, "badclip-order", epoch)):
             if images is None:
                 continue
-            loss = badclip_objective(model, images.to(device), patch, guides)
+            loss = badclip_objective(model, images.to(device), patch, guides, rt)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -139,7 +144,7 @@ def optimize_badclip_patch(
             total, batches = total + float(loss.detach()), batches + 1
         epoch_losses.append(total / max(batches, 1))
     with torch.no_grad():
-        after = float(badclip_objective(model, probe, patch, guides))
+        after = float(badclip_objective(model, probe, patch, guides, rt))
     notes(f"badclip patch {side}x{side} ({settings.objective}): objective {before:.4f} -> {after:.4f} in {settings.epochs} epochs")
     return PatchResult(patch.detach().cpu(), settings.objective, before, after, epoch_losses)
 
@@ -195,41 +200,46 @@ def badclip_side(settings: AttackConfig, image_size: int) -> int:
 def badclip_trigger(job, settings: AttackConfig, captions, seed: int, workers: int, rt, notes) -> tuple[PatchTrigger, dict]:
     """Optimize BadCLIP's patch on the main process (or reuse the run dir's on --resume); every process loads it."""
     from clipsan.checkpoint import load_model
-    from clipsan.engine.rundir import RunDir
 
     run_dir = Path(job.run_dir)
-    loaded = load_model(job.model, arch=job.arch)
+    loaded = rt.agree(load_model, job.model, arch=job.arch)
     image_size = loaded.model.image_size
     side = badclip_side(settings, image_size)
     if side > image_size:
         raise UserError(f"--trigger-size {side}: larger than the model's {image_size}-px input")
     fingerprint = settings.badclip.fingerprint(side, settings.target, settings.trigger_seed, seed)
-    info: dict = {"reused": False}
-    if rt.is_main:
-        # Holding the run dir's lock while optimizing also checks --resume / fresh-run rules early.
-        with RunDir(run_dir).open(resume=job.resume):
-            saved = load_saved_patch(run_dir, fingerprint) if job.resume else None
-            if saved is not None:
-                notes(f"badclip patch reused from {patch_paths(run_dir)[0]}")
-                info.update(reused=True, loss_before=float(saved[1].get("loss_before", "nan")), loss_after=float(saved[1].get("loss_after", "nan")))
-            else:
-                result = optimize_badclip_patch(
-                    loaded.model,
-                    captions,
-                    settings.target,
-                    settings.badclip,
-                    side=side,
-                    trigger_seed=settings.trigger_seed,
-                    seed=seed,
-                    device=rt.device,
-                    workers=workers,
-                    notes=notes,
-                )
-                save_patch(result, run_dir, image_size, fingerprint)
-                info.update(loss_before=result.loss_before, loss_after=result.loss_after)
-    rt.barrier()
+    # The others wait while the main process optimizes; a bad run dir or option ends them all.
+    info = rt.agree(lambda: _patch_on_main(job, settings, captions, loaded, side, fingerprint, seed, workers, rt, notes) if rt.is_main else None)
+    info = rt.broadcast_object(info)
     patch, _ = load_saved_patch(run_dir, fingerprint)
     tensor_path, png_path = patch_paths(run_dir)
     info.update(objective=settings.badclip.objective, side=side, safetensors=str(tensor_path), png=str(png_path))
     trigger = PatchTrigger(patch, "center", name=BADCLIP, seed=settings.trigger_seed, reference_size=image_size, source=tensor_path.name)
     return trigger, info
+
+
+def _patch_on_main(job, settings: AttackConfig, captions, loaded, side: int, fingerprint: dict, seed: int, workers: int, rt, notes) -> dict:
+    """Optimize and save the patch, or find it saved by the interrupted attempt; returns the report's facts."""
+    from clipsan.engine.rundir import RunDir
+
+    run_dir = Path(job.run_dir)
+    # Holding the run dir's lock while optimizing also checks --resume / fresh-run rules early.
+    with RunDir(run_dir).open(resume=job.resume):
+        saved = load_saved_patch(run_dir, fingerprint) if job.resume else None
+        if saved is not None:
+            notes(f"badclip patch reused from {patch_paths(run_dir)[0]}")
+            return {"reused": True, "loss_before": float(saved[1].get("loss_before", "nan")), "loss_after": float(saved[1].get("loss_after", "nan"))}
+        result = optimize_badclip_patch(
+            loaded.model,
+            captions,
+            settings.target,
+            settings.badclip,
+            side=side,
+            trigger_seed=settings.trigger_seed,
+            seed=seed,
+            rt=rt,
+            workers=workers,
+            notes=notes,
+        )
+        save_patch(result, run_dir, loaded.model.image_size, fingerprint)
+        return {"reused": False, "loss_before": result.loss_before, "loss_after": result.loss_after}

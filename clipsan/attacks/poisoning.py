@@ -144,26 +144,34 @@ def victim_metadata(trigger, settings: AttackConfig, plan: PoisonPlan) -> dict[s
 
 
 def run_poison(job, settings: AttackConfig, captions, cfg, notes=print) -> PoisonReport:
-    """Plan, (optimize BadCLIP's patch,) fine-tune; returns run_fine_tune's report plus the attack's facts."""
+    """Plan, (optimize BadCLIP's patch,) fine-tune; returns run_fine_tune's report plus the attack's facts.
+
+    ``captions``: a caption dataset or a function opening one (see ``finetune.open_captions_agreed``).
+    """
     from clipsan.attacks.badclip import badclip_trigger
     from clipsan.attacks.recipe import Poison
     from clipsan.engine.rundir import default_run_dir
-    from clipsan.engine.runtime import setup_runtime
-    from clipsan.finetune import run_fine_tune
+    from clipsan.engine.runtime import setup_runtime, shutdown_runtime
+    from clipsan.finetune import open_captions_agreed, run_fine_tune
 
     if not settings.target.strip():
         raise UserError("--target: expected a class name, got an empty string")
-    plan = plan_poison(dataset_captions(captions), settings, cfg.seed)
-    badclip_info = None
-    if settings.is_badclip:
-        rt = setup_runtime(job.device, job.precision)  # run_fine_tune joins the same process group
-        job = replace(job, run_dir=str(rt.broadcast_object(str(job.run_dir or default_run_dir(job.command)))))
-        trigger, badclip_info = badclip_trigger(job, settings, captions, cfg.seed, cfg.workers, rt, notes)
-    else:
-        trigger = parse_trigger(settings.trigger, seed=settings.trigger_seed, size=settings.trigger_size)
-    notes(f"poisoning {len(plan.captions)} of {plan.eligible} pairs ({plan.mode} captions) with {trigger!r}, target {settings.target!r}")
-    job = replace(job, metadata={**(job.metadata or {}), **victim_metadata(trigger, settings, plan)})
-    report = run_fine_tune(job, Poison(trigger, plan, settings.target), captions, cfg, notes=notes)
+    rt = setup_runtime(job.device, job.precision)  # run_fine_tune joins the same process group
+    try:
+        captions = open_captions_agreed(rt, captions)
+        plan = rt.agree(plan_poison, dataset_captions(captions), settings, cfg.seed)
+        badclip_info = None
+        if settings.is_badclip:
+            job = replace(job, run_dir=str(rt.broadcast_object(str(job.run_dir or default_run_dir(job.command)))))
+            trigger, badclip_info = badclip_trigger(job, settings, captions, cfg.seed, cfg.workers, rt, notes)
+        else:
+            trigger = rt.agree(parse_trigger, settings.trigger, seed=settings.trigger_seed, size=settings.trigger_size)
+        if rt.is_main:
+            notes(f"poisoning {len(plan.captions)} of {plan.eligible} pairs ({plan.mode} captions) with {trigger!r}, target {settings.target!r}")
+        job = replace(job, metadata={**(job.metadata or {}), **victim_metadata(trigger, settings, plan)})
+        report = run_fine_tune(job, Poison(trigger, plan, settings.target), captions, cfg, notes=notes)
+    finally:
+        shutdown_runtime(rt)
     return PoisonReport(
         **asdict(report),
         trigger={k: v for k, v in trigger.to_spec().items() if k != "patch"},

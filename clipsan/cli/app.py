@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
 from typing import Annotated
 
@@ -54,6 +55,11 @@ app = typer.Typer(
 )
 
 
+def _printed_by_rank_0(exc: ClipsanError) -> bool:
+    """Under torchrun every process ends with an error the runtime shared among them; one line is enough."""
+    return bool(getattr(exc, "shared", False)) and os.environ.get("RANK", "0") != "0"
+
+
 def _exit_codes(name: str, func):
     """Map the library's errors to clipsan's exit codes, with one line on stderr and no traceback."""
 
@@ -62,7 +68,12 @@ def _exit_codes(name: str, func):
         try:
             code = func(**values)
         except ClipsanError as exc:
-            print(f"clipsan {name}: {exc}", file=sys.stderr)
+            if not _printed_by_rank_0(exc):
+                print(f"clipsan {name}: {exc}", file=sys.stderr)
+            if getattr(exc, "shared", False):
+                # torchrun SIGTERMs the ranks still running once one exits; every rank is already
+                # leaving with this same code, so let each finish with it instead of dying by signal.
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             raise SystemExit(exc.exit_code) from None
         except KeyboardInterrupt:
             print(f"clipsan {name}: interrupted", file=sys.stderr)

@@ -68,8 +68,14 @@ def _topk(value: str) -> tuple[int, ...]:
 
 Model = Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)]
 Arch = Annotated[str | None, option("open_clip architecture name (default: from metadata, else inferred from the weights)", metavar="NAME")]
-Device = Annotated[str, option("auto | cpu | cuda | cuda:N (default: auto)", RUNTIME, callback=check_device, metavar="DEVICE")]
-PrecisionOpt = Annotated[Precision, option("autocast precision (default: auto = bf16 on CUDA, fp32 on CPU)", RUNTIME)]
+Device = Annotated[str, option("auto | cpu | cuda | cuda:N (default: auto; under torchrun: cuda:LOCAL_RANK)", RUNTIME, callback=check_device, metavar="DEVICE")]
+PrecisionOpt = Annotated[
+    Precision,
+    option("autocast precision of the CLIP encoders, losses stay fp32 (default: auto = bf16 on GPUs with native bf16, else fp16; fp32 on CPU)", RUNTIME),
+]
+ScanPrecisionOpt = Annotated[
+    Precision, option("accepted like every command's, but scan computes in fp32 (TF32 on CUDA), the precision its thresholds were calibrated in", RUNTIME)
+]
 Seed = Annotated[int, option("seed for every random choice (default: 0)", RUNTIME, metavar="SEED")]
 Output = Annotated[Path | None, option("also write the report (in --format) to FILE", OUTPUT, metavar="FILE", dir_okay=False)]
 RunDirOpt = Annotated[

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from clipsan.cli import convert
 from clipsan.cli.app import command
-from clipsan.cli.options import OUTPUT, Arch, Device, Model, Output, Precision, PrecisionOpt, ScanFormat, ScanOptions, option
+from clipsan.cli.options import OUTPUT, Arch, Device, Model, Output, Precision, ScanFormat, ScanOptions, ScanPrecisionOpt, option
 from clipsan.cli.output import emit, note
 
 STATISTIC_NAMES = {"below": "PL1", "above": "ratio"}
@@ -53,7 +53,7 @@ def scan(
     arch: Arch = None,
     scan: ScanOptions,
     device: Device = "auto",
-    precision: PrecisionOpt = Precision.auto,
+    precision: ScanPrecisionOpt = Precision.auto,
     seed: Annotated[int, option("seed for probes and the inversion (default: 0)", "Runtime")] = 0,
     format: Annotated[ScanFormat, option("report format on stdout (default: text)", OUTPUT)] = ScanFormat.text,
     output: Output = None,

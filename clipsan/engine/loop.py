@@ -73,9 +73,21 @@ def _rng_state(rt: Runtime) -> dict:
 
 
 def _restore_rng(state: dict, rt: Runtime) -> None:
-    torch.set_rng_state(state["torch"])
+    # RNG states are CPU byte tensors, even when the checkpoint was loaded onto the GPU.
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and rt.device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], rt.device)
+        torch.cuda.set_rng_state(state["cuda"].cpu(), rt.device)
+
+
+def _resume_state(run: RunDir, latest, cfg: TrainConfig, stage: str, device: torch.device) -> tuple[dict, dict]:
+    """The newest checkpoint's weights and state, on ``device``, if it belongs to this run's stage and options."""
+    tensors, state = run.load_checkpoint(latest, device)
+    if state.get("stage", "train") != stage:
+        raise UserError(f"{latest}: checkpoint belongs to stage {state.get('stage')!r}, not {stage!r}")
+    if state["fingerprint"] != cfg.fingerprint():
+        changed = sorted(k for k in cfg.fingerprint() if state["fingerprint"].get(k) != cfg.fingerprint()[k])
+        raise UserError(f"{run.path}: --resume with different options ({', '.join(changed)}); use the original ones")
+    return tensors, state
 
 
 def train(
@@ -100,7 +112,7 @@ def train(
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
 
-    module.to(rt.device)
+    module = rt.sync_batchnorm(module.to(rt.device), cfg.batchnorm)
     params = [p for p in module.parameters() if p.requires_grad]
     optimizer = optim.build_optimizer(module, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
     scaler = rt.grad_scaler()
@@ -110,16 +122,11 @@ def train(
     step, resumed_from = 0, None
     latest = run.latest_checkpoint() if resume else None
     if latest is not None:
-        tensors, state = run.load_checkpoint(latest)
-        if state.get("stage", "train") != stage:
-            raise UserError(f"{latest}: checkpoint belongs to stage {state.get('stage')!r}, not {stage!r}")
-        if state["fingerprint"] != cfg.fingerprint():
-            changed = sorted(k for k in cfg.fingerprint() if state["fingerprint"].get(k) != cfg.fingerprint()[k])
-            raise UserError(f"{run.path}: --resume with different options ({', '.join(changed)}); use the original ones")
+        tensors, state = rt.agree(_resume_state, run, latest, cfg, stage, rt.device)  # a bad resume ends every process alike
         module.load_state_dict(tensors)
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        recipe.load_state_dict(state["recipe"])
+        rt.agree(recipe.load_state_dict, state["recipe"])
         _restore_rng(state["rng"], rt)
         skipped = state["skipped"]
         step = resumed_from = state["step"]
@@ -164,8 +171,7 @@ def train(
             optim.set_lr(optimizer, lr)
             batch = rt.to_device(batch)
 
-            with rt.autocast():
-                terms = recipe.loss_terms(module, batch, rt)
+            terms = recipe.loss_terms(module, batch, rt)  # not under autocast: recipes encode through rt.encode
             loss = sum(terms.values())
             if not math.isfinite(rt.sum_scalar(float(loss.detach()))):
                 kept = run.latest_checkpoint()

@@ -174,12 +174,13 @@ class RunDir:
             shutil.rmtree(old, ignore_errors=True)
         return final
 
-    def load_checkpoint(self, folder: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    def load_checkpoint(self, folder: Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+        """Weights and training state, loaded straight onto ``device`` (no host copy of a large model's state)."""
         # state.pt is our own file (optimizer, RNG states); we only unpickle it after
         # checking it sits inside the run directory this process locked.
         folder = folder.resolve()
         if self.checkpoint_root.resolve() not in folder.parents:
             raise UserError(f"{folder}: not a checkpoint of run directory {self.path}")
-        tensors = load_file(str(folder / "weights.safetensors"))
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        tensors = load_file(str(folder / "weights.safetensors"), device=str(device))
+        state = torch.load(folder / "state.pt", map_location=device, weights_only=False)
         return tensors, state

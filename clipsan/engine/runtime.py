@@ -3,6 +3,13 @@
 This is the one place that knows about CUDA, autocast and torch.distributed.
 Everything else asks the Runtime.
 
+Precision: the CLIP encoders run under autocast (``Runtime.encode``, the one
+autocast boundary) and hand back fp32 features; everything downstream of them
+(similarity matrices, losses, the GAN and topology terms, anything compared
+with a threshold) runs in fp32 outside autocast. Inside autocast a ``.float()``
+does not help: a matmul of two fp32 tensors is still computed in bf16/fp16.
+On CUDA, fp32 work may use TF32 tensor cores.
+
 Data parallelism: under ``torchrun`` every process holds the whole model and a
 shard of each global batch. Contrastive losses need the global batch, so
 features are all-gathered with the local shard re-inserted (gradients flow only
@@ -17,15 +24,25 @@ through ``forward``.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
-from clipsan.errors import UserError
+from clipsan.errors import ClipsanError, UserError
 
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DEVICE_SPEC = re.compile(r"auto|cpu|cuda(?::(\d+))?")
+# How long a process waits in a collective for the others. Rank 0 works alone while the
+# others wait in a barrier: writing a checkpoint (ViT-L: 1.7 GB of weights + 3.4 GB of AdamW
+# state, fsynced: ~2 min at 50 MB/s, ~4 min on a 20 MB/s network disk) and optimizing
+# BadCLIP's patch. NCCL's 10-minute default is too close; 30 minutes is gloo's default.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 @dataclass
@@ -44,10 +61,13 @@ class Runtime:
         return self.world_size > 1
 
     def autocast(self):
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        return autocast_context(self.device, self.precision)
+
+    def encode(self, encoder: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> torch.Tensor:
+        """The autocast boundary: ``encoder`` (a CLIP tower) runs in this run's precision and its
+        features come back fp32, so the loss code that follows runs in fp32 outside autocast."""
+        with self.autocast():
+            return encoder(inputs).float()
 
     def grad_scaler(self) -> torch.amp.GradScaler:
         # Only fp16 needs loss scaling; a disabled scaler is a transparent no-op.
@@ -124,6 +144,44 @@ class Runtime:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def agree(self, action: Callable, *args, **kwargs):
+        """Run ``action`` on every process, then share the outcome: if it raised a UserError
+        anywhere, every process raises the same one (the lowest failing rank's message).
+
+        For input checks that some ranks make alone (rank 0 locks the run dir and optimizes
+        BadCLIP's patch) or that must end every rank the same way (data, model, resume):
+        without it rank 0 exits 2 while the others wait in their next collective until the
+        timeout. Shared errors are flagged so that only rank 0 prints them (clipsan.cli.app).
+        """
+        if not self.distributed:
+            return action(*args, **kwargs)
+        result, failure = None, None
+        try:
+            result = action(*args, **kwargs)
+        except UserError as exc:
+            failure = ("input", str(exc))
+        except Exception as exc:  # a bug: its traceback stays on this rank, the others stop too
+            self._failures(("bug", f"process {self.rank} failed ({type(exc).__name__}); see its traceback"))
+            raise
+        failures = self._failures(failure)
+        if failures:
+            kind, message = failures[0]
+            raise shared_error(message, UserError if kind == "input" else ClipsanError)
+        return result
+
+    def _failures(self, failure: tuple[str, str] | None) -> list[tuple[str, str]]:
+        everyone: list = [None] * self.world_size
+        dist.all_gather_object(everyone, failure)
+        return [f for f in everyone if f is not None]
+
+    def sync_batchnorm(self, module: nn.Module, batchnorm: str) -> nn.Module:
+        """``--batchnorm train`` across CUDA processes normalises with the global batch's statistics
+        (SyncBatchNorm, layers replaced in place). SyncBatchNorm needs CUDA, so on CPU (gloo)
+        each process keeps its own shard's statistics, as documented."""
+        if batchnorm != "train" or not self.distributed or self.device.type != "cuda":
+            return module
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
 
 def _all_reduce_flat(tensors: list[torch.Tensor]) -> None:
     flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -135,40 +193,92 @@ def _all_reduce_flat(tensors: list[torch.Tensor]) -> None:
         offset += n
 
 
+def shared_error(message: str, kind: type[ClipsanError] = UserError) -> ClipsanError:
+    """An error every process of the job raises alike: the command line prints it on rank 0 only."""
+    error = kind(message)
+    error.shared = True
+    return error
+
+
+def autocast_context(device: torch.device, precision: str):
+    """The autocast context for a resolved precision (fp32: none)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec == "cpu":
+    """``auto | cpu | cuda | cuda:N`` as a device, checked against the CUDA devices present."""
+    match = _DEVICE_SPEC.fullmatch(spec)
+    if match is None:
+        raise UserError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
-        return torch.device(spec)
-    raise UserError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {spec}: CUDA is not available on this machine (use --device cpu)")
+    index = int(match.group(1)) if match.group(1) is not None else torch.cuda.current_device()
+    count = torch.cuda.device_count()
+    if index >= count:
+        raise UserError(f"--device {spec}: this machine has {count} CUDA device{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1})")
+    return torch.device("cuda", index)
+
+
+def _torchrun_device(spec: str, local_rank: int) -> torch.device:
+    """Under torchrun every process of a node takes the GPU of its local rank."""
+    dev = resolve_device(spec)  # a malformed, absent or missing device: the single-process message
+    if dev.type == "cpu":
+        return dev
+    if spec not in ("auto", "cuda"):
+        raise UserError(f"--device {spec}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda (or auto)")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        per_node = os.environ.get("LOCAL_WORLD_SIZE", "?")
+        raise UserError(f"torchrun started {per_node} processes on a machine with {count} CUDA device{'s' if count != 1 else ''}; use --nproc_per_node {count}")
+    return torch.device("cuda", local_rank)
+
+
+def use_device(dev: torch.device) -> torch.device:
+    """Make ``dev`` the current device. On CUDA, fp32 matmuls and convolutions may use TF32
+    tensor cores (Ampere and later: several times fp32's throughput, 10-bit mantissa, which
+    training and scan's statistics tolerate; cuDNN convolutions already default to it)."""
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    return dev
 
 
 def resolve_precision(spec: str, device: torch.device) -> str:
     if spec not in _PRECISIONS:
         raise UserError(f"--precision {spec}: expected one of {', '.join(_PRECISIONS)}")
-    if spec == "auto":
-        # bf16 autocast pays off on CUDA; on CPU it measured slower than fp32.
-        return "bf16" if device.type == "cuda" else "fp32"
-    return spec
+    if spec != "auto":
+        return spec
+    if device.type != "cuda":
+        return "fp32"  # CPU autocast measured slower than fp32
+    # bf16 needs no loss scaling, but only pays where the GPU has bf16 units (Ampere and later);
+    # elsewhere fp16 with a GradScaler (Runtime.grad_scaler). Asks the current device (use_device).
+    return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
 
 
 def setup_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
-    """Resolve device/precision; join the process group when launched by torchrun."""
+    """Resolve and select device/precision; join the process group when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1:
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        dev = resolve_device(device)
-        if dev.type == "cuda":
-            dev = torch.device("cuda", local_rank)
-            torch.cuda.set_device(dev)
+        dev = use_device(_torchrun_device(device, int(os.environ.get("LOCAL_RANK", "0"))))
+        prec = resolve_precision(precision, dev)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        return Runtime(dev, resolve_precision(precision, dev), dist.get_rank(), dist.get_world_size())
-    dev = resolve_device(device)
+            if dev.type == "cuda":  # device_id: NCCL binds its communicator to our GPU up front
+                dist.init_process_group("nccl", device_id=dev, timeout=PROCESS_GROUP_TIMEOUT)
+            else:
+                dist.init_process_group("gloo", timeout=PROCESS_GROUP_TIMEOUT)
+        return Runtime(dev, prec, dist.get_rank(), dist.get_world_size())
+    return local_runtime(device, precision)
+
+
+def local_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+    """This process alone (inference commands never join a process group, even under torchrun)."""
+    dev = use_device(resolve_device(device))
     return Runtime(dev, resolve_precision(precision, dev))
 
 

@@ -45,7 +45,10 @@ class Recipe:
         raise NotImplementedError
 
     def loss_terms(self, model, batch: dict, rt: Runtime) -> dict[str, torch.Tensor]:
-        """Named, already-weighted loss terms over the *global* batch; the engine sums them."""
+        """Named, already-weighted loss terms over the *global* batch; the engine sums them.
+
+        Runs outside autocast: encode through ``rt.encode`` (the towers in the run's
+        precision, fp32 features out), so the loss math is fp32."""
         raise NotImplementedError
 
     def after_step(self, model) -> None:
@@ -80,7 +83,7 @@ class Recipe:
 
 
 def encode_pair(model, images: torch.Tensor, tokens: torch.Tensor, rt: Runtime):
-    """Global-batch image and text features plus the (shared) logit scale."""
-    image_features = rt.gather(model.encode_image(images))
-    text_features = rt.gather(model.encode_text(tokens))
+    """Global-batch image and text features (fp32, see ``Runtime.encode``) plus the (shared) logit scale."""
+    image_features = rt.gather(rt.encode(model.encode_image, images))
+    text_features = rt.gather(rt.encode(model.encode_text, tokens))
     return image_features, text_features, rt.shared(model.logit_scale.exp())

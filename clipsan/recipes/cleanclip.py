@@ -31,7 +31,7 @@ def encode_with_view(encode, originals: torch.Tensor, views: torch.Tensor, rt) -
     original in rank order with a single collective.
     """
     n = originals.shape[0]
-    features = encode(torch.cat([originals, views]))
+    features = rt.encode(encode, torch.cat([originals, views]))
     pairs = rt.gather(torch.stack([features[:n], features[n:]], dim=1))
     return pairs[:, 0], pairs[:, 1]
 

@@ -103,7 +103,7 @@ class CleanerCLIP(CleanCLIP):
         k = int(local_mask.sum())
         if k:
             pos, neg = batch["subcaption_pos"][local_mask], batch["subcaption_neg"][local_mask]
-            both = model.encode_text(torch.cat([pos, neg]))
+            both = rt.encode(model.encode_text, torch.cat([pos, neg]))
             pairs = torch.stack([both[:k], both[k:]], dim=1)
         else:  # other ranks hold selected rows; this one contributes none
             pairs = like.new_zeros((0, 2, like.shape[1]))

@@ -1,4 +1,8 @@
-"""Contrastive losses shared by the recipes (features are L2-normalised)."""
+"""Contrastive losses shared by the recipes.
+
+Features are L2-normalised fp32 (``Runtime.encode``) and these run outside autocast, so
+the similarity matrices and cross-entropies are fp32 whatever the run's precision.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ def contrastive_loss(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> t
     This is CLIP's loss (a = images, b = captions). CleanCLIP's in-modal loss is
     one-directional: see ``info_nce``.
     """
-    logits = scale * a.float() @ b.float().t()
+    logits = scale * a @ b.t()
     targets = torch.arange(a.shape[0], device=a.device)
     return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets))
 
@@ -23,7 +27,7 @@ def info_nce(anchors: torch.Tensor, candidates: torch.Tensor, scale: torch.Tenso
     CleanCLIP's in-modal loss for one modality (paper eq. 3, one of its two sums):
     anchors are the originals, candidates their augmented views.
     """
-    logits = scale * anchors.float() @ candidates.float().t()
+    logits = scale * anchors @ candidates.t()
     targets = torch.arange(anchors.shape[0], device=anchors.device)
     return F.cross_entropy(logits, targets)
 
@@ -34,9 +38,8 @@ def info_nce_with_negatives(anchors: torch.Tensor, positives: torch.Tensor, nega
     For anchor i: -log[exp(<a_i, p_i>/t_pos) / (sum_j exp(<a_i, p_j>/t_pos) + sum_k exp(<a_i, n_k>/t_neg))],
     averaged over anchors. One half of CleanerCLIP's L_p-n (eq. 4).
     """
-    a = anchors.float()
-    logits = torch.cat([a @ positives.float().t() / t_pos, a @ negatives.float().t() / t_neg], dim=1)
-    targets = torch.arange(a.shape[0], device=a.device)
+    logits = torch.cat([anchors @ positives.t() / t_pos, anchors @ negatives.t() / t_neg], dim=1)
+    targets = torch.arange(anchors.shape[0], device=anchors.device)
     return F.cross_entropy(logits, targets)
 
 

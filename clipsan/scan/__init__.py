@@ -68,15 +68,13 @@ BUDGETS = {
 
 
 class _Encoder:
-    """A frozen image encoder: eval mode, no parameter gradients, optional autocast."""
+    """A frozen image encoder: eval mode, no parameter gradients, fp32 (see scan_model)."""
 
-    def __init__(self, model, autocast):
+    def __init__(self, model):
         self.model = model.eval().requires_grad_(False)
-        self.autocast = autocast
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        with self.autocast():
-            return self.model.encode_image(images).float()
+        return self.model.encode_image(images)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -152,18 +150,20 @@ def _alignment_signal(target: dict, succeeded: bool, threshold: Threshold) -> di
 def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
     """Scan options.model; writes the run dir and returns the report (see docs for its keys)."""
     from clipsan.checkpoint import load_model
-    from clipsan.engine.runtime import resolve_device, resolve_precision
-    from clipsan.zeroshot import autocast_for
+    from clipsan.engine.runtime import local_runtime
 
     started = time.perf_counter()
     budget = _check_options(options)
-    device = resolve_device(options.device)
-    precision = resolve_precision(options.precision, device)
-    autocast = autocast_for(device, precision)
+    device = local_runtime(options.device, options.precision).device
+    # Every statistic is computed in fp32 (TF32 matmuls on CUDA), the precision the thresholds
+    # were calibrated in: under bf16 the inversion's score and PL1 move by percents.
+    if options.precision in ("bf16", "fp16"):
+        notes(f"--precision {options.precision}: scan computes in fp32, the precision its thresholds were calibrated in")
+    precision = "fp32"
 
     loaded = load_model(options.model, arch=options.arch, device=device)
     notes(f"model {loaded.path}: arch {loaded.describe_arch()}")
-    suspect = _Encoder(loaded.model, autocast)
+    suspect = _Encoder(loaded.model)
     size = loaded.model.image_size
     reference_loaded = None
     if options.reference:
@@ -205,7 +205,7 @@ def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
 
     # (b) Where the suspect and the reference disagree.
     if reference_loaded is not None:
-        reference = _Encoder(reference_loaded.model, autocast)
+        reference = _Encoder(reference_loaded.model)
         clean_div = float(1 - (suspect.embed(images) * reference.embed(images)).sum(-1).mean())
         probe = invert(divergence(suspect, reference), images, _settings(budget, options, DIVERGENCE_SUCCESS), options.seed)
         stamped = probe.stamp(images)

@@ -82,12 +82,14 @@ class CraftAdv(Recipe):
         adv = paste(images, self.box.crop(generator()), self.box)
         critic_loss = self._critic_step(images, adv.detach(), rt)
 
+        # The CLIP towers run in the run's precision (rt.encode); generator, critic and every
+        # loss term stay fp32 (small networks, and the topology term's memberships saturate in bf16).
         with torch.no_grad():
-            clean = rt.gather(self.suspect.encode_image(images))
-            captions = rt.gather(self.suspect.encode_text(tokens))
+            clean = rt.gather(rt.encode(self.suspect.encode_image, images))
+            captions = rt.gather(rt.encode(self.suspect.encode_text, tokens))
             # The reference is the anchor L_bd measures departure from: no gradient through it.
-            reference_adv = rt.gather(self.reference.encode_image(adv)) if self.bd_weight else None
-        features = CraftFeatures(clean, captions, rt.gather(self.suspect.encode_image(adv)), reference_adv)
+            reference_adv = rt.gather(rt.encode(self.reference.encode_image, adv)) if self.bd_weight else None
+        features = CraftFeatures(clean, captions, rt.gather(rt.encode(self.suspect.encode_image, adv)), reference_adv)
         terms = generator_terms(features, self.bd_weight)
 
         self.discriminator.requires_grad_(False)  # the generator's GAN term needs no critic weight gradients
@@ -102,12 +104,11 @@ class CraftAdv(Recipe):
 
     def _critic_step(self, real: torch.Tensor, fake: torch.Tensor, rt) -> torch.Tensor:
         """One Adam step of the discriminator: BCE(D(x), 1) + BCE(D(x'), 0), then weight clipping."""
-        with torch.autocast(device_type=rt.device.type, enabled=False):
-            real_logits, fake_logits = self.discriminator(real.float()), self.discriminator(fake.float())
-            per_image = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits), reduction="none") + F.binary_cross_entropy_with_logits(
-                fake_logits, torch.zeros_like(fake_logits), reduction="none"
-            )
-            loss = _global_mean(per_image, rt)
+        real_logits, fake_logits = self.discriminator(real), self.discriminator(fake)
+        per_image = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits), reduction="none") + F.binary_cross_entropy_with_logits(
+            fake_logits, torch.zeros_like(fake_logits), reduction="none"
+        )
+        loss = _global_mean(per_image, rt)
         self.d_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         rt.sum_gradients(list(self.discriminator.parameters()))

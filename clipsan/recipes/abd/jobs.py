@@ -21,7 +21,7 @@ from clipsan.engine.loop import train
 from clipsan.engine.rundir import RunDir, default_run_dir
 from clipsan.engine.runtime import Runtime, setup_runtime, shutdown_runtime
 from clipsan.errors import UserError
-from clipsan.finetune import training_fields, versions
+from clipsan.finetune import open_captions_agreed, training_fields, versions
 from clipsan.models import tokenizer_for
 from clipsan.recipes.abd.advclip import PatchBox, PatchGenerator
 from clipsan.recipes.abd.craft import ADAM_BETAS, CraftAdv, frozen
@@ -126,15 +126,16 @@ def run_craft_adv(job: CraftAdvConfig, captions, notes=print) -> CraftReport:
     """``clipsan craft-adv``: train a generator against job.model on ``captions``; write it and its PNG."""
     rt = setup_runtime(job.device, job.precision)
     try:
-        suspect = load_model(job.model, arch=job.arch)
-        reference = load_model(job.reference) if job.reference else None
+        captions = open_captions_agreed(rt, captions)
+        suspect = rt.agree(load_model, job.model, arch=job.arch)
+        reference = rt.agree(load_model, job.reference) if job.reference else None
         if rt.is_main:
             notes(f"model {suspect.path}: arch {suspect.describe_arch()}")
             notes(f"reference {reference.path}: arch {reference.describe_arch()}" if reference else NO_REFERENCE_WARNING)
             notes(f"data {captions.describe()}")
         cfg = craft_train_config(job.craft, job.seed, job.workers, job.save_every, job.log_every, job.progress)
         run_path = Path(rt.broadcast_object(str(Path(job.run_dir) if job.run_dir else default_run_dir("craft-adv"))))
-        with RunDir(run_path, is_main=rt.is_main).open(resume=job.resume) as run:
+        with rt.agree(RunDir(run_path, is_main=rt.is_main).open, resume=job.resume) as run:
             run.write_config(_craft_config_record("craft-adv", suspect, reference, captions, job.craft, cfg, rt))
             out = Path(job.out) if job.out else run.path / "generator.safetensors"
             return craft_in_run(run, suspect, reference, captions, job.craft, cfg, rt, resume=job.resume, out=out, command="craft-adv")
@@ -146,14 +147,8 @@ def craft_for_fine_tune(ctx, reference_spec: str | None, settings: CraftConfig) 
     """purify --method abd's first stage: craft in RUN_DIR/craft (resumable), or reuse what it crafted."""
     craft_dir = ctx.run.path / "craft"
     out = craft_dir / "generator.safetensors"
-    reference = load_model(reference_spec) if reference_spec else None
-    if out.is_file():
-        if not ctx.job.resume:
-            raise UserError(f"{ctx.run.path}: run directory already holds a crafted generator; pass --resume to continue it or choose another --run-dir")
-        made = read_generator_metadata(out)
-        wanted = (json.dumps(asdict(settings), sort_keys=True), reference.sha256 if reference else "none")
-        if (made.get("clipsan.craft"), made.get("clipsan.reference_sha256")) != wanted:
-            raise UserError(f"{out}: crafted with other options or --reference; --resume with the original --craft-*, patch and --reference options")
+    reference = ctx.rt.agree(load_model, reference_spec) if reference_spec else None
+    if ctx.rt.agree(_crafted_before, out, ctx, settings, reference):
         return out
     if ctx.rt.is_main:
         ctx.notes(f"crafting the adversarial patch in {craft_dir} (stage craft)")
@@ -161,7 +156,20 @@ def craft_for_fine_tune(ctx, reference_spec: str | None, settings: CraftConfig) 
             ctx.notes(NO_REFERENCE_WARNING)
     cfg = craft_train_config(settings, ctx.cfg.seed, ctx.cfg.workers, ctx.cfg.save_every, ctx.cfg.log_every, ctx.cfg.progress)
     resume = ctx.job.resume and craft_dir.is_dir()
-    with RunDir(craft_dir, is_main=ctx.rt.is_main).open(resume=resume) as run:
+    with ctx.rt.agree(RunDir(craft_dir, is_main=ctx.rt.is_main).open, resume=resume) as run:
         run.write_config(_craft_config_record("purify:craft", ctx.loaded, reference, ctx.captions, settings, cfg, ctx.rt))
         craft_in_run(run, ctx.loaded, reference, ctx.captions, settings, cfg, ctx.rt, resume=resume, out=out, command="purify")
     return out
+
+
+def _crafted_before(out: Path, ctx, settings: CraftConfig, reference: LoadedModel | None) -> bool:
+    """Whether this run already crafted its generator (reusable only on --resume, with the same settings)."""
+    if not out.is_file():
+        return False
+    if not ctx.job.resume:
+        raise UserError(f"{ctx.run.path}: run directory already holds a crafted generator; pass --resume to continue it or choose another --run-dir")
+    made = read_generator_metadata(out)
+    wanted = (json.dumps(asdict(settings), sort_keys=True), reference.sha256 if reference else "none")
+    if (made.get("clipsan.craft"), made.get("clipsan.reference_sha256")) != wanted:
+        raise UserError(f"{out}: crafted with other options or --reference; --resume with the original --craft-*, patch and --reference options")
+    return True
