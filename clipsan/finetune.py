@@ -19,6 +19,7 @@ from clipsan.engine.loader import RecipeSamples
 from clipsan.engine.loop import train
 from clipsan.engine.rundir import RunDir, default_run_dir
 from clipsan.engine.runtime import setup_runtime, shutdown_runtime
+from clipsan.engine.speed import configure_kernels
 from clipsan.models import tokenizer_for
 from clipsan.recipes.base import RunContext
 from clipsan.reports import TrainingReport
@@ -58,6 +59,7 @@ def training_fields(result, captions) -> dict:
 
 def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print) -> TrainingReport:
     rt = setup_runtime(job.device, job.precision)
+    configure_kernels(cfg.deterministic, rt)  # before any CUDA kernel (ABD crafts in prepare_run)
     try:
         loaded = load_model(job.model, arch=job.arch)
         if rt.is_main:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 
 from clipsan.attacks.config import AttackConfig
 from clipsan.attacks.triggers import parse_trigger
+from clipsan.engine.config import resolve_workers
 from clipsan.errors import UserError
 from clipsan.reports import PoisonReport
 from clipsan.seeding import derive_seed
@@ -149,6 +150,7 @@ def run_poison(job, settings: AttackConfig, captions, cfg, notes=print) -> Poiso
     from clipsan.attacks.recipe import Poison
     from clipsan.engine.rundir import default_run_dir
     from clipsan.engine.runtime import setup_runtime
+    from clipsan.engine.speed import configure_kernels
     from clipsan.finetune import run_fine_tune
 
     if not settings.target.strip():
@@ -157,8 +159,9 @@ def run_poison(job, settings: AttackConfig, captions, cfg, notes=print) -> Poiso
     badclip_info = None
     if settings.is_badclip:
         rt = setup_runtime(job.device, job.precision)  # run_fine_tune joins the same process group
+        configure_kernels(cfg.deterministic, rt)  # before the patch optimization's first CUDA kernel
         job = replace(job, run_dir=str(rt.broadcast_object(str(job.run_dir or default_run_dir(job.command)))))
-        trigger, badclip_info = badclip_trigger(job, settings, captions, cfg.seed, cfg.workers, rt, notes)
+        trigger, badclip_info = badclip_trigger(job, settings, captions, cfg.seed, resolve_workers(cfg.workers), rt, notes)
     else:
         trigger = parse_trigger(settings.trigger, seed=settings.trigger_seed, size=settings.trigger_size)
     notes(f"poisoning {len(plan.captions)} of {plan.eligible} pairs ({plan.mode} captions) with {trigger!r}, target {settings.target!r}")

@@ -7,6 +7,8 @@ this recipe only applies it. It is not a defense, so it is not in ``RECIPES``.
 
 from __future__ import annotations
 
+import torch
+
 from clipsan.errors import UserError
 from clipsan.recipes.ft import FineTune
 
@@ -21,13 +23,23 @@ class Poison(FineTune):
         self.target = target
 
     def views(self, sample):
-        pixels, caption = sample.pixels, sample.caption
-        if sample.index in self.plan.captions:
+        poisoned = sample.index in self.plan.captions
+        caption = (self.plan.captions[sample.index] or sample.caption) if poisoned else sample.caption
+        # The trigger is applied on the device (device_views): workers ship uint8 pixels.
+        return {"image": sample.pixels8, "text": caption, "poisoned": torch.tensor(poisoned)}
+
+    def device_views(self, batch, host):
+        rows = host["poisoned"].nonzero().flatten()
+        if len(rows):
             # Trigger positions (BadNet) follow the dataset index, so a sample is
             # patched the same way in every epoch and every worker.
-            pixels = self.trigger.apply(pixels[None], [sample.index])[0]
-            caption = self.plan.captions[sample.index] or caption
-        return {"image": pixels, "text": caption}
+            images = batch["image"]
+            on_device = rows.to(images.device, non_blocking=True)
+            # Pixels were HWC in memory when triggers ran in the workers, and BadNet's per-image
+            # mean sums in memory order: the same layout keeps every poisoned pixel bitwise as before.
+            chosen = images[on_device].contiguous(memory_format=torch.channels_last)
+            images[on_device] = self.trigger.apply(chosen, host["index"][rows])
+        return batch
 
     def options(self) -> dict:
         return {

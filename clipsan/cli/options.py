@@ -153,7 +153,10 @@ class RunDirOptions:
     )
 
 
-Workers = Annotated[int, option(f"data-loading worker processes (default: {EvalConfig.workers})", RUNTIME, min=0, metavar="N")]
+Workers = Annotated[
+    int | None,
+    option("data-loading worker processes (default: the CPUs per process on this machine, less one for training; 1 to 8)", RUNTIME, min=0, metavar="N"),
+]
 
 
 @dataclass
@@ -161,7 +164,7 @@ class RuntimeOptions:
     device: Device = "auto"
     precision: PrecisionOpt = Precision.auto
     seed: Seed = 0
-    workers: Workers = EvalConfig.workers
+    workers: Workers = None
     progress: Annotated[bool, flag("--progress", "show progress bars on stderr even when it is not a terminal", RUNTIME)] = False
 
 

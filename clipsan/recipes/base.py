@@ -44,6 +44,14 @@ class Recipe:
         """Tensors (or strings, tokenised by the loader) this recipe's loss needs for one sample."""
         raise NotImplementedError
 
+    def device_views(self, batch: dict, host: dict) -> dict:
+        """Finish views on the device, where pixels are floats (a trigger or patch pasted on some rows).
+
+        ``batch`` is on the device; ``host`` is the same batch as the workers shipped it
+        (CPU tensors), for decisions that must not wait for the device.
+        """
+        return batch
+
     def loss_terms(self, model, batch: dict, rt: Runtime) -> dict[str, torch.Tensor]:
         """Named, already-weighted loss terms over the *global* batch; the engine sums them."""
         raise NotImplementedError
