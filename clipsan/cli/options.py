@@ -168,6 +168,39 @@ class RuntimeOptions:
     progress: Annotated[bool, flag("--progress", "show progress bars on stderr even when it is not a terminal", RUNTIME)] = False
 
 
+SPEED = "Speed (results unchanged on CPU in fp32 unless said)"
+
+
+@dataclass
+class SpeedOptions:
+    compile: Annotated[
+        bool,
+        flag(
+            "--compile",
+            "torch.compile the image and text encoders (first steps pay the compilation; ResNet towers also go channels-last); "
+            "compiled kernels round differently, so results match an eager run closely, not bitwise",
+            SPEED,
+        ),
+    ] = False
+    grad_checkpointing: Annotated[
+        bool,
+        flag(
+            "--grad-checkpointing",
+            "recompute transformer activations in backward instead of keeping them: less memory for ViT-L-sized models, ~30% more compute "
+            "(open_clip; ResNet image towers are not checkpointed)",
+            SPEED,
+        ),
+    ] = False
+    deterministic: Annotated[
+        bool,
+        flag(
+            "--deterministic",
+            "bitwise-reproducible CUDA runs: deterministic kernels only, no cudnn autotuning (slower on GPU; CPU runs are reproducible anyway)",
+            SPEED,
+        ),
+    ] = False
+
+
 @dataclass
 class OutputOptions:
     format: Annotated[Format, option("report format on stdout (default: text)", OUTPUT)] = Format.text
