@@ -1,6 +1,7 @@
 """clipsan purify vs CleanCLIP's public training code, side by side on the same data, model and settings.
 
     python benchmarks/peer_cleanclip.py --peer PATH/TO/CleanCLIP [--method ft|cleanclip] [--pairs 3] [--steps 3]
+        [--sides peer,clipsan,clipsan+compile,clipsan@OTHER_CHECKOUT]
 
 PATH is a checkout of CleanCLIP's public code (github: nishadsinghi/CleanCLIP); it is imported from
 there, never copied. Both sides train the same random-init RN50 (OpenAI's layout, QuickGELU) on the
@@ -8,7 +9,9 @@ same JPEG pairs: batch 16, fp32, AdamW (wd 0.1, none on bn/ln/bias/logit_scale),
 mode, the same learning-rate schedule, CPU. ``--method cleanclip`` adds each side's in-modal loss on
 AutoAugment / EDA views. Each measurement runs in its own process (so peak RSS is its own), the two
 sides alternate, and the first step of each run is warm-up (not timed). Prints images/s and peak RSS
-per run and the median ratio clipsan / peer.
+per run and each side's median ratio to the first side. ``clipsan@PATH`` runs another clipsan checkout
+(e.g. main's, for before/after figures); ``+compile`` adds --compile. ``--arch clipsan-tiny-rn``
+works for clipsan sides only (the peer's tokenizer is fixed at 77 tokens).
 
 What the harness supplies to the peer (none of it is in the timed step): a stand-in ``wandb`` module
 (not installed here); the peer computes its EDA captions once at dataset build with NLTK's WordNet,
@@ -19,6 +22,8 @@ microseconds per caption and is not part of a training step either way).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -50,7 +55,7 @@ def make_data(root: Path, n: int, size: int = 256) -> Path:
     return csv_path
 
 
-def make_model(path: Path) -> None:
+def make_model(path: Path, arch: str) -> None:
     import torch
 
     from clipsan.checkpoint import save_model
@@ -58,20 +63,22 @@ def make_model(path: Path) -> None:
 
     if not path.exists():
         torch.manual_seed(0)
-        save_model(create_model(ARCH), path)
+        save_model(create_model(arch), path)
 
 
 # --------------------------------------------------------------------------- one measurement, in a child
 
 
 def run_clipsan(args) -> dict:
+    checkout = args.checkout or str(REPO)
     run_dir = Path(tempfile.mkdtemp(prefix="peer-bench-clipsan-"))
     cmd = [sys.executable, "-m", "clipsan", "purify", args.model, "--method", args.method, "--data", str(Path(args.csv).parent)]
-    cmd += ["--batch-size", str(args.batch), "--max-steps", str(args.steps + 1), "--epochs", "1", "--lr", "1e-5", "--warmup", "1"]
+    cmd += ["--batch-size", str(args.batch), "--max-steps", str(args.steps + 1), "--epochs", "1000", "--lr", "1e-5", "--warmup", "1"]
     cmd += ["--batchnorm", "train", "--device", "cpu", "--precision", "fp32", "--workers", str(args.workers), "--log-every", "1"]
     cmd += ["--save-every", "100000", "--run-dir", str(run_dir), "--out", str(run_dir / "out.safetensors"), "--format", "json"]
     cmd += ["--compile"] if args.compile else []
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(REPO)})
+    env = {**os.environ, "PYTHONPATH": checkout, "PYTHONDONTWRITEBYTECODE": "1"}
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=run_dir)
     rates = [json.loads(line)["images_per_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"step_seconds": [args.batch / r for r in rates[1:]]}  # step 1 is warm-up (and compilation)
 
@@ -121,11 +128,9 @@ def run_peer(args) -> dict:
     options.num_devices, options.rank = 1, 0
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     torch.manual_seed(0)
-    try:
+    with contextlib.suppress(Enough):
         peer_train.train(0, model, {"train": loader}, optimizer, timed_schedule, scaler, options)
-    except Enough:
-        pass
-    return {"step_seconds": [b - a for a, b in zip(starts[1:], starts[2:])]}
+    return {"step_seconds": [b - a for a, b in itertools.pairwise(starts[1:])]}
 
 
 def child(args) -> None:
@@ -140,9 +145,11 @@ def child(args) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-def measure(side: str, args, extra: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--child", side, "--peer", args.peer, "--method", args.method, "--steps", str(args.steps)]
-    cmd += ["--batch", str(args.batch), "--workers", str(args.workers), "--model", args.model, "--csv", args.csv, *extra]
+def measure(side: str, args) -> dict:
+    kind, _, checkout = side.removesuffix("+compile").partition("@")
+    cmd = [sys.executable, __file__, "--child", kind, "--peer", args.peer, "--method", args.method, "--steps", str(args.steps)]
+    cmd += ["--batch", str(args.batch), "--workers", str(args.workers), "--model", args.model, "--csv", args.csv]
+    cmd += (["--checkout", checkout] if checkout else []) + (["--compile"] if side.endswith("+compile") else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
     result = json.loads(out.strip().splitlines()[-1])
     seconds = statistics.median(result["step_seconds"])
@@ -161,7 +168,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per run (after one warm-up step)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0, help="data workers, the same on both sides")
-    parser.add_argument("--compile", action="store_true", help="clipsan side with --compile")
+    parser.add_argument(
+        "--sides", default="peer,clipsan", help="what to alternate: peer, clipsan, clipsan+compile, clipsan@CHECKOUT (first = the ratios' base)"
+    )
+    parser.add_argument("--arch", default=ARCH, help=f"open_clip architecture (default: {ARCH})")
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--checkout", help=argparse.SUPPRESS)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "clipsan-peer-bench"), help="where data and model are made (reused)")
     parser.add_argument("--child", choices=("peer", "clipsan"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -174,26 +186,31 @@ def main() -> None:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    args.csv = str(make_data(work / "data", 320))
-    args.model = str(work / "rn50-quickgelu.safetensors")
-    make_model(Path(args.model))
-    extra = ["--compile"] if args.compile else []
-    rows = []
-    print(f"{args.method}, {ARCH}, batch {args.batch}, fp32, CPU, {args.steps} timed steps per run{', clipsan --compile' if args.compile else ''}")
-    print("| pair | load before | peer images/s | clipsan images/s | ratio | peer peak RSS GB | clipsan peak RSS GB |")
-    print("|---|---|---|---|---|---|---|")
+    size = 224 if args.arch != "clipsan-tiny-rn" else 32
+    pairs = max(320, args.batch * (args.steps + 1))  # one epoch holds every step: no epoch-end checkpoint inside the timing
+    args.csv = str(make_data(work / f"data-{size}-{pairs}", pairs, size=size + size // 7))
+    args.model = str(work / f"{args.arch}.safetensors")
+    make_model(Path(args.model), args.arch)
+    sides = args.sides.split(",")
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(f"{args.method}, {args.arch}, batch {args.batch}, fp32, CPU, {args.steps} timed steps per run, OMP_NUM_THREADS={threads}")
+    print("| round | load before | " + " | ".join(f"{s} images/s | {s} peak RSS GB" for s in sides) + " |")
+    print("|---|---|" + "---|---|" * len(sides))
+    rounds = []
     for i in range(args.pairs):
         before = load()
-        peer = measure("peer", args, [])
-        ours = measure("clipsan", args, extra)
-        rows.append((peer, ours))
-        ratio = ours["images_per_s"] / peer["images_per_s"]
+        results = [measure(side, args) for side in sides]
+        rounds.append(results)
+        cells = " | ".join(f"{r['images_per_s']:.3f} | {r['peak_rss_gb']:.2f}" for r in results)
+        print(f"| {i + 1} | {before} | {cells} |", flush=True)
+    for j, side in enumerate(sides[1:], start=1):
+        ratios = [r[j]["images_per_s"] / r[0]["images_per_s"] for r in rounds]
+        rss = [r[j]["peak_rss_gb"] - r[0]["peak_rss_gb"] for r in rounds]
         print(
-            f"| {i + 1} | {before} | {peer['images_per_s']:.3f} | {ours['images_per_s']:.3f} | {ratio:.2f} | {peer['peak_rss_gb']:.2f} | {ours['peak_rss_gb']:.2f} |",
-            flush=True,
+            f"{side} / {sides[0]}: images/s median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}), "
+            f"peak RSS {statistics.median(rss):+.2f} GB (range {min(rss):+.2f} to {max(rss):+.2f})"
         )
-    ratios = [o["images_per_s"] / p["images_per_s"] for p, o in rows]
-    print(f"median ratio clipsan/peer {statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); load now {load()}")
+    print(f"load now {load()}")
 
 
 if __name__ == "__main__":

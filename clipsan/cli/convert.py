@@ -7,7 +7,17 @@ from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 
-from clipsan.cli.options import ABDOptions, CleanCLIPOptions, CleanerCLIPOptions, DataOptions, PatchOptions, RunDirOptions, RuntimeOptions, SpeedOptions, TrainingOptions
+from clipsan.cli.options import (
+    ABDOptions,
+    CleanCLIPOptions,
+    CleanerCLIPOptions,
+    DataOptions,
+    PatchOptions,
+    RunDirOptions,
+    RuntimeOptions,
+    SpeedOptions,
+    TrainingOptions,
+)
 from clipsan.config import CaptionData
 from clipsan.engine.config import PaperSchedule, TrainConfig
 from clipsan.errors import UserError

@@ -11,7 +11,9 @@ gradients are summed across processes, which gives exactly the gradient of the
 single-process run on the same global batch. We all-reduce gradients ourselves
 instead of wrapping the model in DistributedDataParallel because recipes call
 ``encode_image``/``encode_text`` directly, and the wrapper only synchronises
-through ``forward``.
+through ``forward``; the loop overlaps that all-reduce with backward
+(``clipsan.engine.gradsync``). Host numbers (shard sizes, counts, stop flags) go
+over a CPU (gloo) group, so exchanging them never waits for the device.
 """
 
 from __future__ import annotations
