@@ -172,12 +172,11 @@ def train(
                 rt.begin_step(rows)
                 batch = recipe.device_views(to_device(host, rt.device), host)
 
-                # Last step's gradients go before the forward pass, so they never sit beside its activations.
-                optimizer.zero_grad(set_to_none=True)
                 with rt.autocast():
                     terms = recipe.loss_terms(module, batch, rt)
                 loss = sum(terms.values())
                 health.watch(loss, step)
+                optimizer.zero_grad(set_to_none=True)  # whatever a recipe's own backward left (freed after each step below)
                 scaler.scale(loss).backward()
                 grad_sync.finish()
                 scaler.unscale_(optimizer)
@@ -185,6 +184,9 @@ def train(
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 scaler.step(optimizer)
                 scaler.update()
+                # Free the gradients now: they would otherwise sit beside the next step's activations
+                # (and beside a checkpoint being written).
+                optimizer.zero_grad(set_to_none=True)
                 recipe.after_step(module)
                 step += 1
                 window_images += rows * rt.world_size

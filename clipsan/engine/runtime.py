@@ -82,8 +82,10 @@ class Runtime:
         if not self.distributed:
             return local
         sizes = self._step_rows
-        if sizes is None or sizes[self.rank] != local.shape[0]:
-            raise RuntimeError(f"gather of {local.shape[0]} rows without begin_step for them; use gather_varying")
+        if sizes is None:  # outside the training loop: learn them now
+            return self.gather_varying(local)
+        if sizes[self.rank] != local.shape[0]:
+            raise RuntimeError(f"gather of {local.shape[0]} rows in a step of {sizes[self.rank]}; use gather_varying")
         return self._gather_rows(local, sizes)
 
     def gather_varying(self, local: torch.Tensor) -> torch.Tensor:
