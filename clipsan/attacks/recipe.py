@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from clipsan.errors import UserError
+from clipsan.recipes.base import transform_flagged_images
 from clipsan.recipes.ft import FineTune
 
 
@@ -29,17 +30,13 @@ class Poison(FineTune):
         return {"image": sample.pixels8, "text": caption, "poisoned": torch.tensor(poisoned)}
 
     def device_views(self, batch, host):
-        rows = host["poisoned"].nonzero().flatten()
-        if len(rows):
-            # Trigger positions (BadNet) follow the dataset index, so a sample is
-            # patched the same way in every epoch and every worker.
-            images = batch["image"]
-            on_device = rows.to(images.device, non_blocking=True)
+        def triggered(images, rows):
             # Pixels were HWC in memory when triggers ran in the workers, and BadNet's per-image
             # mean sums in memory order: the same layout keeps every poisoned pixel bitwise as before.
-            chosen = images[on_device].contiguous(memory_format=torch.channels_last)
-            images[on_device] = self.trigger.apply(chosen, host["index"][rows])
-        return batch
+            # Trigger positions (BadNet) follow the dataset index: the same in every epoch and worker.
+            return self.trigger.apply(images.contiguous(memory_format=torch.channels_last), host["index"][rows])
+
+        return transform_flagged_images(batch, host, "poisoned", triggered)
 
     def options(self) -> dict:
         return {

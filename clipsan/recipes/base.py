@@ -87,6 +87,20 @@ class Recipe:
         pass
 
 
+def transform_flagged_images(batch: dict, host: dict, flag: str, transform) -> dict:
+    """On the device, replace the rows of ``batch["image"]`` flagged by ``host[flag]`` with ``transform(images, rows)``.
+
+    ``rows`` are the flagged rows' positions as a host tensor (for per-sample choices such as
+    trigger positions); which rows are flagged is read from the host batch, never the device.
+    """
+    rows = host[flag].nonzero().flatten()
+    if len(rows):
+        images = batch["image"]
+        on_device = rows.to(images.device, non_blocking=True)
+        images[on_device] = transform(images[on_device], rows)
+    return batch
+
+
 def encode_pair(model, images: torch.Tensor, tokens: torch.Tensor, rt: Runtime):
     """Global-batch image and text features plus the (shared) logit scale."""
     image_features = rt.gather(model.encode_image(images))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from clipsan.recipes.base import RunContext
+from clipsan.recipes.base import RunContext, transform_flagged_images
 from clipsan.recipes.config import ABDConfig
 from clipsan.recipes.ft import FineTune
 from clipsan.text.eda import eda
@@ -34,12 +34,7 @@ class ABD(FineTune):
         return {"image": sample.pixels8, "text": caption, "patched": torch.tensor(patched)}
 
     def device_views(self, batch, host):
-        rows = host["patched"].nonzero().flatten()
-        if len(rows):
-            images = batch["image"]
-            on_device = rows.to(images.device, non_blocking=True)
-            images[on_device] = self.patch.apply(images[on_device])
-        return batch
+        return transform_flagged_images(batch, host, "patched", lambda images, rows: self.patch.apply(images))
 
     def prepare_run(self, ctx: RunContext) -> None:
         from clipsan.recipes.abd.jobs import craft_for_fine_tune
