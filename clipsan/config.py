@@ -67,7 +67,7 @@ class CraftAdvConfig:
     resume: bool = False
     arch: str | None = None
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # None: engine.config.default_workers()
     save_every: int = 500
     log_every: int = 10
     progress: bool = False
@@ -88,7 +88,7 @@ class EvalConfig:
     templates: str = "openai"  # openai | simple | photo | FILE
     classnames: str | None = None
     batch_size: int = 64
-    workers: int = 2
+    workers: int | None = None  # None: engine.config.default_workers()
     device: str = "auto"
     precision: str = "auto"
     max_image_pixels: int = MAX_IMAGE_PIXELS

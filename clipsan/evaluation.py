@@ -8,6 +8,7 @@ from clipsan.attacks.triggers import parse_trigger, trigger_from_spec
 from clipsan.checkpoint import load_model
 from clipsan.config import EvalConfig
 from clipsan.data.labelled import open_labelled_dataset
+from clipsan.engine.config import resolve_workers
 from clipsan.engine.runtime import local_runtime
 from clipsan.errors import UserError
 from clipsan.reports import EvalReport
@@ -46,7 +47,7 @@ def evaluate_models(spec: EvalConfig, notes=print) -> EvalReport:
             trigger=trigger,
             target=target,
             batch_size=spec.batch_size,
-            workers=spec.workers,
+            workers=resolve_workers(spec.workers),
             device=rt.device,
             precision=rt.precision,
         )

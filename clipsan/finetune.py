@@ -19,6 +19,7 @@ from clipsan.engine.loader import RecipeSamples
 from clipsan.engine.loop import train
 from clipsan.engine.rundir import RunDir, default_run_dir
 from clipsan.engine.runtime import Runtime, setup_runtime, shutdown_runtime
+from clipsan.engine.speed import configure_kernels
 from clipsan.models import tokenizer_for
 from clipsan.recipes.base import RunContext
 from clipsan.reports import TrainingReport
@@ -68,6 +69,7 @@ def open_captions_agreed(rt: Runtime, captions):
 def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print) -> TrainingReport:
     """Fine-tune job.model with ``recipe``; ``captions``: a caption dataset or a function opening one."""
     rt = setup_runtime(job.device, job.precision)
+    configure_kernels(cfg.deterministic, rt)  # before any CUDA kernel (ABD crafts in prepare_run)
     try:
         captions = open_captions_agreed(rt, captions)
         loaded = rt.agree(load_model, job.model, arch=job.arch)

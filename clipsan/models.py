@@ -248,6 +248,29 @@ class ClipModel(nn.Module):
         tokenizer = tokenizer_for(self.arch, self.context_length)
         return tokenizer([fit_caption(text, tokenizer) for text in texts])  # long texts cut before BPE (same tokens)
 
+    # --- speed hooks (clipsan.engine.speed): none changes the parameters or their names
+
+    @property
+    def has_resnet_tower(self) -> bool:
+        return isinstance(self.clip.visual, open_clip.modified_resnet.ModifiedResNet)
+
+    def compile_encoders(self, **options) -> None:
+        """torch.compile the image tower and the text transformer in place (state_dict keys unchanged).
+
+        The loss, pixel normalisation and the text pooling around them stay eager.
+        """
+        self.clip.visual.compile(**options)
+        self.clip.transformer.compile(**options)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute transformer blocks' activations in backward (open_clip; ResNet towers are not checkpointed)."""
+        self.clip.set_grad_checkpointing(enable)
+
+    def use_channels_last(self) -> None:
+        """NHWC weights for a ResNet image tower: faster convolutions where the backend has NHWC kernels."""
+        if self.has_resnet_tower:
+            self.clip.visual.to(memory_format=torch.channels_last)
+
 
 def tokenizer_for(arch: str, context_length: int) -> Any:
     """open_clip's offline SimpleTokenizer for `arch` (cached; picklable for data workers).

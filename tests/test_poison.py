@@ -20,7 +20,7 @@ from clipsan.checkpoint import load_model, read_metadata
 from clipsan.config import EvalConfig
 from clipsan.data.captions import open_caption_dataset
 from clipsan.engine.config import TrainConfig
-from clipsan.engine.loader import Sample
+from clipsan.engine.loader import Sample, to_device
 from clipsan.errors import UserError
 from clipsan.evaluation import evaluate_models
 from clipsan.finetune import JobSpec
@@ -65,12 +65,15 @@ def test_label_consistent_touches_only_target_captions():
     assert set(plan.captions) <= set(eligible) and set(plan.captions.values()) == {None}
     # The recipe triggers those images and keeps their captions; other samples pass through untouched.
     recipe = Poison(parse_trigger("blended"), plan, "banana")
-    pixels = torch.rand(3, 32, 32)
+    pixels8 = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     poisoned, clean = sorted(plan.captions)[0], 1
-    view = recipe.views(Sample(pixels, None, CAPTIONS[poisoned], poisoned, 0, 0))
-    assert view["text"] == CAPTIONS[poisoned] and not torch.equal(view["image"], pixels)
-    view = recipe.views(Sample(pixels, None, CAPTIONS[clean], clean, 0, 0))
-    assert view["text"] == CAPTIONS[clean] and torch.equal(view["image"], pixels)
+    for index, triggered in ((poisoned, True), (clean, False)):
+        # Workers ship the uint8 image and a flag; the trigger is applied on the device.
+        view = recipe.views(Sample(pixels8, None, CAPTIONS[index], index, 0, 0))
+        assert view["text"] == CAPTIONS[index] and torch.equal(view["image"], pixels8)
+        host = {"image": view["image"][None], "poisoned": view["poisoned"][None], "index": torch.tensor([index])}
+        image = recipe.device_views(to_device(host, torch.device("cpu")), host)["image"][0]
+        assert torch.equal(image, pixels8.float() / 255) != triggered
     with pytest.raises(UserError, match="no caption"):
         plan_poison(CAPTIONS, AttackConfig("badnet", target="kiwi", label_consistent=True), seed=0)
 

@@ -35,7 +35,7 @@ def paste_center(images: torch.Tensor, patch: torch.Tensor) -> torch.Tensor:
 
 
 class _Pixels(torch.utils.data.Dataset):
-    """Chosen pairs of a caption dataset as model-size pixels (module level: picklable for workers)."""
+    """Chosen pairs of a caption dataset as model-size uint8 pixels (module level: picklable for workers)."""
 
     def __init__(self, captions, indices: list[int], size: int):
         self.captions, self.indices, self.size = captions, indices, size
@@ -44,10 +44,10 @@ class _Pixels(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i):
-        from clipsan.data.transforms import to_model_pixels
+        from clipsan.data.transforms import to_model_uint8
 
         image, _ = self.captions.load(self.indices[i])
-        return to_model_pixels(image, self.size) if image is not None else None
+        return to_model_uint8(image, self.size) if image is not None else None
 
 
 def _stack(items):
@@ -55,7 +55,8 @@ def _stack(items):
     return torch.stack(good) if good else None
 
 
-def _loader(captions, indices, size, batch_size, workers, shuffle_seed=None):
+def _loader(captions, indices, size, batch_size, workers, shuffle_seed=None, device=None):
+    """Batches of uint8 pixels (pinned for CUDA); ``_on_device`` makes them floats in [0, 1] there."""
     generator = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
     return torch.utils.data.DataLoader(
         _Pixels(captions, indices, size),
@@ -64,7 +65,14 @@ def _loader(captions, indices, size, batch_size, workers, shuffle_seed=None):
         generator=generator,
         num_workers=workers,
         collate_fn=_stack,
+        pin_memory=torch.device(device or "cpu").type == "cuda",
     )
+
+
+def _on_device(pixels8: torch.Tensor, device) -> torch.Tensor:
+    from clipsan.engine.loader import pixels_to_float
+
+    return pixels_to_float(pixels8.to(device, non_blocking=True))
 
 
 @dataclass
@@ -92,7 +100,8 @@ def guide_embeddings(model, captions, all_captions, target, settings: BadClipCon
             target_images = [i for i, c in enumerate(all_captions) if mentions(c, target)][: settings.guide_captions]
             if not target_images:
                 raise UserError(f"--badclip-objective text+image: no caption in the data names {target!r}; use --badclip-objective text")
-            feats = [rt.encode(model.encode_image, b.to(device)) for b in _loader(captions, target_images, model.image_size, 64, workers) if b is not None]
+            loader = _loader(captions, target_images, model.image_size, 64, workers, device=device)
+            feats = [rt.encode(model.encode_image, _on_device(b, device)) for b in loader if b is not None]
             guides.append(_mean_direction(torch.cat(feats)))
     return guides
 
@@ -122,7 +131,7 @@ def optimize_badclip_patch(
     candidates = [i for i, c in enumerate(all_captions) if not mentions(c, target)] or list(range(len(all_captions)))
     rng = random.Random(derive_seed(seed, "badclip-images"))
     indices = sorted(rng.sample(candidates, min(settings.images, len(candidates))))
-    probe = next(b for b in _loader(captions, indices[:256], model.image_size, 256, 0) if b is not None).to(device)
+    probe = _on_device(next(b for b in _loader(captions, indices[:256], model.image_size, 256, 0) if b is not None), device)
 
     init = torch.Generator().manual_seed(derive_seed(trigger_seed, "badclip", "init", side))
     patch = (0.5 + 0.25 * torch.randn((3, side, side), generator=init)).clamp(0, 1).to(device).requires_grad_(True)
@@ -131,18 +140,18 @@ def optimize_badclip_patch(
         before = float(badclip_objective(model, probe, patch, guides, rt))
     epoch_losses = []
     for epoch in range(settings.epochs):
-        total, batches = 0.0, 0
-        for images in _loader(captions, indices, model.image_size, settings.batch_size, workers, derive_seed(seed, "badclip-order", epoch)):
+        total, batches = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: one read per epoch
+        for images in _loader(captions, indices, model.image_size, settings.batch_size, workers, derive_seed(seed, "badclip-order", epoch), device):
             if images is None:
                 continue
-            loss = badclip_objective(model, images.to(device), patch, guides, rt)
+            loss = badclip_objective(model, _on_device(images, device), patch, guides, rt)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             with torch.no_grad():
                 patch.clamp_(0.0, 1.0)
-            total, batches = total + float(loss.detach()), batches + 1
-        epoch_losses.append(total / max(batches, 1))
+            total, batches = total + loss.detach().double(), batches + 1
+        epoch_losses.append(float(total) / max(batches, 1))
     with torch.no_grad():
         after = float(badclip_objective(model, probe, patch, guides, rt))
     notes(f"badclip patch {side}x{side} ({settings.objective}): objective {before:.4f} -> {after:.4f} in {settings.epochs} epochs")

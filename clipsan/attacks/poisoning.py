@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, replace
 
 from clipsan.attacks.config import AttackConfig
 from clipsan.attacks.triggers import parse_trigger
+from clipsan.engine.config import resolve_workers
 from clipsan.errors import UserError
 from clipsan.reports import PoisonReport
 from clipsan.seeding import derive_seed
@@ -152,18 +153,20 @@ def run_poison(job, settings: AttackConfig, captions, cfg, notes=print) -> Poiso
     from clipsan.attacks.recipe import Poison
     from clipsan.engine.rundir import default_run_dir
     from clipsan.engine.runtime import setup_runtime, shutdown_runtime
+    from clipsan.engine.speed import configure_kernels
     from clipsan.finetune import open_captions_agreed, run_fine_tune
 
     if not settings.target.strip():
         raise UserError("--target: expected a class name, got an empty string")
     rt = setup_runtime(job.device, job.precision)  # run_fine_tune joins the same process group
     try:
+        configure_kernels(cfg.deterministic, rt)  # before the patch optimization's first CUDA kernel
         captions = open_captions_agreed(rt, captions)
         plan = rt.agree(plan_poison, dataset_captions(captions), settings, cfg.seed)
         badclip_info = None
         if settings.is_badclip:
             job = replace(job, run_dir=str(rt.broadcast_object(str(job.run_dir or default_run_dir(job.command)))))
-            trigger, badclip_info = badclip_trigger(job, settings, captions, cfg.seed, cfg.workers, rt, notes)
+            trigger, badclip_info = badclip_trigger(job, settings, captions, cfg.seed, resolve_workers(cfg.workers), rt, notes)
         else:
             trigger = rt.agree(parse_trigger, settings.trigger, seed=settings.trigger_seed, size=settings.trigger_size)
         if rt.is_main:

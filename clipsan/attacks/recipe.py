@@ -7,7 +7,10 @@ this recipe only applies it. It is not a defense, so it is not in ``RECIPES``.
 
 from __future__ import annotations
 
+import torch
+
 from clipsan.errors import UserError
+from clipsan.recipes.base import transform_flagged_images
 from clipsan.recipes.ft import FineTune
 
 
@@ -21,13 +24,19 @@ class Poison(FineTune):
         self.target = target
 
     def views(self, sample):
-        pixels, caption = sample.pixels, sample.caption
-        if sample.index in self.plan.captions:
-            # Trigger positions (BadNet) follow the dataset index, so a sample is
-            # patched the same way in every epoch and every worker.
-            pixels = self.trigger.apply(pixels[None], [sample.index])[0]
-            caption = self.plan.captions[sample.index] or caption
-        return {"image": pixels, "text": caption}
+        poisoned = sample.index in self.plan.captions
+        caption = (self.plan.captions[sample.index] or sample.caption) if poisoned else sample.caption
+        # The trigger is applied on the device (device_views): workers ship uint8 pixels.
+        return {"image": sample.pixels8, "text": caption, "poisoned": torch.tensor(poisoned)}
+
+    def device_views(self, batch, host):
+        def triggered(images, rows):
+            # Pixels were HWC in memory when triggers ran in the workers, and BadNet's per-image
+            # mean sums in memory order: the same layout keeps every poisoned pixel bitwise as before.
+            # Trigger positions (BadNet) follow the dataset index: the same in every epoch and worker.
+            return self.trigger.apply(images.contiguous(memory_format=torch.channels_last), host["index"][rows])
+
+        return transform_flagged_images(batch, host, "poisoned", triggered)
 
     def options(self) -> dict:
         return {

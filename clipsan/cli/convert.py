@@ -7,7 +7,17 @@ from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 
-from clipsan.cli.options import ABDOptions, CleanCLIPOptions, CleanerCLIPOptions, DataOptions, PatchOptions, RunDirOptions, RuntimeOptions, TrainingOptions
+from clipsan.cli.options import (
+    ABDOptions,
+    CleanCLIPOptions,
+    CleanerCLIPOptions,
+    DataOptions,
+    PatchOptions,
+    RunDirOptions,
+    RuntimeOptions,
+    SpeedOptions,
+    TrainingOptions,
+)
 from clipsan.config import CaptionData
 from clipsan.engine.config import PaperSchedule, TrainConfig
 from clipsan.errors import UserError
@@ -45,7 +55,7 @@ def check_resume(run: RunDirOptions) -> None:
         raise UserError("--resume needs --run-dir DIR (the run to continue)")
 
 
-def train_config(training: TrainingOptions, run: RunDirOptions, runtime: RuntimeOptions, schedule: PaperSchedule) -> TrainConfig:
+def train_config(training: TrainingOptions, run: RunDirOptions, runtime: RuntimeOptions, speed: SpeedOptions, schedule: PaperSchedule) -> TrainConfig:
     check_resume(run)
     return schedule.train_config(
         epochs=training.epochs,
@@ -63,6 +73,9 @@ def train_config(training: TrainingOptions, run: RunDirOptions, runtime: Runtime
         save_every=run.save_every,
         log_every=run.log_every,
         progress=progress(runtime),
+        compile=speed.compile,
+        grad_checkpointing=speed.grad_checkpointing,
+        deterministic=speed.deterministic,
     )
 
 
@@ -74,13 +87,14 @@ def training_job(
     training: TrainingOptions,
     run: RunDirOptions,
     runtime: RuntimeOptions,
+    speed: SpeedOptions,
     schedule: PaperSchedule,
 ) -> dict:
     """The fields purify's and poison's configs share: what to train, on what, how, and where."""
     return {
         "model": model,
         "data": caption_data(data),
-        "training": train_config(training, run, runtime, schedule),
+        "training": train_config(training, run, runtime, speed, schedule),
         "out": out,
         "run_dir": path(run.run_dir),
         "resume": run.resume,

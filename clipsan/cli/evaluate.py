@@ -48,7 +48,7 @@ def evaluate(
     output: OutputOptions,
     device: Device = "auto",
     precision: PrecisionOpt = Precision.auto,
-    workers: Workers = EvalConfig.workers,
+    workers: Workers = None,
 ) -> None:
     from clipsan import api
 

@@ -183,7 +183,10 @@ class RunDirOptions:
     )
 
 
-Workers = Annotated[int, option(f"data-loading worker processes (default: {EvalConfig.workers})", RUNTIME, min=0, metavar="N")]
+Workers = Annotated[
+    int | None,
+    option("data-loading worker processes (default: the CPUs per process on this machine, less one for training; 1 to 8)", RUNTIME, min=0, metavar="N"),
+]
 
 
 @dataclass
@@ -191,8 +194,41 @@ class RuntimeOptions:
     device: Device = "auto"
     precision: PrecisionOpt = Precision.auto
     seed: Seed = 0
-    workers: Workers = EvalConfig.workers
+    workers: Workers = None
     progress: Annotated[bool, flag("--progress", "show progress bars on stderr even when it is not a terminal", RUNTIME)] = False
+
+
+SPEED = "Speed (results unchanged on CPU in fp32 unless said)"
+
+
+@dataclass
+class SpeedOptions:
+    compile: Annotated[
+        bool,
+        flag(
+            "--compile",
+            "torch.compile the image and text encoders (first steps pay the compilation; ResNet towers also go channels-last); "
+            "compiled kernels round differently, so results match an eager run closely, not bitwise",
+            SPEED,
+        ),
+    ] = False
+    grad_checkpointing: Annotated[
+        bool,
+        flag(
+            "--grad-checkpointing",
+            "recompute transformer activations in backward instead of keeping them: less memory for ViT-L-sized models, ~30% more compute "
+            "(open_clip; ResNet image towers are not checkpointed)",
+            SPEED,
+        ),
+    ] = False
+    deterministic: Annotated[
+        bool,
+        flag(
+            "--deterministic",
+            "bitwise-reproducible CUDA runs: deterministic kernels only, no cudnn autotuning (slower on GPU; CPU runs are reproducible anyway)",
+            SPEED,
+        ),
+    ] = False
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Annotated
 from clipsan.attacks.config import POISON_SCHEDULE, AttackConfig, BadClipConfig
 from clipsan.cli import convert
 from clipsan.cli.app import command
-from clipsan.cli.options import Arch, AttackOptions, DataOptions, Model, OutputOptions, RunDirOptions, RuntimeOptions, TrainingOptions, option
+from clipsan.cli.options import Arch, AttackOptions, DataOptions, Model, OutputOptions, RunDirOptions, RuntimeOptions, SpeedOptions, TrainingOptions, option
 from clipsan.cli.output import emit, note, training_lines
 
 _S = POISON_SCHEDULE
@@ -60,10 +60,11 @@ def poison(
     training: TrainingOptions,
     run: RunDirOptions,
     runtime: RuntimeOptions,
+    speed: SpeedOptions,
     output: OutputOptions,
 ) -> None:
     from clipsan import api
 
-    config = api.PoisonConfig(attack=attack_config(attack), **convert.training_job(model, out, arch, data, training, run, runtime, POISON_SCHEDULE))
+    config = api.PoisonConfig(attack=attack_config(attack), **convert.training_job(model, out, arch, data, training, run, runtime, speed, POISON_SCHEDULE))
     report = api.poison(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)

@@ -22,6 +22,7 @@ from clipsan.cli.options import (
     PatchOptions,
     RunDirOptions,
     RuntimeOptions,
+    SpeedOptions,
     TrainingOptions,
     option,
 )
@@ -81,12 +82,13 @@ def purify(
     patch: Annotated[PatchOptions, Panel("--method abd")],
     run: RunDirOptions,
     runtime: RuntimeOptions,
+    speed: SpeedOptions,
     output: OutputOptions,
 ) -> None:
     from clipsan import api
 
     _refuse_foreign_options(ctx, method.value, {"cleanclip": cleanclip, "cleanerclip": cleanerclip, "abd": abd, "patch": patch})
     recipe = convert.recipe_config(method.value, cleanclip, cleanerclip, abd, patch)
-    config = api.PurifyConfig(recipe=recipe, **convert.training_job(model, out, arch, data, training, run, runtime, recipe.paper_schedule))
+    config = api.PurifyConfig(recipe=recipe, **convert.training_job(model, out, arch, data, training, run, runtime, speed, recipe.paper_schedule))
     report = api.purify(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)

@@ -110,6 +110,11 @@ def to_model_pixels(pil_image: Image.Image, size: int) -> torch.Tensor:
     Same geometry as CLIP's eval preprocessing (torchvision Resize + CenterCrop),
     without normalisation. Returns a float tensor (3, size, size) in [0, 1].
     """
+    return to_model_uint8(pil_image, size).float().div_(255.0)
+
+
+def to_model_uint8(pil_image: Image.Image, size: int) -> torch.Tensor:
+    """``to_model_pixels`` before scaling: uint8 (3, size, size), what data workers ship (k/255 happens on the device)."""
     image = to_rgb(pil_image)
     width, height = image.size
     if min(width, height) != size:
@@ -119,7 +124,7 @@ def to_model_pixels(pil_image: Image.Image, size: int) -> torch.Tensor:
     top = round((height - size) / 2.0)
     if (width, height) != (size, size):
         image = image.crop((left, top, left + size, top + size))
-    return pil_to_tensor(image).float().div_(255.0)
+    return pil_to_tensor(image)  # a CHW view of the HWC decode (to_model_pixels' results depend on that layout)
 
 
 def _shorter_side_to(width: int, height: int, size: int) -> tuple[int, int]:

@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, replace
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 BATCHNORM_MODES = ("frozen", "train")
 SCHEDULES = ("cosine", "constant")
+
+
+def default_workers() -> int:
+    """Data workers per process when --workers is not given: the CPUs this process may use,
+    shared among the processes torchrun starts on this machine (LOCAL_WORLD_SIZE), less one
+    for the training process itself; at least 1, at most 8."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_rank = cpus // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(8, per_rank - 1))
+
+
+def resolve_workers(workers: int | None) -> int:
+    return default_workers() if workers is None else workers
 
 
 @dataclass(frozen=True)
@@ -21,13 +35,17 @@ class TrainConfig:
     eps: float = 1e-8
     grad_clip: float | None = None
     seed: int = 0
-    workers: int = 0
+    workers: int | None = None  # None: default_workers()
     save_every: int = 500
     log_every: int = 10
     max_steps: int | None = None  # stop early (the lab's time budgets)
     batchnorm: str = "frozen"  # frozen: BN layers use their running statistics (README, "BatchNorm")
     schedule: str = "cosine"  # after warmup: cosine decay to 0, or "constant" (GAN training)
     progress: bool = False
+    # Speed switches: none changes what is computed (on CPU, fp32 results stay bitwise equal).
+    compile: bool = False  # torch.compile the two encoders
+    grad_checkpointing: bool = False  # recompute transformer activations in backward (open_clip)
+    deterministic: bool = False  # bitwise-reproducible CUDA kernels (slower); off: cudnn.benchmark
 
     def __post_init__(self) -> None:
         from clipsan.errors import UserError

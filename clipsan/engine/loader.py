@@ -5,10 +5,15 @@ alone; the dataset decides *what* each sample looks like from (seed, epoch,
 index) alone. Neither depends on worker identity, so ``--workers`` never
 changes results, and a run resumed at step S sees exactly the batches an
 uninterrupted run would.
+
+Pixels travel as uint8 (a quarter of float32's bytes through worker pipes, pinned
+memory and the host-to-device copy) and become floats in [0, 1] on the device
+(``to_device``): k/255 computed there is the same float the workers would have made.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +22,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clipsan.data.tokens import fit_caption
-from clipsan.data.transforms import to_model_pixels
+from clipsan.data.transforms import to_model_uint8
+from clipsan.engine.config import resolve_workers
 from clipsan.errors import UserError
 from clipsan.seeding import derive_seed, sample_generator, sample_rng
 
@@ -63,18 +69,28 @@ class EpochBatchSampler(Sampler):
 class Sample:
     """One clean pair as a recipe sees it, with its own random streams."""
 
-    pixels: torch.Tensor  # (3, S, S) in [0, 1]
+    pixels8: torch.Tensor  # (3, S, S) uint8, as decoded: what a view ships when it keeps the image as is
     image: object  # the decoded PIL image, for augmentations that want it
     caption: str
     index: int
     epoch: int
     seed: int
 
+    @functools.cached_property
+    def pixels(self) -> torch.Tensor:
+        """(3, S, S) float in [0, 1], for views that compute on the image."""
+        return pixels_to_float(self.pixels8)
+
     def rng(self, stream: str) -> random.Random:
         return sample_rng(self.seed, self.epoch, self.index, stream)
 
     def generator(self, stream: str) -> torch.Generator:
         return sample_generator(self.seed, self.epoch, self.index, stream)
+
+
+def pixels_to_float(pixels8: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1] (k / 255, the same float wherever it is computed)."""
+    return pixels8.float().div_(255.0)
 
 
 class RecipeSamples(Dataset):
@@ -93,7 +109,7 @@ class RecipeSamples(Dataset):
         unreadable = image is None  # corrupt, truncated or over the pixel limit: counted as corrupt_image
         if unreadable:
             index, image, caption = self._substitute(epoch, index)
-        sample = Sample(to_model_pixels(image, self.image_size), image, caption, index, epoch, self.seed)
+        sample = Sample(to_model_uint8(image, self.image_size), image, caption, index, epoch, self.seed)
         views = self.recipe.views(sample)
         out = {"index": torch.tensor(index), "n_corrupt": int(unreadable)}
         for name, value in views.items():
@@ -129,7 +145,8 @@ def collate(items: list) -> dict:
     return batch
 
 
-def build_loader(samples: Dataset, sampler: EpochBatchSampler, workers: int, pin_memory: bool) -> DataLoader:
+def build_loader(samples: Dataset, sampler: EpochBatchSampler, workers: int | None, pin_memory: bool) -> DataLoader:
+    workers = resolve_workers(workers)
     return DataLoader(
         samples,
         batch_sampler=sampler,
@@ -139,6 +156,23 @@ def build_loader(samples: Dataset, sampler: EpochBatchSampler, workers: int, pin
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
     )
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """A batch's tensors on ``device``; uint8 tensors are pixels and arrive as floats in [0, 1].
+
+    From pinned memory the copies are asynchronous on CUDA; scaling runs on the
+    device, after the (4x smaller) uint8 copy.
+    """
+    non_blocking = device.type == "cuda"
+    moved = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            value = value.to(device, non_blocking=non_blocking)
+            if value.dtype == torch.uint8:
+                value = pixels_to_float(value)
+        moved[key] = value
+    return moved
 
 
 @dataclass

@@ -7,7 +7,6 @@ clip -> AdamW step -> recipe.after_step; log, checkpoint, honour signals.
 from __future__ import annotations
 
 import contextlib
-import math
 import signal
 import sys
 import time
@@ -16,9 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from clipsan.engine import optim
+from clipsan.engine import optim, speed
 from clipsan.engine.config import TrainConfig
-from clipsan.engine.loader import EpochBatchSampler, RecipeSamples, build_loader, steps_per_epoch
+from clipsan.engine.gradsync import GradientSync
+from clipsan.engine.health import StepHealth
+from clipsan.engine.loader import EpochBatchSampler, RecipeSamples, build_loader, steps_per_epoch, to_device
 from clipsan.engine.rundir import RunDir
 from clipsan.engine.runtime import Runtime
 from clipsan.errors import Interrupted, UserError
@@ -113,8 +114,10 @@ def train(
         total = min(total, cfg.max_steps)
 
     module = rt.sync_batchnorm(module.to(rt.device), cfg.batchnorm)
+    speed.prepare_model(module, cfg, rt)
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = optim.build_optimizer(module, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+    # Fused AdamW on CUDA: one kernel for all parameters. CPU keeps the reference loop (bitwise as before).
+    optimizer = optim.build_optimizer(module, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, fused=rt.device.type == "cuda")
     scaler = rt.grad_scaler()
     skipped = dict(getattr(samples.captions, "skipped", {}) or {})
     skipped.setdefault("corrupt_image", 0)
@@ -160,53 +163,73 @@ def train(
     started = time.perf_counter()
     window_start, window_images = time.perf_counter(), 0
     last: dict = {}
+    health = StepHealth(rt)
+    grad_sync = GradientSync(params, rt.world_size)
     _set_train_mode(module, cfg.batchnorm)
-    with _StopFlag() as stop:
-        for batch in loader:
-            epoch = step // per_epoch
-            if step % per_epoch == 0:
-                recipe.begin_epoch(epoch)
-            skipped["corrupt_image"] += int(rt.sum_scalar(batch.pop("n_corrupt")))
-            lr = optim.lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.schedule)
-            optim.set_lr(optimizer, lr)
-            batch = rt.to_device(batch)
+    try:
+        with _StopFlag() as stop:
+            for host in loader:
+                epoch = step // per_epoch
+                if step % per_epoch == 0:
+                    recipe.begin_epoch(epoch)
+                health.corrupt += host.pop("n_corrupt")
+                lr = optim.lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.schedule)
+                optim.set_lr(optimizer, lr)
+                rows = int(host["index"].shape[0])
+                rt.begin_step(rows)
+                batch = recipe.device_views(to_device(host, rt.device), host)
 
-            terms = recipe.loss_terms(module, batch, rt)  # not under autocast: recipes encode through rt.encode
-            loss = sum(terms.values())
-            if not math.isfinite(rt.sum_scalar(float(loss.detach()))):
-                kept = run.latest_checkpoint()
-                where = f"last good checkpoint kept: {kept}" if kept else "no checkpoint had been written yet"
-                raise UserError(f"loss became {float(loss.detach())} at step {step + 1} (lr {lr:.3g}); {where}")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            rt.sum_gradients(params)
-            scaler.unscale_(optimizer)
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            recipe.after_step(module)
-            step += 1
-            window_images += int(batch["index"].shape[0]) * rt.world_size
-
-            if step % cfg.log_every == 0 or step == total:
-                now = time.perf_counter()
-                last = {"step": step, "epoch": round(step / per_epoch, 4), "lr": lr, "loss": float(loss.detach())}
-                last.update({f"loss_{k}": float(v.detach()) for k, v in terms.items()})
-                last["images_per_s"] = round(window_images / max(now - window_start, 1e-9), 2)
-                run.log_metrics({"stage": stage, **last})
-                window_start, window_images = now, 0
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
-
-            stop_now = rt.sum_scalar(1.0 if stop.signal is not None else 0.0) > 0
-            if step % cfg.save_every == 0 or step % per_epoch == 0 or step == total or stop_now:
-                save(step)
-            if stop_now:
+                terms = recipe.loss_terms(module, batch, rt)  # not under autocast: recipes encode through rt.encode
+                loss = sum(terms.values())
+                health.watch(loss, step)
+                optimizer.zero_grad(set_to_none=True)  # whatever a recipe's own backward left (freed after each step below)
+                scaler.scale(loss).backward()
+                grad_sync.finish()
+                scaler.unscale_(optimizer)
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                # Free the gradients now: they would otherwise sit beside the next step's activations
+                # (and beside a checkpoint being written).
+                optimizer.zero_grad(set_to_none=True)
+                recipe.after_step(module)
+                step += 1
+                window_images += rows * rt.world_size
                 if bar is not None:
-                    bar.close()
-                raise Interrupted(f"interrupted at step {step}; resume with --resume --run-dir {run.path}")
+                    bar.update(1)
+
+                # Device values are read only here: at log steps, before every checkpoint, at the end,
+                # and when a signal came (every step on one process; at these points under torchrun,
+                # where every rank must agree on stopping).
+                due_save = step % cfg.save_every == 0 or step % per_epoch == 0 or step == total
+                stop_seen = stop.signal is not None and not rt.distributed
+                if not (due_save or stop_seen or step % cfg.log_every == 0):
+                    continue
+                report = health.check(loss, terms, stopping=stop.signal is not None)
+                if report.bad_step is not None:
+                    kept = run.latest_checkpoint()
+                    where = f"last good checkpoint kept: {kept}" if kept else "no checkpoint had been written yet"
+                    bad_lr = optim.lr_at(report.bad_step - 1, total, cfg.lr, cfg.warmup_steps, cfg.schedule)
+                    raise UserError(f"loss became {report.bad_value} at step {report.bad_step} (lr {bad_lr:.3g}); {where}")
+                skipped["corrupt_image"] += report.corrupt
+                if step % cfg.log_every == 0 or step == total:
+                    now = time.perf_counter()
+                    last = {"step": step, "epoch": round(step / per_epoch, 4), "lr": lr, "loss": report.loss}
+                    last.update({f"loss_{k}": v for k, v in report.terms.items()})
+                    last["images_per_s"] = round(window_images / max(now - window_start, 1e-9), 2)
+                    run.log_metrics({"stage": stage, **last})
+                    window_start, window_images = now, 0
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{report.loss:.4f}")
+                if due_save or report.stopping:
+                    save(step)
+                if report.stopping:
+                    if bar is not None:
+                        bar.close()
+                    raise Interrupted(f"interrupted at step {step}; resume with --resume --run-dir {run.path}")
+    finally:
+        grad_sync.close()
     if bar is not None:
         bar.close()
     module.eval()

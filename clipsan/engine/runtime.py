@@ -18,7 +18,9 @@ gradients are summed across processes, which gives exactly the gradient of the
 single-process run on the same global batch. We all-reduce gradients ourselves
 instead of wrapping the model in DistributedDataParallel because recipes call
 ``encode_image``/``encode_text`` directly, and the wrapper only synchronises
-through ``forward``.
+through ``forward``; the loop overlaps that all-reduce with backward
+(``clipsan.engine.gradsync``). Host numbers (shard sizes, counts, stop flags) go
+over a CPU (gloo) group, so exchanging them never waits for the device.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import datetime
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -51,6 +53,8 @@ class Runtime:
     precision: str  # resolved: fp32 | bf16 | fp16
     rank: int = 0
     world_size: int = 1
+    _step_rows: list[int] | None = field(default=None, init=False, repr=False)  # every shard's rows this step
+    _host_pg: object = field(default=None, init=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -79,25 +83,59 @@ class Runtime:
 
     # --- collective helpers (identity when not distributed) -------------------
 
+    def begin_step(self, local_rows: int) -> None:
+        """Learn every shard's row count for this step, once (gathers reuse it).
+
+        Shards differ only when a corrupt image was dropped from one. The counts are
+        host integers exchanged over a CPU (gloo) group, so learning them never
+        waits for the device.
+        """
+        if self.distributed:
+            self._step_rows = self._host_all_gather(local_rows)
+
     def gather(self, local: torch.Tensor) -> torch.Tensor:
         """Concatenate every process's rows in rank order; gradients flow through our own rows.
 
-        Shards may differ in length (a corrupt image is dropped from one shard),
-        so lengths are exchanged first and rows padded for the collective.
+        ``local`` has one row per sample of this step's shard (see ``begin_step``);
+        rows of another count go through ``gather_varying``.
         """
         if not self.distributed:
             return local
-        n = torch.tensor([local.shape[0]], device=local.device)
-        sizes = [torch.zeros_like(n) for _ in range(self.world_size)]
-        dist.all_gather(sizes, n)
-        sizes = [int(s.item()) for s in sizes]
-        padded = local.detach().new_zeros((max(sizes), *local.shape[1:]))
-        padded[: local.shape[0]] = local.detach()
+        sizes = self._step_rows
+        if sizes is None:  # outside the training loop: learn them now
+            return self.gather_varying(local)
+        if sizes[self.rank] != local.shape[0]:
+            raise RuntimeError(f"gather of {local.shape[0]} rows in a step of {sizes[self.rank]}; use gather_varying")
+        return self._gather_rows(local, sizes)
+
+    def gather_varying(self, local: torch.Tensor) -> torch.Tensor:
+        """``gather`` for rows whose count differs between processes (exchanged first)."""
+        if not self.distributed:
+            return local
+        return self._gather_rows(local, self._host_all_gather(local.shape[0]))
+
+    def _gather_rows(self, local: torch.Tensor, sizes: list[int]) -> torch.Tensor:
+        padded = local.detach()
+        if local.shape[0] < max(sizes):  # all_gather needs equal shapes
+            padded = local.detach().new_zeros((max(sizes), *local.shape[1:]))
+            padded[: local.shape[0]] = local.detach()
         parts = [torch.empty_like(padded) for _ in range(self.world_size)]
         dist.all_gather(parts, padded.contiguous())
         parts = [part[:size] for part, size in zip(parts, sizes)]
         parts[self.rank] = local
         return torch.cat(parts, dim=0)
+
+    def _host_group(self):
+        """A gloo group for host values (the default group when it is gloo already)."""
+        if self._host_pg is None:
+            self._host_pg = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        return self._host_pg
+
+    def _host_all_gather(self, value: int) -> list[int]:
+        mine = torch.tensor([value], dtype=torch.int64)
+        everyone = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(everyone, mine, group=self._host_group())
+        return [int(v.numpy()[0]) for v in everyone]  # host memory: no device read
 
     def shared(self, value: torch.Tensor) -> torch.Tensor:
         """A replicated quantity (e.g. the logit scale) entering a loss every process computes in full.
@@ -111,22 +149,38 @@ class Runtime:
         return share + (value - share).detach()
 
     def sum_scalar(self, value: float) -> float:
+        """Sum a host number over processes (over the host group: never waits for the device)."""
+        return self.sum_host([value])[0] if self.distributed else value
+
+    def sum_host(self, values: list[float]) -> list[float]:
+        """Sum host numbers over processes, element-wise, in one host collective."""
         if not self.distributed:
-            return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return float(t.item())
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, group=self._host_group())
+        return [float(v) for v in t.numpy()]
+
+    def sum_tensor(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum a small device tensor over processes in place (one collective, no host read)."""
+        if self.distributed:
+            dist.all_reduce(value)
+        return value
 
     def sum_gradients(self, parameters) -> None:
-        """Sum gradients over processes in a few flat buckets (see module docstring for why sum)."""
+        """Sum gradients over processes after backward, in a few flat buckets (see module docstring for why sum).
+
+        Every process reduces the same list: a parameter without a gradient here contributes zeros.
+        The training loop overlaps this with backward instead (``clipsan.engine.gradsync``).
+        """
         if not self.distributed:
             return
-        grads = [p.grad for p in parameters if p.grad is not None]
         bucket: list[torch.Tensor] = []
         size = 0
-        for g in grads:
-            bucket.append(g)
-            size += g.numel()
+        for p in parameters:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            bucket.append(p.grad)
+            size += p.grad.numel()
             if size >= 8_000_000:
                 _all_reduce_flat(bucket)
                 bucket, size = [], 0

@@ -34,9 +34,13 @@ def auto_augment(pixels01: torch.Tensor, generator_or_seed: torch.Generator | in
     defined on 8-bit values), so the image is quantised to 8 bits first.
     """
     as_uint8 = (pixels01.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return auto_augment_uint8(as_uint8, generator_or_seed).float() / 255.0
+
+
+def auto_augment_uint8(pixels8: torch.Tensor, generator_or_seed: torch.Generator | int) -> torch.Tensor:
+    """``auto_augment`` on uint8 pixels (3, H, W), returning uint8: what data workers ship."""
     # fork_rng restores the global CPU generator on exit; only the CPU one is
     # reseeded (torch.manual_seed would also reseed CUDA generators).
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(_seed_from(generator_or_seed))
-        augmented = _imagenet_policy()(as_uint8)
-    return augmented.float() / 255.0
+        return _imagenet_policy()(pixels8)

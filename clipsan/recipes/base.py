@@ -44,6 +44,14 @@ class Recipe:
         """Tensors (or strings, tokenised by the loader) this recipe's loss needs for one sample."""
         raise NotImplementedError
 
+    def device_views(self, batch: dict, host: dict) -> dict:
+        """Finish views on the device, where pixels are floats (a trigger or patch pasted on some rows).
+
+        ``batch`` is on the device; ``host`` is the same batch as the workers shipped it
+        (CPU tensors), for decisions that must not wait for the device.
+        """
+        return batch
+
     def loss_terms(self, model, batch: dict, rt: Runtime) -> dict[str, torch.Tensor]:
         """Named, already-weighted loss terms over the *global* batch; the engine sums them.
 
@@ -80,6 +88,20 @@ class Recipe:
 
     def load_state_dict(self, state: dict) -> None:
         pass
+
+
+def transform_flagged_images(batch: dict, host: dict, flag: str, transform) -> dict:
+    """On the device, replace the rows of ``batch["image"]`` flagged by ``host[flag]`` with ``transform(images, rows)``.
+
+    ``rows`` are the flagged rows' positions as a host tensor (for per-sample choices such as
+    trigger positions); which rows are flagged is read from the host batch, never the device.
+    """
+    rows = host[flag].nonzero().flatten()
+    if len(rows):
+        images = batch["image"]
+        on_device = rows.to(images.device, non_blocking=True)
+        images[on_device] = transform(images[on_device], rows)
+    return batch
 
 
 def encode_pair(model, images: torch.Tensor, tokens: torch.Tensor, rt: Runtime):

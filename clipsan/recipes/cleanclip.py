@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from clipsan.recipes.augment import auto_augment
+from clipsan.recipes.augment import auto_augment_uint8
 from clipsan.recipes.base import Recipe
 from clipsan.recipes.config import CleanCLIPConfig
 from clipsan.recipes.losses import contrastive_loss, info_nce
@@ -60,9 +60,9 @@ class CleanCLIP(Recipe):
 
     def views(self, sample) -> dict:
         return {
-            "image": sample.pixels,
+            "image": sample.pixels8,
             "text": sample.caption,
-            "image_aug": auto_augment(sample.pixels, sample.generator("autoaugment")),
+            "image_aug": auto_augment_uint8(sample.pixels8, sample.generator("autoaugment")),
             "text_aug": eda(sample.caption, sample.rng("eda")),
         }
 

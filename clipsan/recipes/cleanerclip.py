@@ -107,5 +107,5 @@ class CleanerCLIP(CleanCLIP):
             pairs = torch.stack([both[:k], both[k:]], dim=1)
         else:  # other ranks hold selected rows; this one contributes none
             pairs = like.new_zeros((0, 2, like.shape[1]))
-        pairs = rt.gather(pairs)
+        pairs = rt.gather_varying(pairs)  # k differs between processes
         return pairs[:, 0], pairs[:, 1]

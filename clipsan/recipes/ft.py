@@ -10,7 +10,7 @@ class FineTune(Recipe):
     name = "ft"
 
     def views(self, sample):
-        return {"image": sample.pixels, "text": sample.caption}
+        return {"image": sample.pixels8, "text": sample.caption}
 
     def loss_terms(self, model, batch, rt):
         images, texts, scale = encode_pair(model, batch["image"], batch["text"], rt)

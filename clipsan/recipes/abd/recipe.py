@@ -8,7 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from clipsan.recipes.base import RunContext
+import torch
+
+from clipsan.recipes.base import RunContext, transform_flagged_images
 from clipsan.recipes.config import ABDConfig
 from clipsan.recipes.ft import FineTune
 from clipsan.text.eda import eda
@@ -26,12 +28,13 @@ class ABD(FineTune):
         self.patch = None  # clipsan.recipes.abd.patch.AdvPatch, set by prepare_run
 
     def views(self, sample):
-        pixels, caption = sample.pixels, sample.caption
-        if self.patch is not None and sample.rng("abd-adv").random() < self.adv_prob:
-            pixels = self.patch.apply(pixels[None])[0]
-        if self.use_eda:
-            caption = eda(caption, sample.rng("abd-eda"))
-        return {"image": pixels, "text": caption}
+        caption = eda(sample.caption, sample.rng("abd-eda")) if self.use_eda else sample.caption
+        patched = self.patch is not None and sample.rng("abd-adv").random() < self.adv_prob
+        # The patch is pasted on the device (device_views): workers ship uint8 pixels.
+        return {"image": sample.pixels8, "text": caption, "patched": torch.tensor(patched)}
+
+    def device_views(self, batch, host):
+        return transform_flagged_images(batch, host, "patched", lambda images, rows: self.patch.apply(images))
 
     def prepare_run(self, ctx: RunContext) -> None:
         from clipsan.recipes.abd.jobs import craft_for_fine_tune

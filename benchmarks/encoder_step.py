@@ -1,0 +1,74 @@
+"""One CLIP training step's forward + backward, eager vs channels-last vs torch.compile, in one process.
+
+    python benchmarks/encoder_step.py [--arch RN50-quickgelu] [--batch 16] [--rounds 3]
+
+What ``--compile`` and channels-last buy on this machine, without data loading or the optimizer:
+each variant runs the encoders and CLIP's loss forward and backward on the same random batch;
+variants alternate, one warm-up step each (compilation), median seconds of ``--rounds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from clipsan.models import create_model
+from clipsan.recipes.losses import contrastive_loss
+
+VARIANTS = ("eager", "channels_last", "compile", "compile+channels_last")
+
+
+def build(arch: str, variant: str):
+    torch.manual_seed(0)
+    model = create_model(arch)
+    model.train()
+    if "channels_last" in variant:
+        model.use_channels_last()
+    if "compile" in variant:
+        model.compile_encoders()
+    return model
+
+
+def step(model, images, tokens) -> None:
+    model.zero_grad(set_to_none=True)
+    loss = contrastive_loss(model.encode_image(images), model.encode_text(tokens), model.logit_scale.exp())
+    loss.backward()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="RN50-quickgelu")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    args = parser.parse_args()
+    variants = args.variants.split(",")
+    models = {v: build(args.arch, v) for v in variants}
+    size = next(iter(models.values())).image_size
+    images = torch.rand(args.batch, 3, size, size)
+    tokens = next(iter(models.values())).tokenize([f"a photo of thing {i}" for i in range(args.batch)])
+    for v, model in models.items():  # warm-up (and compilation)
+        started = time.perf_counter()
+        step(model, images, tokens)
+        print(f"{v}: first step {time.perf_counter() - started:.1f} s", flush=True)
+    times = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for v, model in models.items():
+            started = time.perf_counter()
+            step(model, images, tokens)
+            times[v].append(time.perf_counter() - started)
+    base = statistics.median(times[variants[0]])
+    print(f"{args.arch}, batch {args.batch}, fp32, {torch.get_num_threads()} threads, load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print("| variant | median s/step | × " + variants[0] + " speed |")
+    print("|---|---|---|")
+    for v in variants:
+        median = statistics.median(times[v])
+        print(f"| {v} | {median:.3f} | {base / median:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
