@@ -211,7 +211,9 @@ def badclip_trigger(job, settings: AttackConfig, captions, seed: int, workers: i
             saved = load_saved_patch(run_dir, fingerprint) if job.resume else None
             if saved is not None:
                 notes(f"badclip patch reused from {patch_paths(run_dir)[0]}")
-                info.update(reused=True, loss_before=float(saved[1].get("loss_before", "nan")), loss_after=float(saved[1].get("loss_after", "nan")))
+                # A figure the file does not record is null in the report (JSON has no NaN).
+                losses = {k: float(saved[1][k]) if k in saved[1] else None for k in ("loss_before", "loss_after")}
+                info.update(reused=True, **losses)
             else:
                 result = optimize_badclip_patch(
                     loaded.model,
