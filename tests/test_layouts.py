@@ -75,8 +75,13 @@ def pixels(size: int, n: int = 2) -> torch.Tensor:
 @torch.no_grad()
 def hf_embeddings(model, images01: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mean, std = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
-    image = model.get_image_features(pixel_values=(images01 - mean) / std).pooler_output
-    return image, model.get_text_features(input_ids=tokens).pooler_output
+    image = features(model.get_image_features(pixel_values=(images01 - mean) / std))
+    return image, features(model.get_text_features(input_ids=tokens))
+
+
+def features(output) -> torch.Tensor:
+    """transformers >= 5 returns an output object (the projected features are its pooler_output), earlier a tensor."""
+    return getattr(output, "pooler_output", output)
 
 
 @torch.no_grad()
@@ -148,7 +153,7 @@ def test_clipsan_tokens_give_the_folders_own_tokenizer_features(small):
     tokenizer = transformers.CLIPTokenizer.from_pretrained(folder)
     loaded = load_model(str(folder)).model.eval()
     with torch.no_grad():
-        theirs = model.get_text_features(**tokenizer(CAPTIONS, padding="max_length", max_length=77, return_tensors="pt")).pooler_output
+        theirs = features(model.get_text_features(**tokenizer(CAPTIONS, padding="max_length", max_length=77, return_tensors="pt")))
         ours = loaded.encode_text(loaded.tokenize(CAPTIONS), normalize=False)
     assert (theirs - ours).abs().max().item() < TOL  # same BPE; padding differs (0 vs <|endoftext|>), features do not
 

@@ -30,7 +30,10 @@ def read_weights_file(path: Path) -> tuple[Any, dict[str, str]]:
     if kind == SAFETENSORS:
         return read_safetensors(path), read_metadata(path)
     if kind == TORCHSCRIPT:
-        raise UserError(f"{path}: refusing to load a TorchScript archive (it contains code); convert it to a safetensors state dict in a trusted environment")
+        raise UserError(
+            f"{path}: refusing to load a TorchScript archive (it contains code); in a trusted environment, "
+            "torch.save(torch.jit.load(FILE).state_dict(), 'state.pt') gives a state dict clipsan reads (OpenAI's downloads: as QuickGELU)"
+        )
     if kind in (TORCH_ZIP, PICKLE):
         return _read_torch_file(path), {}
     with open(path, "rb") as f:
