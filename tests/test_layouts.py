@@ -209,6 +209,7 @@ def test_quickgelu_survives_every_layout(tmp_path):
         "clipsan safetensors": lambda p: save_model(model, p / "m.safetensors"),
         "transformers folder": lambda p: write_output(OutputPlan("hf", p / "hf"), model, None, {}),
         "open_clip folder": lambda p: write_output(OutputPlan("open_clip", p / "oc"), model, None, {}),
+        "transformers weights alone": lambda p: write_output(OutputPlan("hf", p / "alone"), model, None, {}) / "model.safetensors",
         "OpenAI clip package .pt": lambda p: _torch_save({**state, "input_resolution": torch.tensor(224), "context_length": torch.tensor(77)}, p / "openai.pt"),
         "CleanCLIP checkpoint": lambda p: _torch_save({"epoch": 1, "name": "x", "state_dict": _ddp(state), "optimizer": {}}, p / "epoch_1.pt"),
     }
@@ -243,6 +244,8 @@ def _torch_save(obj, path: Path) -> Path:
 def _remove(path: Path) -> None:
     import shutil
 
+    if path.name == "model.safetensors":  # a file of a written folder: the folder goes
+        path = path.parent
     shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 

@@ -71,7 +71,13 @@ def _topk(value: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- single options
 
 Model = Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)]
-Arch = Annotated[str | None, option("open_clip architecture name (default: from metadata, else inferred from the weights)", metavar="NAME")]
+Arch = Annotated[
+    str | None,
+    option(
+        "open_clip architecture name, or NAME-quickgelu for any known NAME (default: the checkpoint's config or metadata, else inferred from the weights)",
+        metavar="NAME",
+    ),
+]
 Device = Annotated[str, option("auto | cpu | cuda | cuda:N (default: auto)", RUNTIME, callback=check_device, metavar="DEVICE")]
 PrecisionOpt = Annotated[Precision, option("autocast precision (default: auto = bf16 on CUDA, fp32 on CPU)", RUNTIME)]
 Seed = Annotated[int, option("seed for every random choice (default: 0)", RUNTIME, metavar="SEED")]

@@ -37,7 +37,8 @@ def skipped_text(skipped: dict) -> str:
 def training_lines(report: dict) -> list[str]:
     """The lines every training command's text report shares."""
     return [
-        f"  {report['layout']} read as arch {report['arch']} ({report['arch_source']}), activation {report['activation']} ({report['activation_source']})",
+        f"  MODEL read as {report['layout']}: arch {report['arch']} ({report['arch_source']})",
+        f"  activation {report['activation']} ({report['activation_source']})",
         f"  {report['steps']} steps, {report['epochs']} epochs, {report['seconds']} s",
         f"  {report['samples']} training pairs; skipped: {skipped_text(report['skipped'])}",
         f"  run directory: {report['run_dir']}",

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from clipsan.errors import UserError
 
 # Layouts, as reports name them (`layout` in every JSON report).
 SAFETENSORS = "safetensors"  # an open_clip state dict (clipsan's outputs: with metadata)
@@ -54,3 +57,14 @@ class Checkpoint:
     source_config: dict[str, Any] | None = None  # config.json / open_clip_config.json as read
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A layout's JSON file (config, index, tokenizer): an object, or a one-line UserError naming it."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"{path}: not valid JSON ({str(err).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return value

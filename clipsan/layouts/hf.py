@@ -10,7 +10,6 @@ warning. Writing: a folder `CLIPModel.from_pretrained(OUT)` loads.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import torch
 
 from clipsan.errors import UserError
 from clipsan.layouts import hf_config, hf_names, tokenizer_files
-from clipsan.layouts.base import TRANSFORMERS, TRANSFORMERS_FILE, Checkpoint
+from clipsan.layouts.base import TRANSFORMERS, TRANSFORMERS_FILE, Checkpoint, read_json
 from clipsan.layouts.tensors import as_float32, check_finite, read_weights_file, sha256_files
 
 CONFIG = "config.json"
@@ -150,13 +149,3 @@ def _preprocess_cfg(folder: Path) -> dict[str, Any] | None:
     if isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3:
         return {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
     return None
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({str(err).splitlines()[0]})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return value

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clipsan.errors import UserError
-from clipsan.layouts.base import OPEN_CLIP, Checkpoint
-from clipsan.layouts.hf import read_json
+from clipsan.layouts.base import OPEN_CLIP, Checkpoint, read_json
 from clipsan.layouts.state_dict import read_state_dict_file
 
 CONFIG = "open_clip_config.json"

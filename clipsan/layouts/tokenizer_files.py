@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clipsan.errors import UserError
+from clipsan.layouts.base import read_json
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -41,30 +42,20 @@ def check_folder(folder: Path) -> str | None:
     vocab_file, merges_file, fast_file = folder / "vocab.json", folder / "merges.txt", folder / "tokenizer.json"
     found = []
     if vocab_file.is_file():
-        _same_vocab(vocab_file, _json(vocab_file))
+        _same_vocab(vocab_file, read_json(vocab_file))
         found.append(vocab_file.name)
     if merges_file.is_file():
         lines = [line for line in merges_file.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#version")]
         _same_merges(merges_file, lines)
         found.append(merges_file.name)
     if fast_file.is_file():
-        model = _json(fast_file).get("model") or {}
+        model = read_json(fast_file).get("model") or {}
         if model.get("type") != "BPE":
             raise UserError(f"{fast_file}: a {model.get('type')} tokenizer, not CLIP's BPE; the text tower was trained on other tokens")
         _same_vocab(fast_file, model.get("vocab") or {})
         _same_merges(fast_file, [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []])
         found.append(fast_file.name)
     return f"tokenizer: {folder}/{' + '.join(found)} hold CLIP's BPE, which clipsan tokenises with" if found else None
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise UserError(f"{path}: expected a JSON object")
-    return value
 
 
 def _same_vocab(path: Path, vocab: dict[str, Any]) -> None:
