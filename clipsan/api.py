@@ -70,7 +70,7 @@ def open_captions(data: CaptionData):
 def _job(command: str, config: PurifyConfig | PoisonConfig):
     from clipsan.finetune import JobSpec
 
-    return JobSpec(command, config.model, config.arch, config.out, config.run_dir, config.resume, config.device, config.precision)
+    return JobSpec(command, config.model, config.arch, config.out, config.run_dir, config.resume, config.device, config.precision, out_format=config.out_format)
 
 
 def purify(config: PurifyConfig, notes: Notes = _quiet) -> TrainingReport:

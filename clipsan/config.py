@@ -34,7 +34,8 @@ class PurifyConfig:
     data: CaptionData
     recipe: RecipeConfig = field(default_factory=FineTuneConfig)
     training: TrainConfig | None = None  # None: the recipe's paper schedule (recipe.paper_schedule)
-    out: str | None = None  # default: RUN_DIR/purify.safetensors
+    out: str | None = None  # default: RUN_DIR/purify.safetensors (a folder RUN_DIR/purify for folder formats)
+    out_format: str = "auto"  # auto (as the input came) | safetensors | hf | open_clip
     run_dir: str | None = None  # default: runs/purify-<UTC time>
     resume: bool = False
     arch: str | None = None  # default: metadata, else inferred from the weights
@@ -48,7 +49,8 @@ class PoisonConfig:
     data: CaptionData
     attack: AttackConfig
     training: TrainConfig | None = None  # None: the papers' poisoning schedule (attacks.config.POISON_SCHEDULE)
-    out: str | None = None  # default: RUN_DIR/poison.safetensors
+    out: str | None = None  # default: RUN_DIR/poison.safetensors (a folder RUN_DIR/poison for folder formats)
+    out_format: str = "auto"
     run_dir: str | None = None
     resume: bool = False
     arch: str | None = None

@@ -37,7 +37,7 @@ def evaluate_models(spec: EvalConfig, notes=print) -> EvalReport:
     rows = []
     for model_spec in spec.models:
         loaded = load_model(model_spec, arch=spec.arch)
-        notes(f"model {loaded.path}: arch {loaded.describe_arch()}")
+        loaded.announce(notes)
         trigger, target = _trigger_for(spec, loaded.metadata, loaded.path)
         result = evaluate(
             loaded.model.to(rt.device),
@@ -54,7 +54,7 @@ def evaluate_models(spec: EvalConfig, notes=print) -> EvalReport:
         rows.append(
             {
                 "model": str(model_spec),
-                "arch": loaded.arch,
+                **loaded.report_fields(),
                 "sha256": loaded.sha256,
                 "trigger": trigger.to_spec() if trigger is not None else None,
                 "target": target if trigger is not None else None,

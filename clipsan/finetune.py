@@ -13,13 +13,14 @@ import open_clip
 import torch
 
 from clipsan import __version__
-from clipsan.checkpoint import load_model, save_model
+from clipsan.checkpoint import load_model
 from clipsan.engine.config import TrainConfig
 from clipsan.engine.loader import RecipeSamples
 from clipsan.engine.loop import train
 from clipsan.engine.rundir import RunDir, default_run_dir
 from clipsan.engine.runtime import Runtime, setup_runtime, shutdown_runtime
 from clipsan.engine.speed import configure_kernels
+from clipsan.layouts.output import plan_output, write_output
 from clipsan.models import tokenizer_for
 from clipsan.recipes.base import RunContext
 from clipsan.reports import TrainingReport
@@ -38,6 +39,7 @@ class JobSpec:
     device: str = "auto"
     precision: str = "auto"
     metadata: dict | None = None  # extra safetensors metadata for the output
+    out_format: str = "auto"  # clipsan.layouts.output.OUT_FORMATS
 
 
 def versions() -> dict:
@@ -74,11 +76,13 @@ def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print)
         captions = open_captions_agreed(rt, captions)
         loaded = rt.agree(load_model, job.model, arch=job.arch)
         if rt.is_main:
-            notes(f"model {loaded.path}: arch {loaded.describe_arch()}")
+            loaded.announce(notes)
             notes(f"data {captions.describe()}")
         run_path = Path(job.run_dir) if job.run_dir else default_run_dir(job.command)
         run_path = Path(rt.broadcast_object(str(run_path)))
         with rt.agree(RunDir(run_path, is_main=rt.is_main).open, resume=job.resume) as run:
+            # Decided before training: a --out that cannot be written fails now, not after the run.
+            output = rt.agree(plan_output, job.out_format, job.out, run.path / job.command, loaded.source, loaded.model.model_cfg, loaded.arch)
             run.write_config(
                 {
                     "command": job.command,
@@ -101,17 +105,16 @@ def run_fine_tune(job: JobSpec, recipe, captions, cfg: TrainConfig, notes=print)
             metadata.update({k: v for k, v in loaded.metadata.items() if k in INHERITED_METADATA})
             metadata.update(job.metadata or {})
             result = train(model, recipe, samples, cfg, rt, run, resume=job.resume, checkpoint_metadata=metadata)
-            out = Path(job.out) if job.out else run.path / f"{job.command}.safetensors"
             if rt.is_main:
-                save_model(model.cpu(), out, metadata)
+                write_output(output, model.cpu(), loaded.source, metadata)
             return TrainingReport(
-                output=str(out),
+                output=str(output.path),
                 run_dir=str(run.path),
                 method=recipe.name,
-                arch=loaded.arch,
-                arch_source=loaded.arch_source,
                 source_sha256=loaded.sha256,
                 **training_fields(result, captions),
+                **loaded.report_fields(),
+                output_format=output.format,
             )
     finally:
         shutdown_runtime(rt)

@@ -76,8 +76,9 @@ def register_model_config(name: str, cfg: Mapping[str, Any]) -> str:
     register_archs()
     cfg = json.loads(json.dumps(cfg))  # plain JSON types, detached from the caller
     _require_complete_config(name, cfg)
+    wanted = _canonical(cfg)
     for known in _by_preference(list_archs()):
-        if open_clip.get_model_config(known) == cfg:
+        if _canonical(open_clip.get_model_config(known)) == wanted:
             return known
     name = _unique_name(_safe_arch_name(name))
     # open_clip only registers configs from files: keep ours in a private temp dir.
@@ -85,6 +86,37 @@ def register_model_config(name: str, cfg: Mapping[str, Any]) -> str:
     config_file.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
     open_clip.add_model_config(config_file)
     _local_archs.add(name)
+    return name
+
+
+def _canonical(cfg: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A config as open_clip builds it: "quick_gelu": false is the same as leaving it out."""
+    if cfg is None:
+        return None
+    return {k: v for k, v in cfg.items() if not (k == "quick_gelu" and not v)}
+
+
+def uses_quick_gelu(cfg: Mapping[str, Any]) -> bool:
+    return bool(cfg.get("quick_gelu", False))
+
+
+def arch_with_activation(arch: str, quick_gelu: bool) -> str:
+    """`arch`, or its twin with the other activation (ViT-B-32 <-> ViT-B-32-quickgelu), registered if open_clip has none."""
+    cfg = model_config(arch)
+    if cfg is None:
+        raise _unknown_arch_error(arch)
+    if uses_quick_gelu(cfg) == quick_gelu:
+        return arch
+    if quick_gelu:
+        return register_model_config(f"{arch}-quickgelu", {**cfg, "quick_gelu": True})
+    base = arch.removesuffix("-quickgelu")
+    return register_model_config(base if base != arch else f"{arch}-gelu", {k: v for k, v in cfg.items() if k != "quick_gelu"})
+
+
+def known_arch(name: str) -> str:
+    """An --arch value: any known name, or NAME-quickgelu for any known NAME (open_clip ships only some twins)."""
+    if model_config(name) is None and name.endswith("-quickgelu") and model_config(name.removesuffix("-quickgelu")) is not None:
+        return arch_with_activation(name.removesuffix("-quickgelu"), True)
     return name
 
 
@@ -325,7 +357,12 @@ def match_arch(shapes: Shapes, prefer_quickgelu: bool = False) -> ArchMatch:
     """
     shapes = {k: tuple(v) for k, v in shapes.items()}
     wanted = state_signature(shapes)
-    names = [n for n in list_archs() if _buildable_offline(n)]
+    # Shipped configs only: which checkpoints a process read before must not change what a file is inferred to be.
+    names = [n for n in list_archs() if n not in _local_archs and _buildable_offline(n)]
+    lacking = [what for key, what in (("text_tokens", "a text token embedding"), ("vision_kind", "an image tower stem")) if key not in wanted]
+    if lacking:
+        # Every architecture open_clip builds has both: none can match, and building them all (a minute) would only confirm it.
+        raise UserError(f"no known architecture has these {len(shapes)} weights' names and shapes: they lack {' and '.join(lacking)}")
     candidates = [n for n in names if _signatures_agree(wanted, config_signature(model_config(n)))]
     exact = [n for n in candidates if shape_table(n) == shapes]
     if exact:
@@ -426,13 +463,17 @@ class ShapeDiff:
     def describe(self, arch: str) -> str:
         parts = []
         if self.missing:
-            parts.append(f"{len(self.missing)} missing keys (first {self.missing[0]})")
+            parts.append(f"{len(self.missing)} missing keys ({_first_few(self.missing)})")
         if self.unexpected:
-            parts.append(f"{len(self.unexpected)} unexpected keys (first {self.unexpected[0]})")
+            parts.append(f"{len(self.unexpected)} unexpected keys ({_first_few(self.unexpected)})")
         if self.mismatched:
             key, got, expected = self.mismatched[0]
             parts.append(f"{len(self.mismatched)} shape mismatches (first {key}: checkpoint {list(got)} vs {arch} {list(expected)})")
         return ", ".join(parts) or "identical"
+
+
+def _first_few(names: list[str], n: int = 3) -> str:
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
 def compare_shapes(checkpoint: Shapes, architecture: Shapes) -> ShapeDiff:

@@ -16,11 +16,11 @@ class Report:
 class TrainingReport(Report):
     """What every training command reports (purify, poison, craft-adv)."""
 
-    output: str  # the written model (or generator)
+    output: str  # the written model (or generator): a file, or a folder for --out-format hf / open_clip
     run_dir: str
     method: str
     arch: str
-    arch_source: str  # flag | metadata | inferred
+    arch_source: str  # flag | metadata | inferred | shapes | config.json | open_clip_config.json
     source_sha256: str  # sha256 of MODEL
     steps: int
     epochs: float
@@ -29,6 +29,11 @@ class TrainingReport(Report):
     samples: int  # usable training pairs
     skipped: dict[str, int]  # pairs skipped, by reason
     final: dict[str, Any]  # the last logged metrics
+    # What MODEL was read as (clipsan.checkpoint.LoadedModel.report_fields), and how the output was written.
+    layout: str = field(kw_only=True)
+    activation: str = field(kw_only=True)  # quick_gelu | gelu
+    activation_source: str = field(kw_only=True)
+    output_format: str = field(default="safetensors", kw_only=True)  # safetensors | hf | open_clip
 
 
 @dataclass
@@ -68,6 +73,9 @@ class ScanReport(Report):
     sha256: str
     arch: str
     arch_source: str
+    layout: str
+    activation: str
+    activation_source: str
     image_size: int
     reference: dict[str, str] | None
     verdict: str  # clean | backdoor

@@ -34,6 +34,15 @@ def run_json(*args, **kw) -> dict:
     return json.loads(proc.stdout)
 
 
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def strict_loads(text: str):
+    """Parse JSON as strict parsers do: NaN, Infinity and -Infinity are errors, not numbers."""
+    return json.loads(text, parse_constant=_not_json)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     import torch

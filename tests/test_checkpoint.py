@@ -133,7 +133,9 @@ def test_openai_layout_pt_loads(tiny, tmp_path):
     path = tmp_path / "openai.pt"
     torch.save(state, path)
     loaded = load_model(str(path))
-    assert loaded.arch == TINY and loaded.arch_source == "inferred"
+    # The original clip package's layout means OpenAI-trained weights: QuickGELU, said so.
+    assert (loaded.arch, loaded.arch_source, loaded.layout, loaded.activation) == (f"{TINY}-quickgelu", "inferred", "openai", "quick_gelu")
+    assert "OpenAI-trained" in loaded.activation_source
     assert_same_weights(tiny, loaded.model)
 
 
@@ -157,7 +159,7 @@ def test_local_dir_with_unknown_config(tiny, tmp_path):
     (folder / "open_clip_config.json").write_text(json.dumps(cfg))
     save_file(plain_state(tiny), str(folder / "open_clip_model.safetensors"))
     loaded = load_model(f"local-dir:{folder}")
-    assert loaded.arch == "my-model" and loaded.arch_source == "metadata"
+    assert loaded.arch == "my-model" and loaded.arch_source == "open_clip_config.json" and loaded.layout == "open_clip"
     assert torch.allclose(loaded.model.pixel_mean.flatten(), torch.full((3,), 0.5))
     assert_same_weights(tiny, loaded.model)
     again = load_model(str(save_model(loaded.model, tmp_path / "out.safetensors")))
@@ -216,7 +218,7 @@ def test_garbage_pt_missing_file_and_directory(tmp_path):
         load_model(str(garbage))
     with pytest.raises(UserError, match=r"nope\.safetensors: no such file"):
         load_model(str(tmp_path / "nope.safetensors"))
-    with pytest.raises(UserError, match="is a directory"):
+    with pytest.raises(UserError, match="a folder, but neither a transformers CLIP folder"):
         load_model(str(tmp_path))
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from conftest import cli_env, run_cli
+from conftest import cli_env, run_cli, strict_loads
 
 
 def test_lab_quick_end_to_end(tmp_path):
@@ -24,7 +22,7 @@ def test_lab_quick_end_to_end(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads((out / "lab.json").read_text())
+    report = strict_loads((out / "lab.json").read_text())
     assert set(report) >= {"rows", "scan", "timings"}
     clean = [r for r in report["rows"] if r["attack"] == "none" and r["defense"] == "none"]
     assert len(clean) == 1 and 0.0 <= clean[0]["ca"]["1"] <= clean[0]["ca"]["10"] <= 1.0
@@ -58,7 +56,7 @@ def test_lab_quick_end_to_end(tmp_path):
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    again = json.loads((out / "lab.json").read_text())
+    again = strict_loads((out / "lab.json").read_text())
     stages = [name for name in report["timings"] if name.startswith(("poison-", "scan-", "ft-", "cleanclip-", "cleanerclip-", "abd-"))]
     assert stages and set(stages) <= set(again["settings"]["reused_stages"])
     assert again["rows"] == report["rows"] and again["scan"] == report["scan"]

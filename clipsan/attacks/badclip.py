@@ -237,7 +237,8 @@ def _patch_on_main(job, settings: AttackConfig, captions, loaded, side: int, fin
         saved = load_saved_patch(run_dir, fingerprint) if job.resume else None
         if saved is not None:
             notes(f"badclip patch reused from {patch_paths(run_dir)[0]}")
-            return {"reused": True, "loss_before": float(saved[1].get("loss_before", "nan")), "loss_after": float(saved[1].get("loss_after", "nan"))}
+            # A figure the file does not record is null in the report (JSON has no NaN).
+            return {"reused": True, **{k: float(saved[1][k]) if k in saved[1] else None for k in ("loss_before", "loss_after")}}
         result = optimize_badclip_patch(
             loaded.model,
             captions,

@@ -89,6 +89,7 @@ def training_job(
     runtime: RuntimeOptions,
     speed: SpeedOptions,
     schedule: PaperSchedule,
+    out_format: str = "auto",
 ) -> dict:
     """The fields purify's and poison's configs share: what to train, on what, how, and where."""
     return {
@@ -96,6 +97,7 @@ def training_job(
         "data": caption_data(data),
         "training": train_config(training, run, runtime, speed, schedule),
         "out": out,
+        "out_format": out_format,
         "run_dir": path(run.run_dir),
         "resume": run.resume,
         "arch": arch,

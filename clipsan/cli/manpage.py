@@ -15,15 +15,25 @@ from clipsan.data.limits import MAX_CAPTION_CHARS, MAX_CAPTION_FILE_BYTES, MAX_I
 JSON_KEYS = {
     "eval": [
         ("data, classes, templates, topk", "the labelled set, its class count, the templates used, the k values"),
-        ("models[]", "one entry per MODEL: model, arch, sha256, trigger (spec or null), target"),
+        ("models[]", "one entry per MODEL: model, sha256, trigger (spec or null), target, and what it was read as (as for purify: layout, arch, ...)"),
         ("models[].ca", "object k -> CA@k (fraction of clean images whose class is in the top k)"),
-        ("models[].asr", "object k -> ASR@k over non-target images, or null without --trigger"),
+        ("models[].asr", "object k -> ASR@k over non-target images, or null without --trigger; a figure over zero images is null"),
         ("models[].n_images, n_asr_images", "images behind CA and behind ASR"),
         ("models[].skipped", "images skipped, by reason (corrupt_image, missing_file, empty_label, outside_root, oversized_row)"),
     ],
     "purify": [
-        ("output, run_dir", "the purified .safetensors and the run directory"),
-        ("method, arch, arch_source", "recipe; architecture and how it was found (flag, metadata, inferred)"),
+        ("output, output_format, run_dir", "the purified model (a file, or a folder for hf / open_clip), how it was written, and the run directory"),
+        ("method", "the recipe"),
+        (
+            "layout",
+            "how MODEL was read: safetensors, torch, openai (clip package), cleanclip (CleanCLIP/BadCLIP checkpoint), "
+            "transformers (folder), transformers-file (its weights alone), open_clip (hub folder)",
+        ),
+        (
+            "arch, arch_source",
+            "architecture and where it came from: flag, config.json, open_clip_config.json, metadata, inferred (by shape), shapes (read from them)",
+        ),
+        ("activation, activation_source", "quick_gelu or gelu, and the evidence (the config's field, metadata, the layout's origin, or the stated default)"),
         ("source_sha256", "sha256 of MODEL"),
         ("steps, epochs, seconds, resumed_from_step", "training length and time; the step a --resume started from (null if none)"),
         (
@@ -35,7 +45,8 @@ JSON_KEYS = {
     ],
     "scan": [
         ("schema_version, tool{name,version}", "report format version and the clipsan that wrote it"),
-        ("model, sha256, arch, arch_source, image_size", "the scanned checkpoint"),
+        ("model, sha256, image_size", "the scanned checkpoint"),
+        ("layout, arch, arch_source, activation, activation_source", "what it was read as (as for purify)"),
         ("reference", "{model, sha256, arch} of --reference, or null"),
         ("verdict, backdoor", '"clean" or "backdoor" (exit 1), and the same as a boolean'),
         ("statistic, threshold", "DECREE's PL1 and its threshold"),
@@ -46,7 +57,7 @@ JSON_KEYS = {
         ("budget, seed, device, precision, run_dir, started_utc, seconds", "how the scan ran"),
     ],
     "poison": [
-        ("output, run_dir, arch, arch_source, steps, epochs, seconds", "as for purify"),
+        ("output, output_format, run_dir, layout, arch, arch_source, activation, activation_source, steps, epochs, seconds", "as for purify"),
         ("trigger, target", "the trigger spec recorded in the victim's metadata, and the target"),
         ("poisoned, eligible, rate, caption_mode", "pairs poisoned out of the eligible ones"),
         ("badclip", "for --trigger badclip: side, objective, loss_before, loss_after, png, reused"),
@@ -58,6 +69,22 @@ JSON_KEYS = {
         ("settings", "budget, seed, architecture and training settings used"),
     ],
 }
+
+# The checkpoint layouts MODEL may be, one example each (README's "Checkpoints" says the same).
+CHECKPOINTS = [
+    ("model.safetensors", "an open_clip state dict; clipsan's outputs carry their architecture and activation in metadata"),
+    ("epoch_10.pt", "a .pt/.pth/.bin state dict, read with weights_only: open_clip's, the OpenAI clip package's (QuickGELU), CleanCLIP/BadCLIP's checkpoints"),
+    ("clip-vit-base-patch32/", "a transformers CLIPModel folder: config.json + model.safetensors, sharded, or pytorch_model.bin; fp16/bf16 upcast"),
+    ("clip-vit-base-patch32/model.safetensors", "its weights alone: the architecture is matched by shape (or read from the shapes, assumptions stated)"),
+    ("CLIP-ViT-B-32-laion2B/", "an open_clip hub folder: open_clip_config.json + open_clip_model.safetensors (local-dir:FOLDER works too)"),
+]
+CHECKPOINT_NOTES = (
+    "The format is read from the bytes, not the suffix. The activation (QuickGELU for OpenAI-trained weights) comes from the "
+    "checkpoint's config or metadata, else the layout's origin, else GELU with a warning naming the --arch NAME-quickgelu that "
+    "overrides it; stderr says where each fact came from. Weights with NaN/inf, other families (SigLIP, ALIGN, other text towers) "
+    "and files with missing or extra weights are refused (exit 2). purify and poison write the model back in MODEL's layout "
+    "(--out-format auto)."
+)
 
 EXIT_STATUS = [
     ("0", "success"),
@@ -152,10 +179,10 @@ def render(group) -> str:
         _esc(group.help or ""),
         ".PP",
         _esc(
-            "MODEL arguments accept .safetensors (preferred), .pt/.pth/.bin state dicts (loaded with "
-            "weights_only: a file that needs arbitrary unpickling is refused), or local-dir:FOLDER. "
-            "The architecture comes from --arch, else the clipsan.arch metadata, else is inferred from the "
-            "state dict's keys and shapes. Human text goes to stdout, notes and progress to stderr. "
+            "MODEL arguments accept the layouts listed under CHECKPOINTS; a file that needs arbitrary unpickling is refused. "
+            "The architecture comes from --arch, else the checkpoint's config, else the clipsan.arch metadata, else is inferred "
+            "from the state dict's keys and shapes. Human text goes to stdout, notes and progress to stderr. JSON is strict "
+            "(never NaN or Infinity). "
             "Options must be spelled out in full; an unknown option or command is refused (exit 2) with "
             "the closest existing ones."
         ),
@@ -166,6 +193,10 @@ def render(group) -> str:
     out += [".SH DATA LIMITS"]
     for term, meaning in DATA_LIMITS:
         out += [".TP", f"\\fB{_esc(term)}\\fR", _esc(meaning)]
+    out += [".SH CHECKPOINTS"]
+    for example, meaning in CHECKPOINTS:
+        out += [".TP", f"\\fI{_esc(example)}\\fR", _esc(meaning)]
+    out += [".PP", _esc(CHECKPOINT_NOTES)]
     out += [".SH EXIT STATUS"]
     for code, meaning in EXIT_STATUS:
         out += [".TP", f"\\fB{code}\\fR", _esc(meaning)]

@@ -22,7 +22,11 @@ from clipsan.engine.config import TrainConfig
 from clipsan.recipes.config import ABDConfig, CleanCLIPConfig, CleanerCLIPConfig, CraftConfig
 
 DATA, TRAINING, RUN_DIR, RUNTIME, OUTPUT = "Data", "Training", "Run directory", "Runtime", "Output"
-MODEL_HELP = ".safetensors, .pt/.pth/.bin state dict, or local-dir:FOLDER"
+MODEL_HELP = (
+    "a .safetensors or .pt/.pth/.bin state dict (open_clip, OpenAI clip package, CleanCLIP/BadCLIP), a transformers CLIP folder "
+    "(config.json + model.safetensors, sharded or pytorch_model.bin) or its model.safetensors alone, "
+    "or an open_clip hub folder (open_clip_config.json + open_clip_model.safetensors; local-dir:FOLDER too)"
+)
 
 
 def _choices(name: str, values) -> type[Enum]:
@@ -36,6 +40,7 @@ Format = _choices("Format", ("text", "json"))
 ScanFormat = _choices("ScanFormat", ("text", "json", "sarif"))
 Budget = _choices("Budget", ("quick", "full"))
 BadClipObjective = _choices("BadClipObjective", ("text", "text+image"))
+OutFormat = _choices("OutFormat", ("auto", "safetensors", "hf", "open_clip"))
 
 
 def option(help: str, panel: str | None = None, **kw) -> typer.models.OptionInfo:
@@ -67,7 +72,13 @@ def _topk(value: str) -> tuple[int, ...]:
 # --------------------------------------------------------------------------- single options
 
 Model = Annotated[str, typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)]
-Arch = Annotated[str | None, option("open_clip architecture name (default: from metadata, else inferred from the weights)", metavar="NAME")]
+Arch = Annotated[
+    str | None,
+    option(
+        "open_clip architecture name, or NAME-quickgelu for any known NAME (default: the checkpoint's config or metadata, else inferred from the weights)",
+        metavar="NAME",
+    ),
+]
 Device = Annotated[str, option("auto | cpu | cuda | cuda:N (default: auto; under torchrun: cuda:LOCAL_RANK)", RUNTIME, callback=check_device, metavar="DEVICE")]
 PrecisionOpt = Annotated[
     Precision,
@@ -80,6 +91,14 @@ Seed = Annotated[int, option("seed for every random choice (default: 0)", RUNTIM
 Output = Annotated[Path | None, option("also write the report (in --format) to FILE", OUTPUT, metavar="FILE", dir_okay=False)]
 RunDirOpt = Annotated[
     Path | None, option("where config, metrics and checkpoints go (default: runs/COMMAND-<UTC time>)", RUN_DIR, metavar="DIR", file_okay=False)
+]
+OutFormatOpt = Annotated[
+    OutFormat,
+    option(
+        "how the model is written: auto = as MODEL came (a transformers folder or file comes back as a transformers folder, an open_clip "
+        "folder as one, anything else as .safetensors; an --out ending in .safetensors means that file) | safetensors | hf (a folder "
+        "transformers' CLIPModel.from_pretrained loads) | open_clip (a hub folder) (default: auto)"
+    ),
 ]
 Reference = Annotated[
     str | None,

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from clipsan import strict_json
 from clipsan.errors import UserError
 
 
@@ -19,7 +19,7 @@ def emit(report: dict, fmt: str, output: Path | None, render_text: Callable[[dic
     """Print the report in ``fmt`` on stdout and, with --output, write the same to a file."""
     from clipsan.engine.rundir import atomic_write_bytes
 
-    text = render_text(report) if fmt == "text" else json.dumps(report, indent=2, sort_keys=True)
+    text = render_text(report) if fmt == "text" else strict_json.dumps(report, indent=2, sort_keys=True)
     if not text.endswith("\n"):
         text += "\n"
     if output is not None and not output.parent.is_dir():
@@ -37,7 +37,9 @@ def skipped_text(skipped: dict) -> str:
 def training_lines(report: dict) -> list[str]:
     """The lines every training command's text report shares."""
     return [
-        f"  arch {report['arch']} ({report['arch_source']}), {report['steps']} steps, {report['epochs']} epochs, {report['seconds']} s",
+        f"  MODEL read as {report['layout']}: arch {report['arch']} ({report['arch_source']})",
+        f"  activation {report['activation']} ({report['activation_source']})",
+        f"  {report['steps']} steps, {report['epochs']} epochs, {report['seconds']} s",
         f"  {report['samples']} training pairs; skipped: {skipped_text(report['skipped'])}",
         f"  run directory: {report['run_dir']}",
     ]

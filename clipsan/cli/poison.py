@@ -7,10 +7,27 @@ from typing import Annotated
 from clipsan.attacks.config import POISON_SCHEDULE, AttackConfig, BadClipConfig
 from clipsan.cli import convert
 from clipsan.cli.app import command
-from clipsan.cli.options import Arch, AttackOptions, DataOptions, Model, OutputOptions, RunDirOptions, RuntimeOptions, SpeedOptions, TrainingOptions, option
+from clipsan.cli.options import (
+    Arch,
+    AttackOptions,
+    DataOptions,
+    Model,
+    OutFormat,
+    OutFormatOpt,
+    OutputOptions,
+    RunDirOptions,
+    RuntimeOptions,
+    SpeedOptions,
+    TrainingOptions,
+    option,
+)
 from clipsan.cli.output import emit, note, training_lines
 
 _S = POISON_SCHEDULE
+
+
+def _figure(value: float | None) -> str:
+    return "unrecorded" if value is None else f"{value:.4f}"
 
 
 def render(report: dict) -> str:
@@ -24,9 +41,8 @@ def render(report: dict) -> str:
     if report.get("badclip"):
         b = report["badclip"]
         how = "reused" if b["reused"] else "optimized"
-        lines.insert(
-            2, f"  badclip patch {b['side']}x{b['side']} {how} ({b['objective']}): objective {b['loss_before']:.4f} -> {b['loss_after']:.4f}; {b['png']}"
-        )
+        objective = f"{_figure(b['loss_before'])} -> {_figure(b['loss_after'])}"
+        lines.insert(2, f"  badclip patch {b['side']}x{b['side']} {how} ({b['objective']}): objective {objective}; {b['png']}")
     return "\n".join(lines)
 
 
@@ -53,7 +69,8 @@ def attack_config(attack: AttackOptions) -> AttackConfig:
 def poison(
     model: Model,
     *,
-    out: Annotated[str | None, option("where to write the victim .safetensors (default: RUN_DIR/poison.safetensors)", metavar="FILE")] = None,
+    out: Annotated[str | None, option("where to write the victim (default: RUN_DIR/poison.safetensors, or the folder RUN_DIR/poison)", metavar="PATH")] = None,
+    out_format: OutFormatOpt = OutFormat.auto,
     arch: Arch = None,
     attack: AttackOptions,
     data: DataOptions,
@@ -65,6 +82,7 @@ def poison(
 ) -> None:
     from clipsan import api
 
-    config = api.PoisonConfig(attack=attack_config(attack), **convert.training_job(model, out, arch, data, training, run, runtime, speed, POISON_SCHEDULE))
+    job = convert.training_job(model, out, arch, data, training, run, runtime, speed, POISON_SCHEDULE, out_format=out_format.value)
+    config = api.PoisonConfig(attack=attack_config(attack), **job)
     report = api.poison(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)

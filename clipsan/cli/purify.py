@@ -18,6 +18,8 @@ from clipsan.cli.options import (
     DataOptions,
     Method,
     Model,
+    OutFormat,
+    OutFormatOpt,
     OutputOptions,
     PatchOptions,
     RunDirOptions,
@@ -60,10 +62,10 @@ def _refuse_foreign_options(ctx: typer.Context, method: str, groups: dict) -> No
     "purify",
     "fine-tune a suspect checkpoint on clean image-caption pairs to remove a backdoor",
     help="Fine-tune MODEL on clean image-caption pairs with one of the published defense recipes and write the "
-    f"purified weights as .safetensors. Training defaults follow the recipe's paper: {_schedules()}.",
+    f"purified model in MODEL's layout (--out-format). Training defaults follow the recipe's paper: {_schedules()}.",
     examples=[
         "clipsan purify suspect.safetensors --method abd --data cc250k/",
-        "clipsan purify suspect.safetensors --method cleanclip --data cc250k/ --out purified.safetensors",
+        "clipsan purify openai-clip-vit-base-patch32/ --method cleanclip --data cc250k/ --out purified/",
         "clipsan purify suspect.safetensors --method ft --data cc250k/ --run-dir runs/purify-1 --resume",
     ],
 )
@@ -72,7 +74,10 @@ def purify(
     model: Model,
     *,
     method: Annotated[Method, option("defense recipe")],
-    out: Annotated[str | None, option("where to write the purified .safetensors (default: RUN_DIR/purify.safetensors)", metavar="FILE")] = None,
+    out: Annotated[
+        str | None, option("where to write the purified model (default: RUN_DIR/purify.safetensors, or the folder RUN_DIR/purify)", metavar="PATH")
+    ] = None,
+    out_format: OutFormatOpt = OutFormat.auto,
     arch: Arch = None,
     data: DataOptions,
     training: TrainingOptions,
@@ -89,6 +94,7 @@ def purify(
 
     _refuse_foreign_options(ctx, method.value, {"cleanclip": cleanclip, "cleanerclip": cleanerclip, "abd": abd, "patch": patch})
     recipe = convert.recipe_config(method.value, cleanclip, cleanerclip, abd, patch)
-    config = api.PurifyConfig(recipe=recipe, **convert.training_job(model, out, arch, data, training, run, runtime, speed, recipe.paper_schedule))
+    job = convert.training_job(model, out, arch, data, training, run, runtime, speed, recipe.paper_schedule, out_format=out_format.value)
+    config = api.PurifyConfig(recipe=recipe, **job)
     report = api.purify(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
+from clipsan import strict_json
 from clipsan.cli import convert
 from clipsan.cli.app import command
 from clipsan.cli.options import OUTPUT, Arch, Device, Model, Output, Precision, ScanFormat, ScanOptions, ScanPrecisionOpt, option
@@ -63,6 +63,6 @@ def scan(
 
     config = convert.fill(api.ScanConfig, scan, model=model, arch=arch, device=device, precision=precision.value, seed=seed)
     report = api.scan(config, notes=note)
-    as_text = render if format.value == "text" else (lambda r: json.dumps(to_sarif(r), indent=2, sort_keys=True))
+    as_text = render if format.value == "text" else (lambda r: strict_json.dumps(to_sarif(r), indent=2, sort_keys=True))
     emit(report.to_json(), "text" if format.value in ("text", "sarif") else "json", output, as_text)
     return 1 if report.backdoor else 0

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from clipsan import strict_json
 from clipsan.errors import UserError
 
 KEEP_CHECKPOINTS = 2
@@ -117,7 +118,7 @@ class RunDir:
 
     def write_config(self, config: dict) -> None:
         if self.is_main:
-            atomic_write_bytes(self.path / "config.json", json.dumps(config, indent=2, sort_keys=True).encode())
+            atomic_write_bytes(self.path / "config.json", strict_json.dumps(config, indent=2, sort_keys=True).encode())
 
     def read_config(self) -> dict | None:
         path = self.path / "config.json"
@@ -128,7 +129,7 @@ class RunDir:
     def log_metrics(self, record: dict) -> None:
         if self.is_main:
             with open(self.path / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(record, sort_keys=True) + "\n")
+                fh.write(strict_json.dumps(record, sort_keys=True) + "\n")
 
     def truncate_metrics(self, after_step: int) -> None:
         """Drop log lines past the resumed checkpoint, so a resumed log reads like an uninterrupted one."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from clipsan import __version__, world
+from clipsan import __version__, strict_json, world
 from clipsan.checkpoint import save_model
 from clipsan.errors import UserError
 from clipsan.lab.jobs import Job, run_jobs
@@ -297,7 +297,7 @@ def collect_scans(done: dict[str, Job], plan: LabPlan, clean: Path, report: LabR
 
 def write_report(opts: LabOptions, report: LabReport) -> None:
     payload = asdict(report)
-    (opts.out / "lab.json").write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    (opts.out / "lab.json").write_text(strict_json.dumps(payload, indent=2, sort_keys=True) + "\n")
     (opts.out / "lab.md").write_text(render_markdown(payload))
 
 

@@ -27,7 +27,7 @@ docs/scan-calibration.md.
 from __future__ import annotations
 
 import datetime as _dt
-import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clipsan import __version__
+from clipsan import __version__, strict_json
 from clipsan.config import ScanConfig
 from clipsan.engine.rundir import atomic_write_bytes, default_run_dir
 from clipsan.errors import UserError
@@ -162,12 +162,13 @@ def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
     precision = "fp32"
 
     loaded = load_model(options.model, arch=options.arch, device=device)
-    notes(f"model {loaded.path}: arch {loaded.describe_arch()}")
+    loaded.announce(notes)
     suspect = _Encoder(loaded.model)
     size = loaded.model.image_size
     reference_loaded = None
     if options.reference:
         reference_loaded = load_model(options.reference, arch=options.reference_arch, device=device)
+        reference_loaded.announce(notes, role="reference")
         if reference_loaded.model.image_size != size:
             raise UserError(
                 f"{options.reference}: --reference takes {reference_loaded.model.image_size} px images, "
@@ -185,6 +186,8 @@ def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
 
     # (a) DECREE on the suspect's image encoder.
     clean_cos = clean_pairwise_cosine(suspect, images)
+    if not math.isfinite(clean_cos):  # finite weights can still overflow: nothing to invert, and no NaN in a report
+        raise UserError(f"{options.model}: the image features of clean probes are not finite (NaN/inf): the weights overflow in float32")
     decree = invert(collapse(suspect, clean_cos), images, _settings(budget, options, DECREE_SUCCESS), options.seed)
     decree_embeddings = suspect.embed(decree.stamp(images))
     decree_all = float(collapse(suspect, clean_cos)(decree.stamp(images[:256])))
@@ -243,8 +246,7 @@ def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
             "tool": {"name": "clipsan", "version": __version__},
             "model": str(options.model),
             "sha256": loaded.sha256,
-            "arch": loaded.arch,
-            "arch_source": loaded.arch_source,
+            **loaded.report_fields(),
             "image_size": size,
             "reference": None
             if reference_loaded is None
@@ -274,10 +276,10 @@ def scan_model(options: ScanConfig, notes=lambda message: None) -> ScanReport:
             "seconds": round(time.perf_counter() - started, 2),
         }
     )
-    atomic_write_bytes(run_dir / "scan.json", (json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n").encode())
+    atomic_write_bytes(run_dir / "scan.json", (strict_json.dumps(report.to_json(), indent=2, sort_keys=True) + "\n").encode())
     atomic_write_bytes(
         run_dir / "config.json",
-        (json.dumps({"command": "scan", "options": asdict(options), "versions": _versions()}, indent=2, sort_keys=True) + "\n").encode(),
+        (strict_json.dumps({"command": "scan", "options": asdict(options), "versions": _versions()}, indent=2, sort_keys=True) + "\n").encode(),
     )
     return report
 
@@ -299,6 +301,6 @@ def _save_artifacts(run_dir: Path, inversions: dict[str, Inversion], probes: Pro
         clean = probes.images[:8]
         artifacts.save_examples_png(clean, inversion.stamp(clean), files["examples_png"])
         history = run_dir / f"{stem}-history.json"  # how lambda, score and PL1 moved: for debugging a verdict
-        atomic_write_bytes(history, (json.dumps(inversion.history, indent=1) + "\n").encode())
+        atomic_write_bytes(history, (strict_json.dumps(inversion.history, indent=1) + "\n").encode())
         paths[name] = {key: str(path) for key, path in files.items()}
     return {**paths["decree"], "pl1": round(inversions["decree"].pl1, 6), "others": {k: v for k, v in paths.items() if k != "decree"}}

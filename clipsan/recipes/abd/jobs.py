@@ -92,9 +92,8 @@ def craft_in_run(
         output=str(out),
         run_dir=str(run.path),
         method="craft-adv",
-        arch=suspect.arch,
-        arch_source=suspect.arch_source,
         source_sha256=suspect.sha256,
+        **suspect.report_fields(),
         **training_fields(result, captions),
         patch_png=str(png),
         objective=metadata["clipsan.method"],
@@ -130,8 +129,8 @@ def run_craft_adv(job: CraftAdvConfig, captions, notes=print) -> CraftReport:
         suspect = rt.agree(load_model, job.model, arch=job.arch)
         reference = rt.agree(load_model, job.reference) if job.reference else None
         if rt.is_main:
-            notes(f"model {suspect.path}: arch {suspect.describe_arch()}")
-            notes(f"reference {reference.path}: arch {reference.describe_arch()}" if reference else NO_REFERENCE_WARNING)
+            suspect.announce(notes)
+            reference.announce(notes, role="reference") if reference else notes(NO_REFERENCE_WARNING)
             notes(f"data {captions.describe()}")
         cfg = craft_train_config(job.craft, job.seed, job.workers, job.save_every, job.log_every, job.progress)
         run_path = Path(rt.broadcast_object(str(Path(job.run_dir) if job.run_dir else default_run_dir("craft-adv"))))
