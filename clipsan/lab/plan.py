@@ -137,6 +137,7 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
             # K/N = 1/10 of the defense set (the paper: 1000-3000 of 250K-500K pairs, on far longer captions)
             "cleanerclip": _DEFENSE_TRAINING + ["--subcaptions-per-epoch", str(defense_pairs // 10)],
             "abd": abd_args,
+            "abd_align": abd_args + ["--abd-objective", "align"],
         },
         scan_args=scan,
         ablations={} if quick else {attack: ablation_rows for attack in ("badnet", "badclip")},

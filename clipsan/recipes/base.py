@@ -65,6 +65,12 @@ class Recipe:
         """Work a recipe must do inside the run before training (after ``prepare``), e.g. ABD
         crafting its adversarial patch in a sub-folder of the run directory; resumable itself."""
 
+    def epoch_order(self, n: int, global_batch: int, seed: int):
+        """``None`` (batches are slices of the engine's seeded permutation), or a function
+        epoch -> that epoch's global batches concatenated, for recipes that compose their own
+        batches; it must depend on (seed, epoch) only, so resume and ``--workers`` cannot change it."""
+        return None
+
     def begin_epoch(self, epoch: int) -> None:
         """Hook for per-epoch choices made on the main process (must be deterministic in epoch)."""
 
