@@ -47,9 +47,9 @@ def test_full_budget_adds_the_abd_ablations_on_badnet_and_badclip_only():
     assert set(full.attacks) >= {"badnet", "blended", "badclip", "sig", "wanet", "label-consistent"}
     assert set(quick.attacks) == {"badnet", "blended", "badclip"}
     for attack in full.attacks:
-        extra = set(full.defenses_for(attack)) - {"ft", "cleanclip", "cleanerclip", "abd"}
+        extra = set(full.defenses_for(attack)) - {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"}
         assert extra == ({"abd_I_adv_only", "abd_T_eda_only", "abd_UAP_no_Lbd"} if attack in ("badnet", "badclip") else set())
-    assert all(set(quick.defenses_for(a)) == {"ft", "cleanclip", "cleanerclip", "abd"} for a in quick.attacks)
+    assert all(set(quick.defenses_for(a)) == {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"} for a in quick.attacks)
 
 
 @pytest.mark.parametrize("quick", [True, False])

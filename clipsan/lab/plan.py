@@ -108,7 +108,7 @@ def _poison_args(attack, quick: bool) -> list[str]:
 # quick badnet victim; at 5e-4 ft 0.72, cleanclip 0.13, cleanerclip 0.19, abd 0.00 (BENCHMARKS.md).
 _DEFENSE_TRAINING = ["--epochs", "2", "--batch-size", "64", "--lr", "5e-4", "--warmup", "10", "--save-every", "100000", "--log-every", "25"]
 # ABD crafts 100 steps of batch 16 first (~15-25 s on one thread), then fine-tunes on that budget.
-_ABD_ARGS = _DEFENSE_TRAINING + ["--craft-epochs", "1", "--craft-batch-size", "16", "--craft-max-steps", "100", "--adv-prob", "0.5"]
+_ABD_ARGS = _DEFENSE_TRAINING + ["--craft-epochs", "1", "--craft-batch-size", "16", "--craft-max-steps", "100"]
 
 
 def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None = None) -> LabPlan:
