@@ -128,8 +128,9 @@ def test_topology_term_has_advclips_magnitude_and_a_gradient():
 # --------------------------------------------------------------------------- the fine-tune's defaults and objectives
 
 
-def test_abd_defaults_are_the_papers():
+def test_abd_defaults_are_the_papers(config_of, tmp_path):
     config = ABDConfig()
+    assert config_of(["purify", "v.safetensors", "--method", "abd", "--data", tmp_path]).recipe == config  # what the command line gives
     assert config.adv_prob == 1.0 and config.eda and config.objective == "clip"  # every image patched, EDA on every caption
     s = ABDConfig.paper_schedule
     assert (s.epochs, s.batch_size, s.lr) == (10, 64, 3e-6)  # §III-A's defense phase

@@ -178,60 +178,28 @@ def _run_or_fail(jobs: list[Job], opts: LabOptions) -> dict[str, Job]:
 
 
 def stage_jobs(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path) -> list[Job]:
-    """Victims, their defenses and the scans, with their dependencies."""
+    """Victims, their defenses and the scans, with their dependencies.
+
+    Jobs start in list order as their inputs become ready: victims first, then the defenses
+    seed by seed (a lab stopped early has whole tables for its first seeds), then the scans.
+    """
     logs, runs, models = opts.out / "logs", opts.out / "runs", opts.out / "models"
     jobs: list[Job] = []
     for attack, poison_args in plan.attacks.items():
-        victim = models / f"victim-{attack}.safetensors"
-        jobs.append(
-            Job(
-                f"poison-{attack}",
-                [
-                    "poison",
-                    str(clean),
-                    "--data",
-                    str(files.train),
-                    "--out",
-                    str(victim),
-                    "--run-dir",
-                    str(runs / f"poison-{attack}"),
-                    *poison_args,
-                    *_common(opts),
-                ],
-                logs,
-                inputs=[files.stamp],
-            )
-        )
-        for defense, defense_args in plan.defenses_for(attack).items():
-            extra = ["--reference", str(clean)] if method_of(defense) == "abd" else []
-            for index, seed in enumerate(opts.defense_seed_values):
+        argv = ["poison", str(clean), "--data", str(files.train), "--out", str(models / f"victim-{attack}.safetensors")]
+        argv += ["--run-dir", str(runs / f"poison-{attack}"), *poison_args, *_common(opts)]
+        jobs.append(Job(f"poison-{attack}", argv, logs, inputs=[files.stamp]))
+    for index, seed in enumerate(opts.defense_seed_values):
+        for attack in plan.attacks:
+            for defense, defense_args in plan.defenses_for(attack).items():
                 name = defense_stage(defense, attack, index)
-                jobs.append(
-                    Job(
-                        name,
-                        [
-                            "purify",
-                            str(victim),
-                            "--method",
-                            method_of(defense),
-                            "--data",
-                            str(files.defense),
-                            "--out",
-                            str(defense_model(models, defense, attack, index)),
-                            "--run-dir",
-                            str(runs / name),
-                            *extra,
-                            *defense_args,
-                            *_common(opts, seed),
-                        ],
-                        logs,
-                        after=[f"poison-{attack}"],
-                        inputs=[files.stamp],
-                    )
-                )
-        if plan.scan_args is not None:
-            jobs.append(_scan_job(f"scan-{attack}", victim, opts, plan, files, clean, after=[f"poison-{attack}"]))
+                argv = ["purify", str(models / f"victim-{attack}.safetensors"), "--method", method_of(defense), "--data", str(files.defense)]
+                argv += ["--out", str(defense_model(models, defense, attack, index)), "--run-dir", str(runs / name)]
+                argv += ["--reference", str(clean)] if method_of(defense) == "abd" else []
+                jobs.append(Job(name, [*argv, *defense_args, *_common(opts, seed)], logs, after=[f"poison-{attack}"], inputs=[files.stamp]))
     if plan.scan_args is not None:
+        for attack in plan.attacks:
+            jobs.append(_scan_job(f"scan-{attack}", models / f"victim-{attack}.safetensors", opts, plan, files, clean, after=[f"poison-{attack}"]))
         jobs.append(_scan_job("scan-clean", clean, opts, plan, files, clean, after=[]))
     return jobs
 
