@@ -6,11 +6,15 @@ pairs. Recipes are timed in interleaved rounds and the median is reported;
 the ratio uses this process's CPU time (``time.process_time``), which other
 processes on a shared machine disturb far less than wall time (both shown).
 
+CleanerCLIP trains its K selected pairs of an epoch in batches of their own
+(``clipsan.recipes.cleanerclip.epoch_order``): ceil(K/B) of the epoch's N//B steps
+are "selected" batches (B pairs with sub-captions: 2B more caption encodings and
+L_p-n), the others plain CleanCLIP batches (L_p-n = 0). Both kinds are timed, and the
+epoch-average cost against cleanclip is reported for each K/N in ``--kn``.
+
 Data cost = one ``RecipeSamples[(epoch, index)]`` (resize, views, tokenisation)
-per sample, images already decoded. CleanerCLIP selects K of N pairs per epoch
-(default 1000 of 250K, as in the paper's CC500K-scale runs); its batch holds
-max(1, round(B·K/N)) selected pairs so the p-n path always runs, and the data
-column mixes selected and unselected samples at the rate K/N.
+per sample, images already decoded; for cleanerclip, a selected sample (sub-captions
+parsed cold) is timed apart and mixed in at the rate K/N.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/recipe_step_time.py [--quick]
 """
@@ -18,6 +22,7 @@ column mixes selected and unselected samples at the rate K/N.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
@@ -55,12 +60,6 @@ class WorldPairs:
         return self.load(index)[1]
 
 
-def batch_indices(batch: int, selected: frozenset[int], n_selected: int) -> list[int]:
-    chosen = sorted(selected)[:n_selected]
-    others = [i for i in range(batch + n_selected) if i not in selected][: batch - len(chosen)]
-    return chosen + others
-
-
 def frozen_bn_train(model) -> None:
     # As the engine trains by default: BatchNorm layers use running statistics.
     model.train()
@@ -69,14 +68,15 @@ def frozen_bn_train(model) -> None:
             layer.eval()
 
 
-def time_steps(model, recipes: dict, batches: dict, rt, rounds: int) -> dict[str, float]:
+def time_steps(model, steps: dict, rt, rounds: int) -> dict[str, tuple[float, float]]:
+    """Median (CPU s, wall s) of one optimizer step for each name -> (recipe, batch)."""
     # One optimizer for all: its cost does not depend on the recipe, and RN50's AdamW state is ~0.8 GB.
     optimizer = build_optimizer(model, 1e-9)
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in recipes}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in steps}
     for round_ in range(rounds + 1):  # round 0 warms up (allocations, optimizer state)
-        for name, recipe in recipes.items():
+        for name, (recipe, batch) in steps.items():
             wall, cpu = time.perf_counter(), time.process_time()
-            terms = recipe.loss_terms(model, batches[name], rt)
+            terms = recipe.loss_terms(model, batch, rt)
             optimizer.zero_grad(set_to_none=True)
             sum(terms.values()).backward()
             optimizer.step()
@@ -93,7 +93,7 @@ def time_views(samples: RecipeSamples, indices: list[int]) -> float:
     return (time.perf_counter() - start) / len(indices)
 
 
-def bench(arch: str, batch: int, rounds: int, k: int, n: int, view_samples: int) -> list[dict]:
+def bench(arch: str, batch: int, rounds: int, k: int, n: int, view_samples: int) -> tuple[list[dict], dict]:
     rt = setup_runtime("cpu", "fp32")
     torch.manual_seed(0)
     model = create_model(arch)
@@ -102,23 +102,28 @@ def bench(arch: str, batch: int, rounds: int, k: int, n: int, view_samples: int)
     recipes = {"ft": FineTune(), "cleanclip": CleanCLIP(), "cleanerclip": CleanerCLIP(CleanerCLIPConfig(subcaptions_per_epoch=k))}
     for recipe in recipes.values():
         recipe.prepare(pairs)
-    selected = epoch_subset(n, k, SEED, EPOCH)
-    n_selected = max(1, round(batch * k / n))
-    indices = batch_indices(batch, selected, n_selected)
+    selected = sorted(epoch_subset(n, k, SEED, EPOCH))
+    ordinary = [i for i in range(4 * batch) if i not in set(selected)][:batch]
     samples = {name: RecipeSamples(pairs, r, model.image_size, tokenize, SEED) for name, r in recipes.items()}
-    batches = {name: collate([s[(EPOCH, i)] for i in indices]) for name, s in samples.items()}
 
+    def batch_of(name: str, indices: list[int]) -> dict:
+        return collate([samples[name][(EPOCH, i)] for i in indices])
+
+    steps_timed = {name: (recipes[name], batch_of(name, ordinary)) for name in recipes}
+    steps_timed["cleanerclip, selected batch"] = (recipes["cleanerclip"], batch_of("cleanerclip", selected[:batch]))
     frozen_bn_train(model)
-    steps = time_steps(model, recipes, batches, rt, rounds)
+    steps = time_steps(model, steps_timed, rt, rounds)
 
     # Data cost: unselected samples, and (cleanerclip) selected ones with a cold parse cache.
-    plain = [i for i in range(batch + n_selected, batch + n_selected + 4 * view_samples) if i not in selected][:view_samples]
-    fresh_selected = sorted(selected)[n_selected : n_selected + max(4, view_samples // 4)]
+    plain = [i for i in range(4 * batch, 12 * batch + 4 * view_samples) if i not in set(selected)][:view_samples]
+    fresh_selected = selected[batch : batch + max(4, view_samples // 4)]
     rows = []
-    for name in recipes:
-        per_sample = time_views(samples[name], plain)
-        if name == "cleanerclip":
-            per_selected = time_views(samples[name], fresh_selected)
+    for name in steps:
+        recipe_name = name.split(",")[0]
+        per_sample = time_views(samples[recipe_name], plain)
+        per_selected = None
+        if recipe_name == "cleanerclip":
+            per_selected = time_views(samples[recipe_name], fresh_selected)
             per_sample = per_sample * (1 - k / n) + per_selected * (k / n)
         data_step = per_sample * batch / 2  # two loader workers, perfectly parallel
         rows.append(
@@ -132,35 +137,51 @@ def bench(arch: str, batch: int, rounds: int, k: int, n: int, view_samples: int)
                 "views_ms": per_sample * 1e3,
                 "data_s": data_step,
                 "keeps_up": data_step <= steps[name][0],
-                "selected_ms": per_selected * 1e3 if name == "cleanerclip" else None,
+                "selected_ms": per_selected * 1e3 if per_selected is not None else None,
             }
         )
-    return rows
+    return rows, {name: t[0] for name, t in steps.items()}
+
+
+def epoch_average(cpu: dict, batch: int, k: int, n: int) -> tuple[int, int, float]:
+    """(selected batches, steps) of an epoch at K/N, and cleanerclip's epoch-average step over cleanclip's."""
+    per_epoch, own = n // batch, math.ceil(k / batch)
+    average = (own * cpu["cleanerclip, selected batch"] + (per_epoch - own) * cpu["cleanerclip"]) / per_epoch
+    return own, per_epoch, average / cpu["cleanclip"]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny arch only")
     p.add_argument("--rounds", type=int, default=5, help="timed rounds for the tiny arch (RN50: 2)")
-    p.add_argument("--k", type=int, default=1000, help="cleanerclip --subcaptions-per-epoch")
+    p.add_argument("--k", type=int, default=1000, help="cleanerclip --subcaptions-per-epoch for the data column")
     p.add_argument("--n", type=int, default=250_000, help="dataset size the K is drawn from")
+    p.add_argument("--kn", nargs="+", default=["1000/250000", "3000/500000"], help="K/N pairs for the epoch-average cost")
     args = p.parse_args()
 
-    rows = bench("clipsan-tiny-rn", 128, args.rounds, args.k, args.n, view_samples=128)
-    if not args.quick:
-        rows += bench("RN50", 16, 2, args.k, args.n, view_samples=32)
+    runs = [("clipsan-tiny-rn", 128, args.rounds, 128)] + ([] if args.quick else [("RN50", 16, 2, 32)])
+    results = [(arch, b, *bench(arch, b, rounds, args.k, args.n, view_samples=v)) for arch, b, rounds, v in runs]
 
-    print(f"CPU fp32, torch threads {torch.get_num_threads()}, K/N = {args.k}/{args.n}\n")
+    print(f"CPU fp32, torch threads {torch.get_num_threads()}, data column at K/N = {args.k}/{args.n}\n")
     print("| arch | batch | recipe | step CPU s | step wall s | × ft (CPU) | views ms/sample | data s/step, 2 workers | workers keep up |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['arch']} | {r['batch']} | {r['recipe']} | {r['cpu_s']:.3f} | {r['wall_s']:.3f} | {r['ratio']:.2f} | "
-            f"{r['views_ms']:.2f} | {r['data_s']:.3f} | {'yes' if r['keeps_up'] else 'NO'} |"
-        )
-    for r in rows:
-        if r["selected_ms"] is not None:
-            print(f"\n{r['arch']}: a selected cleanerclip sample (sub-captions, cold parse) costs {r['selected_ms']:.1f} ms")
+    for _, _, rows, _ in results:
+        for r in rows:
+            print(
+                f"| {r['arch']} | {r['batch']} | {r['recipe']} | {r['cpu_s']:.3f} | {r['wall_s']:.3f} | {r['ratio']:.2f} | "
+                f"{r['views_ms']:.2f} | {r['data_s']:.3f} | {'yes' if r['keeps_up'] else 'NO'} |"
+            )
+    print("\n| arch | batch | K/N | selected batches / steps per epoch | cleanerclip epoch-average step / cleanclip step |")
+    print("|---|---|---|---|---|")
+    for arch, b, _, cpu in results:
+        for kn in args.kn:
+            k, n = map(int, kn.split("/"))
+            own, per_epoch, ratio = epoch_average(cpu, b, k, n)
+            print(f"| {arch} | {b} | {k}/{n} | {own} / {per_epoch} | {ratio:.4f} ({100 * (ratio - 1):+.2f}%) |")
+    for _, _, rows, _ in results:
+        for r in rows:
+            if r["selected_ms"] is not None and r["recipe"] == "cleanerclip":
+                print(f"\n{r['arch']}: a selected cleanerclip sample (sub-captions, cold parse) costs {r['selected_ms']:.1f} ms")
 
 
 if __name__ == "__main__":

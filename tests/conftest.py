@@ -72,3 +72,30 @@ def eval_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("eval")
     world.write_eval_set(root, 3, seed=1)
     return root
+
+
+class _Parsed(Exception):
+    """Raised by the stand-in API call: carries the config the command line built."""
+
+    def __init__(self, config):
+        self.config = config
+
+
+@pytest.fixture
+def config_of(monkeypatch):
+    """``config_of(argv)``: the API config ``clipsan ARGV`` builds; the command stops before any work."""
+    from clipsan import api
+    from clipsan.cli import main
+
+    def capture(config, notes=None):
+        raise _Parsed(config)
+
+    for name in ("purify", "poison", "scan"):
+        monkeypatch.setattr(api, name, capture)
+
+    def parse(argv: list[str]):
+        with pytest.raises(_Parsed) as parsed:
+            main([str(a) for a in argv])
+        return parsed.value.config
+
+    return parse

@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clipsan.engine.loader import Sample, to_device
+from clipsan.engine.runtime import Runtime
 from clipsan.recipes.abd.advclip import (
     CraftFeatures,
     Discriminator,
@@ -21,7 +23,13 @@ from clipsan.recipes.abd.advclip import (
     backdoor_loss,
     generator_terms,
     paste,
+    topology_loss,
 )
+from clipsan.recipes.abd.patch import AdvPatch
+from clipsan.recipes.abd.recipe import ABD
+from clipsan.recipes.cleanclip import CleanCLIP
+from clipsan.recipes.config import ABDConfig, CraftConfig
+from clipsan.text.eda import eda
 from conftest import cli_env
 
 
@@ -65,6 +73,142 @@ def test_backdoor_loss_on_a_hand_made_example():
     feats = CraftFeatures(clean_images=torch.randn(2, 2), captions=torch.randn(2, 2), adv_images=suspect, reference_adv=reference)
     assert generator_terms(feats, bd_weight=4.0)["bd"].item() == pytest.approx(-4.0 * expected, rel=1e-6)
     assert "bd" not in generator_terms(CraftFeatures(feats.clean_images, feats.captions, suspect), bd_weight=4.0)
+
+
+# --------------------------------------------------------------------------- AdvCLIP's topology term
+
+
+def advclip_umap_by_hand(output: list[list[float]], target: list[list[float]], eps: float = 1e-7) -> float:
+    """AdvCLIP's ``umap(output, target)`` as REFERENCE.md states it, in plain float64 Python loops."""
+
+    def neighbours(rows):
+        n = len(rows)
+        unit = [[v / (math.sqrt(sum(x * x for x in row)) + eps) for v in row] for row in rows]
+        distance = [[1.0 - sum(a * b for a, b in zip(unit[i], unit[j])) for j in range(n)] for i in range(n)]
+        for i in range(n):
+            distance[i][i] = 3.0
+            nearest = min(distance[i])
+            distance[i] = [d - nearest for d in distance[i]]
+            distance[i][i] = 0.0
+        similarity = [[((1.0 - d) + 1.0) / 2.0 for d in row] for row in distance]
+        return [[v / sum(row) for v in row] for row in similarity]
+
+    p, q = neighbours(target), neighbours(output)
+    total = 0.0
+    for p_row, q_row in zip(p, q):
+        for a, b in zip(p_row, q_row):
+            total += a * (math.log(a + eps) - math.log(b + eps)) + (1 - a) * (math.log(1 - a + eps) - math.log(1 - b + eps))
+    return total
+
+
+@pytest.mark.parametrize("n, dim, seed", [(16, 8, 0), (16, 128, 1), (5, 3, 2), (64, 32, 3)])
+def test_topology_term_matches_advclips_formula_on_random_inputs(n, dim, seed):
+    g = torch.Generator().manual_seed(seed)
+    output, target = torch.randn(n, dim, generator=g) * 3, torch.randn(n, dim, generator=g)
+    expected = advclip_umap_by_hand(output.double().tolist(), target.double().tolist())
+    assert topology_loss(output, target).item() == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    assert topology_loss(target, target).item() == pytest.approx(0.0, abs=1e-4)  # identical structure: no loss
+    # in the generator objective: -(umap(f(x), f(x')) + 5 umap(f(x'), g(t))), weight 1 (AdvCLIP's delta, gamma)
+    clean, captions, adv = (torch.randn(n, dim, generator=g) for _ in range(3))
+    topo = generator_terms(CraftFeatures(clean, captions, adv), bd_weight=0.0)["topo"].item()
+    by_hand = advclip_umap_by_hand(clean.tolist(), adv.tolist()) + 5 * advclip_umap_by_hand(adv.tolist(), captions.tolist())
+    assert topo == pytest.approx(-by_hand, rel=1e-4)
+
+
+def test_topology_term_has_advclips_magnitude_and_a_gradient():
+    # Summed over n^2 entries of near-uniform rows, the term is small next to 10 x InfoNCE (as in AdvCLIP).
+    g = torch.Generator().manual_seed(0)
+    adv = torch.randn(16, 128, generator=g, requires_grad=True)
+    terms = generator_terms(CraftFeatures(torch.randn(16, 128, generator=g), torch.randn(16, 128, generator=g), adv), bd_weight=0.0)
+    assert abs(terms["topo"].item()) < 0.1 * abs(terms["adv_image"].item())
+    terms["topo"].backward()
+    assert adv.grad is not None and adv.grad.abs().sum() > 0
+
+
+# --------------------------------------------------------------------------- the fine-tune's defaults and objectives
+
+
+def test_abd_defaults_are_the_papers(config_of, tmp_path):
+    config = ABDConfig()
+    assert config_of(["purify", "v.safetensors", "--method", "abd", "--data", tmp_path]).recipe == config  # what the command line gives
+    assert config.adv_prob == 1.0 and config.eda and config.objective == "clip"  # every image patched, EDA on every caption
+    s = ABDConfig.paper_schedule
+    assert (s.epochs, s.batch_size, s.lr) == (10, 64, 3e-6)  # §III-A's defense phase
+    craft = CraftConfig()
+    assert (craft.epochs, craft.batch_size, craft.lr, craft.patch_area) == (20, 16, 2e-4, 0.03)  # AdvCLIP's training, magnitude 0.03
+
+
+def _abd_with_patch(**kw) -> ABD:
+    recipe = ABD(ABDConfig(**kw))
+    recipe.patch = AdvPatch(torch.ones(3, 5, 5), PatchBox.for_image(32))
+    return recipe
+
+
+def _sample(index: int, caption: str = "a small red circle above a blue square on a gray background") -> Sample:
+    pixels8 = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(index))
+    return Sample(pixels8, None, caption, index, 0, 0)
+
+
+def _views(recipe: ABD, sample: Sample) -> dict:
+    """One sample's views as the loss sees them: shipped by a worker, then finished on the device."""
+    views = recipe.views(sample)
+    host = {name: value[None] for name, value in views.items() if torch.is_tensor(value)}
+    batch = recipe.device_views(to_device(host, torch.device("cpu")), host)
+    return {**views, **{name: value[0] for name, value in batch.items()}}
+
+
+def test_by_default_every_image_carries_the_patch_and_every_caption_gets_eda():
+    recipe = _abd_with_patch()
+    box = recipe.patch.box
+    for index in range(40):
+        sample = _sample(index)
+        views = _views(recipe, sample)
+        assert torch.equal(box.crop(views["image"]), torch.ones(3, 5, 5))
+        assert views["text"] == eda(sample.caption, sample.rng("abd-eda"))
+    half = _abd_with_patch(adv_prob=0.5)
+    patched = sum(torch.equal(half.patch.box.crop(_views(half, _sample(i))["image"]), torch.ones(3, 5, 5)) for i in range(40))
+    assert 10 < patched < 30
+
+
+class FlatClip(torch.nn.Module):
+    """Features are normalised linear maps of the flattened inputs (texts are float rows here)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.image_proj = torch.nn.Parameter(torch.randn(3 * 32 * 32, 8, generator=g))
+        self.text_proj = torch.nn.Parameter(torch.randn(6, 8, generator=g))
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(10.0)))
+
+    def encode_image(self, x):
+        return torch.nn.functional.normalize(x.flatten(1) @ self.image_proj, dim=-1)
+
+    def encode_text(self, x):
+        return torch.nn.functional.normalize(x.float() @ self.text_proj, dim=-1)
+
+
+@pytest.mark.parametrize("eda_on", [True, False])
+def test_align_objective_is_cleanclip_with_the_adversarial_view(eda_on):
+    clip_mode, align = _abd_with_patch(eda=eda_on), _abd_with_patch(eda=eda_on, objective="align")
+    sample = _sample(3)
+    plain, aligned = _views(clip_mode, sample), _views(align, sample)
+    # align keeps the original pair and takes clip's (patched image, EDA caption) as its views
+    assert torch.equal(aligned["image"], sample.pixels) and aligned["text"] == sample.caption
+    assert torch.equal(aligned["image_aug"], plain["image"]) and aligned["text_aug"] == plain["text"]
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "image": torch.rand(6, 3, 32, 32, generator=g),
+        "image_aug": torch.rand(6, 3, 32, 32, generator=g),
+        "text": torch.randn(6, 6, generator=g),
+        "text_aug": torch.randn(6, 6, generator=g),
+    }
+    cpu = Runtime(torch.device("cpu"), "fp32")
+    terms = align.loss_terms(FlatClip(), batch, cpu)
+    reference = CleanCLIP().loss_terms(FlatClip(), batch, cpu)
+    assert set(terms) == ({"clip", "inmodal_image", "inmodal_text"} if eda_on else {"clip", "inmodal_image"})
+    for name in terms:
+        assert terms[name].item() == pytest.approx(reference[name].item(), rel=1e-6)
+    assert set(clip_mode.loss_terms(FlatClip(), {"image": batch["image"], "text": batch["text"]}, cpu)) == {"clip"}
 
 
 # --------------------------------------------------------------------------- resume through the CLI

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsan.engine.loader import Sample
+from clipsan.engine.loader import EpochBatchSampler, Sample
 from clipsan.engine.runtime import Runtime
 from clipsan.recipes import METHODS, recipe_classes
+from clipsan.recipes import cleanerclip as cleanerclip_module
 from clipsan.recipes.augment import auto_augment
 from clipsan.recipes.cleanclip import CleanCLIP
 from clipsan.recipes.cleanerclip import CleanerCLIP, epoch_subset
@@ -278,6 +279,85 @@ def test_cleanerclip_selects_k_per_epoch_deterministically(pairs):
             assert views["subcaption_pos"] == views["subcaption_neg"] == ""
 
 
+# --- CleanerCLIP's schedule: the K selected pairs in batches of their own ---------------------
+
+
+class Sized:
+    """Stands in for a caption dataset where only its size matters."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def epoch_batches(recipe, n: int, batch: int, epochs: int, seed: int = 0, world_size: int = 1) -> list[list[list[tuple[int, int]]]]:
+    """Every rank's batches, as the engine's sampler yields them with the recipe's epoch order."""
+    steps = (n // batch) * epochs
+    return [
+        list(EpochBatchSampler(n, batch, seed, steps, rank=rank, world_size=world_size, epoch_order=recipe.epoch_order(n, batch, seed)))
+        for rank in range(world_size)
+    ]
+
+
+def schedule_batch(recipe, keys: list[tuple[int, int]], seed: int) -> dict:
+    """A batch with random 4-d 'views' and the recipe's real selection mask for these keys."""
+    g = torch.Generator().manual_seed(len(keys))
+    rows = {k: torch.randn(len(keys), 4, generator=g) for k in ("image", "image_aug", "text", "text_aug", "subcaption_pos", "subcaption_neg")}
+    rows["subcaption_mask"] = torch.tensor([int(index in recipe.selected(seed, epoch)) for epoch, index in keys])
+    return rows
+
+
+@pytest.mark.parametrize("k, contrast", [(20, 16), (5, 5)])
+def test_every_selected_pair_is_in_an_lpn_contrast_set_of_the_configured_size(monkeypatch, k, contrast):
+    n, batch = 2000, 16
+    recipe = CleanerCLIP(CleanerCLIPConfig(subcaptions_per_epoch=k))
+    recipe.prepare(Sized(n))
+    sizes = []
+    real = cleanerclip_module.positive_negative_loss
+    monkeypatch.setattr(cleanerclip_module, "positive_negative_loss", lambda images, *rest: sizes.append(images.shape[0]) or real(images, *rest))
+    (batches,) = epoch_batches(recipe, n, batch, epochs=2)
+    assert len(batches) == 2 * (n // batch) and all(len(b) == batch for b in batches)
+    model = LinearClip(dim=4, seed=0)
+    for epoch in (0, 1):
+        chosen = recipe.selected(0, epoch)
+        mine = [b for b in batches if b[0][0] == epoch]
+        trained = set()
+        for keys in mine:
+            held = [index for _, index in keys if index in chosen]
+            assert len(held) in (0, contrast)  # a batch holds no selected pair, or a whole contrast set
+            if held:
+                terms = recipe.loss_terms(model, schedule_batch(recipe, keys, 0), CPU)
+                assert terms["pn_i2t"] > 0 and terms["pn_t2i"] > 0
+                assert len(set(held)) == contrast  # no pair twice in one contrast set
+                trained |= set(held)
+        assert trained == chosen  # every selected pair reaches L_p-n in its epoch
+        assert sum(any(i in chosen for _, i in keys) for keys in mine) == math.ceil(k / batch)
+    assert sizes and set(sizes) == {contrast}
+
+
+def test_selected_batches_are_interleaved_and_split_evenly_across_processes():
+    n, batch, k = 2000, 16, 40
+    recipe = CleanerCLIP(CleanerCLIPConfig(subcaptions_per_epoch=k))
+    recipe.prepare(Sized(n))
+    (single,) = epoch_batches(recipe, n, batch, epochs=1)
+    chosen = recipe.selected(0, 0)
+    at = [step for step, keys in enumerate(single) if any(i in chosen for _, i in keys)]
+    assert at == [20, 62, 104]  # 3 batches spread over the epoch's 125 steps, not bunched
+    # two processes: each takes its half of every global batch; together they are the single-process batches
+    ranks = epoch_batches(recipe, n, batch, epochs=1, world_size=2)
+    assert [a + b for a, b in zip(*ranks)] == single
+    # a run resumed mid-epoch sees exactly the batches an uninterrupted one would
+    resumed = list(EpochBatchSampler(n, batch, 0, n // batch, start_step=50, epoch_order=recipe.epoch_order(n, batch, 0)))
+    assert resumed == single[50:]
+
+
+def test_recipes_without_selected_pairs_keep_the_engines_batches():
+    assert CleanCLIP().epoch_order(100, 16, 0) is None
+    assert CleanerCLIP(CleanerCLIPConfig(subcaptions_per_epoch=0)).epoch_order(100, 16, 0) is None
+
+
 def test_registry_and_paper_defaults():
     assert set(METHODS) == set(recipe_classes()) == {"ft", "cleanclip", "cleanerclip", "abd"}
     for name, cls in recipe_classes().items():  # each recipe is built from its own config
@@ -338,6 +418,8 @@ def test_purify_cleanclip_and_cleanerclip_end_to_end(tiny_model, caption_data, t
             assert {f"loss_{t}" for t in expected[method]} <= record.keys()
             assert record["loss"] == pytest.approx(sum(record[f"loss_{t}"] for t in expected[method]), rel=1e-5)
         if method == "cleanerclip":
-            assert any(r["loss_pn_i2t"] > 0 for r in lines)
+            # 64 pairs, batch 16: 4 steps per epoch; the 32 selected pairs fill 2 batches of their own at
+            # steps 1 and 3 (0-based), so of the 3 steps run only the second has L_p-n.
+            assert [r["loss_pn_i2t"] > 0 for r in lines] == [False, True, False]
             config = json.loads((tmp_path / method / "config.json").read_text())
             assert config["recipe"]["subcaptions_per_epoch"] == 32 and config["recipe"]["beta"] == 2.0

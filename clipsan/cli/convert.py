@@ -128,4 +128,6 @@ def recipe_config(method: str, cleanclip: CleanCLIPOptions, cleanerclip: Cleaner
             cleanerclip.beta,
         )
     craft = craft_config(patch, epochs=abd.craft_epochs, batch_size=abd.craft_batch_size, max_steps=abd.craft_max_steps)
-    return ABDConfig(generator=path(abd.generator), reference=patch.reference, adv_prob=abd.adv_prob, eda=not abd.no_eda, craft=craft)
+    return ABDConfig(
+        generator=path(abd.generator), reference=patch.reference, adv_prob=abd.adv_prob, eda=not abd.no_eda, objective=abd.abd_objective.value, craft=craft
+    )

@@ -10,6 +10,9 @@ from clipsan.cli.options import RUNTIME, OutputOptions, Seed, check_device, flag
 from clipsan.cli.output import emit, note
 
 LAB = "Lab"
+# Defense seeds per budget: a short high-lr fine-tune amplifies float differences, so one run cannot
+# rank defenses (BENCHMARKS.md); the quick budget keeps one to stay within its 15 minutes.
+DEFENSE_SEEDS = {"quick": 1, "full": 3}
 
 
 @command(
@@ -36,6 +39,14 @@ def lab(
     device: Annotated[str, option("auto | cpu | cuda | cuda:N (default: cpu, the lab is tiny)", RUNTIME, callback=check_device, metavar="DEVICE")] = "cpu",
     seed: Seed = 0,
     parallel: Annotated[int, positive("stage processes run side by side (default: 2)", RUNTIME)] = 2,
+    defense_seeds: Annotated[
+        int | None,
+        positive(
+            "run every defense with N seeds (SEED, SEED+1, ...; victims fixed) and report mean and range "
+            f"(default: {DEFENSE_SEEDS['quick']} with --quick, {DEFENSE_SEEDS['full']} in the full budget)",
+            LAB,
+        ),
+    ] = None,
 ) -> None:
     from clipsan.engine.rundir import default_run_dir
     from clipsan.lab import LabOptions, render_markdown, run_lab
@@ -51,6 +62,7 @@ def lab(
         max_steps=max_steps,
         eval_per_class=eval_per_class,
         use_cache=not no_cache,
+        defense_seeds=defense_seeds or DEFENSE_SEEDS["quick" if quick else "full"],
     )
     report = run_lab(opts, notes=note)
     emit(report, output.format.value, output.output, render_markdown)

@@ -63,10 +63,14 @@ JSON_KEYS = {
         ("badclip", "for --trigger badclip: side, objective, loss_before, loss_after, png, reused"),
     ],
     "lab": [
-        ("rows[]", "attack, defense, model, ca {k: fraction}, asr {k: fraction} or null, n_images"),
+        (
+            "rows[]",
+            "attack, defense, model (first seed's), n_images; ca {k: fraction} and asr {k: fraction} or null: means over the defense seeds; "
+            "ca_range, asr_range {k: [min, max]}; seeds[] {seed, model, ca, asr, n_images}: one per defense seed (one for clean and victim rows)",
+        ),
         ("scan[]", "model, attack, verdict, statistic, threshold, target_guess"),
         ("timings", "seconds per stage and in total"),
-        ("settings", "budget, seed, architecture and training settings used"),
+        ("settings", "budget, seed, defense_seeds[], architecture and every stage's flags (plan)"),
     ],
 }
 
@@ -215,6 +219,9 @@ def render(group) -> str:
         ".TP",
         "\\fI$XDG_CACHE_HOME/clipsan/lab/\\fR",
         _esc("clean lab models, keyed by world, architecture and training settings."),
+        ".TP",
+        "\\fIOUT/lab.json\\fR, \\fIOUT/lab.md\\fR, \\fIOUT/pareto.png\\fR",
+        _esc("the lab's report: JSON, the tables (mean and range over defense seeds, the target check), and per attack each defense's (CA@1, ASR@1)."),
         ".SH SEE ALSO",
         "README.md in the clipsan distribution.",
     ]

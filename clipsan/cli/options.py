@@ -19,7 +19,7 @@ from clipsan.attacks.config import AttackConfig, BadClipConfig
 from clipsan.config import EvalConfig
 from clipsan.data.limits import MAX_IMAGE_PIXELS, PILLOW_REFUSES_ABOVE
 from clipsan.engine.config import TrainConfig
-from clipsan.recipes.config import ABDConfig, CleanCLIPConfig, CleanerCLIPConfig, CraftConfig
+from clipsan.recipes.config import ABD_OBJECTIVES, ABDConfig, CleanCLIPConfig, CleanerCLIPConfig, CraftConfig
 
 DATA, TRAINING, RUN_DIR, RUNTIME, OUTPUT = "Data", "Training", "Run directory", "Runtime", "Output"
 MODEL_HELP = (
@@ -41,6 +41,7 @@ ScanFormat = _choices("ScanFormat", ("text", "json", "sarif"))
 Budget = _choices("Budget", ("quick", "full"))
 BadClipObjective = _choices("BadClipObjective", ("text", "text+image"))
 OutFormat = _choices("OutFormat", ("auto", "safetensors", "hf", "open_clip"))
+ABDObjective = _choices("ABDObjective", ABD_OBJECTIVES)
 
 
 def option(help: str, panel: str | None = None, **kw) -> typer.models.OptionInfo:
@@ -307,13 +308,20 @@ class ABDOptions:
         float,
         option(
             "probability that a training image carries the adversarial patch, drawn per image and epoch; "
-            f"1 = every image (the paper's wording), 0 = none (default: {ABDConfig.adv_prob:g})",
+            f"1 = every image (the paper's setting), 0 = none (default: {ABDConfig.adv_prob:g})",
             min=0.0,
             max=1.0,
             metavar="P",
         ),
     ] = ABDConfig.adv_prob
     no_eda: Annotated[bool, flag("--no-eda", "keep captions as they are (ABD augments them with EDA)")] = False
+    abd_objective: Annotated[
+        ABDObjective,
+        option(
+            "how patched images enter the fine-tune (two readings of the paper): clip = CLIP loss on (patched image, EDA caption); "
+            "align = CleanCLIP's loss with the patched image as each image's augmented view (default: clip)"
+        ),
+    ] = ABDObjective.clip  # ABDConfig.objective
     craft_epochs: Annotated[int, positive(f"generator training epochs when crafting (default: {CraftConfig.epochs})")] = CraftConfig.epochs
     craft_batch_size: Annotated[int, positive(f"generator training batch when crafting (default: {CraftConfig.batch_size})")] = CraftConfig.batch_size
     craft_max_steps: Annotated[int | None, positive("stop crafting after this many steps (default: all craft epochs)")] = None

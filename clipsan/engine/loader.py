@@ -42,15 +42,34 @@ def steps_per_epoch(n: int, global_batch: int) -> int:
     return max(1, n // global_batch)
 
 
-class EpochBatchSampler(Sampler):
-    """Yields this rank's share of every global batch, from ``start_step`` to the end of training."""
+EpochOrder = Callable[[int], list[int]]  # epoch -> its global batches, concatenated (per_epoch * batch indices)
 
-    def __init__(self, n: int, global_batch: int, seed: int, total_steps: int, *, start_step: int = 0, rank: int = 0, world_size: int = 1):
+
+class EpochBatchSampler(Sampler):
+    """Yields this rank's share of every global batch, from ``start_step`` to the end of training.
+
+    An epoch's batches are consecutive slices of its order: the seeded permutation, or the one
+    ``epoch_order`` gives (a recipe that composes its own batches, e.g. CleanerCLIP's).
+    """
+
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        seed: int,
+        total_steps: int,
+        *,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch_order: EpochOrder | None = None,
+    ):
         self.n, self.batch, self.seed = n, min(global_batch, n), seed
         self.total_steps, self.start_step = total_steps, start_step
         self.rank, self.world_size = rank, world_size
         self.per_epoch = steps_per_epoch(n, self.batch)
         self.local = self.batch // world_size
+        self.epoch_order = epoch_order or (lambda epoch: epoch_permutation(self.n, self.seed, epoch))
 
     def __len__(self) -> int:
         return self.total_steps - self.start_step
@@ -60,7 +79,7 @@ class EpochBatchSampler(Sampler):
         for step in range(self.start_step, self.total_steps):
             epoch, within = divmod(step, self.per_epoch)
             if epoch != cached_epoch:
-                cached_epoch, order = epoch, epoch_permutation(self.n, self.seed, epoch)
+                cached_epoch, order = epoch, self.epoch_order(epoch)
             start = within * self.batch + self.rank * self.local
             yield [(epoch, index) for index in order[start : start + self.local]]
 

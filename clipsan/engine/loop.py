@@ -152,7 +152,8 @@ def train(
             run.save_checkpoint(at_step, module.state_dict(), state, checkpoint_metadata or {})
         rt.barrier()
 
-    sampler = EpochBatchSampler(n, global_batch, cfg.seed, total, start_step=step, rank=rt.rank, world_size=rt.world_size)
+    order = recipe.epoch_order(n, global_batch, cfg.seed)
+    sampler = EpochBatchSampler(n, global_batch, cfg.seed, total, start_step=step, rank=rt.rank, world_size=rt.world_size, epoch_order=order)
     loader = build_loader(samples, sampler, cfg.workers, pin_memory=rt.device.type == "cuda")
     bar = None
     if cfg.progress and rt.is_main:

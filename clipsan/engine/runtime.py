@@ -137,6 +137,21 @@ class Runtime:
         dist.all_gather(everyone, mine, group=self._host_group())
         return [int(v.numpy()[0]) for v in everyone]  # host memory: no device read
 
+    def gather_host_rows(self, local_rows: torch.Tensor, shard_rows: int) -> torch.Tensor:
+        """Row positions (a host int tensor) in this shard -> the same rows' positions in the global batch.
+
+        Exchanged over the host group, so a recipe can choose rows without reading the device.
+        """
+        if not self.distributed:
+            return local_rows
+        everyone: list = [None] * self.world_size
+        dist.all_gather_object(everyone, (shard_rows, local_rows.tolist()), group=self._host_group())
+        offsets, positions = 0, []
+        for rows, chosen in everyone:
+            positions += [offsets + r for r in chosen]
+            offsets += rows
+        return torch.tensor(positions, dtype=torch.long)
+
     def shared(self, value: torch.Tensor) -> torch.Tensor:
         """A replicated quantity (e.g. the logit scale) entering a loss every process computes in full.
 

@@ -58,13 +58,19 @@ class Job:
         return Path(self.argv[self.argv.index(name) + 1]) if name in self.argv else None
 
     def fingerprint(self, digests: dict[Path, str]) -> str:
-        """The command line and every input file it names (models, patches), by content."""
+        """The command line and every input file it names (models, patches), by content.
+
+        Paths inside the lab folder (the parent of ``log_dir``) count relative to it, so a lab
+        folder copied or moved elsewhere keeps its finished stages.
+        """
         out = self._flag("--out")
         inputs = [Path(arg) for arg in self.argv if Path(arg).is_file() and Path(arg) != out] + self.inputs
         for path in inputs:
             if path not in digests:
                 digests[path] = sha256_file(path)
-        blob = json.dumps([__version__, self.argv, [digests[path] for path in inputs]])
+        root = str(self.log_dir.parent)
+        argv = ["<lab>" + arg[len(root) :] if arg == root or arg.startswith(root + os.sep) else arg for arg in self.argv]
+        blob = json.dumps([__version__, argv, [digests[path] for path in inputs]])
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def _record(self) -> dict:

@@ -103,12 +103,20 @@ def _poison_args(attack, quick: bool) -> list[str]:
     return args
 
 
-# Every defense gets the same fine-tuning budget as ABD's lab setting, so rows compare like with like.
-# lr 5e-4 (the DESIGN prototype's): at 1e-4 the 156 steps left even ft/cleanclip at >= 91% ASR@1 on the
-# quick badnet victim; at 5e-4 ft 0.72, cleanclip 0.13, cleanerclip 0.19, abd 0.00 (BENCHMARKS.md).
+# The defenses' fine-tuning budget: 2 epochs of the 5000 held-out pairs at batch 64 (156 steps), lr
+# 5e-4 after 10 warmup steps. scripts/sweep_defenses.py tried others on the full lab's victims
+# (BENCHMARKS.md): at lr 2e-4 CleanCLIP and CleanerCLIP cost as much clean accuracy as at 5e-4 (their
+# toll comes from the in-modal views, not the step size) and kept far more of every backdoor, and ABD
+# with every image patched lost 19-24 points of CA@1; so every row keeps this budget. At 1e-4 the 156
+# steps left even ft/cleanclip at >= 91% ASR@1 on the quick badnet victim.
 _DEFENSE_TRAINING = ["--epochs", "2", "--batch-size", "64", "--lr", "5e-4", "--warmup", "10", "--save-every", "100000", "--log-every", "25"]
 # ABD crafts 100 steps of batch 16 first (~15-25 s on one thread), then fine-tunes on that budget.
-_ABD_ARGS = _DEFENSE_TRAINING + ["--craft-epochs", "1", "--craft-batch-size", "16", "--craft-max-steps", "100", "--adv-prob", "0.5"]
+_ABD_ARGS = _DEFENSE_TRAINING + ["--craft-epochs", "1", "--craft-batch-size", "16", "--craft-max-steps", "100"]
+# ABD's `clip` fine-tune patches half the images in the lab, not every one (the paper's setting and
+# purify's default): in this short high-lr budget, patching every image cost 5-11 points of CA@1 more
+# than half for the same or a higher ASR@1 (BENCHMARKS.md). The `align` reading keeps the original
+# images in its CLIP term, so it patches every adversarial view, as the paper does.
+_ABD_CLIP_ARGS = _ABD_ARGS + ["--adv-prob", "0.5"]
 
 
 def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None = None) -> LabPlan:
@@ -118,7 +126,7 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
     pairs = train_pairs or clean["n_pairs"]
     defense_pairs = max(256, pairs // 4)
     attacks = LAB_ATTACKS_QUICK if quick else LAB_ATTACKS_FULL
-    abd_args = _ABD_ARGS
+    abd_args = _ABD_CLIP_ARGS
     # ABD's Table II (I_adv only / T_eda only) and Table III (UAP without L_bd), full budget only.
     ablation_rows = {
         "abd_I_adv_only": abd_args + ["--no-eda"],
@@ -137,6 +145,7 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
             # K/N = 1/10 of the defense set (the paper: 1000-3000 of 250K-500K pairs, on far longer captions)
             "cleanerclip": _DEFENSE_TRAINING + ["--subcaptions-per-epoch", str(defense_pairs // 10)],
             "abd": abd_args,
+            "abd_align": _ABD_ARGS + ["--abd-objective", "align"],
         },
         scan_args=scan,
         ablations={} if quick else {attack: ablation_rows for attack in ("badnet", "badclip")},

@@ -25,7 +25,9 @@ from clipsan import __version__, strict_json, world
 from clipsan.checkpoint import save_model
 from clipsan.errors import UserError
 from clipsan.lab.jobs import Job, run_jobs
+from clipsan.lab.pareto import draw_pareto
 from clipsan.lab.plan import LAB_ARCH, LAB_TEMPLATES, LabPlan, make_plan, method_of
+from clipsan.lab.tables import lab_row, render_markdown
 from clipsan.models import CONFIG_DIR, create_model
 
 
@@ -40,6 +42,11 @@ class LabOptions:
     max_steps: int | None = None  # override every stage's training length (smoke tests)
     eval_per_class: int | None = None
     use_cache: bool = True
+    defense_seeds: int = 1  # defense stages run with seeds seed, seed+1, ...; victims stay fixed
+
+    @property
+    def defense_seed_values(self) -> list[int]:
+        return [self.seed + i for i in range(self.defense_seeds)]
 
 
 @dataclass
@@ -106,9 +113,18 @@ def build_world(opts: LabOptions, plan: LabPlan, report: LabReport) -> WorldFile
     return files
 
 
-def _common(opts: LabOptions) -> list[str]:
+def _common(opts: LabOptions, seed: int | None = None) -> list[str]:
     extra = ["--max-steps", str(opts.max_steps)] if opts.max_steps else []
-    return ["--device", opts.device, "--seed", str(opts.seed), "--workers", "0", *extra]
+    return ["--device", opts.device, "--seed", str(opts.seed if seed is None else seed), "--workers", "0", *extra]
+
+
+def defense_stage(defense: str, attack: str, seed_index: int) -> str:
+    """A defense stage's name (its log, run dir and model file): the first seed keeps the plain name."""
+    return f"{defense}-{attack}" + (f"-s{seed_index}" if seed_index else "")
+
+
+def defense_model(models: Path, defense: str, attack: str, seed_index: int) -> Path:
+    return models / (f"{attack}-{defense}" + (f"-s{seed_index}" if seed_index else "") + ".safetensors")
 
 
 def train_clean_model(opts: LabOptions, plan: LabPlan, files: WorldFiles, report: LabReport) -> Path:
@@ -162,59 +178,28 @@ def _run_or_fail(jobs: list[Job], opts: LabOptions) -> dict[str, Job]:
 
 
 def stage_jobs(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path) -> list[Job]:
-    """Victims, their defenses and the scans, with their dependencies."""
+    """Victims, their defenses and the scans, with their dependencies.
+
+    Jobs start in list order as their inputs become ready: victims first, then the defenses
+    seed by seed (a lab stopped early has whole tables for its first seeds), then the scans.
+    """
     logs, runs, models = opts.out / "logs", opts.out / "runs", opts.out / "models"
     jobs: list[Job] = []
     for attack, poison_args in plan.attacks.items():
-        victim = models / f"victim-{attack}.safetensors"
-        jobs.append(
-            Job(
-                f"poison-{attack}",
-                [
-                    "poison",
-                    str(clean),
-                    "--data",
-                    str(files.train),
-                    "--out",
-                    str(victim),
-                    "--run-dir",
-                    str(runs / f"poison-{attack}"),
-                    *poison_args,
-                    *_common(opts),
-                ],
-                logs,
-                inputs=[files.stamp],
-            )
-        )
-        for defense, defense_args in plan.defenses_for(attack).items():
-            out = models / f"{attack}-{defense}.safetensors"
-            extra = ["--reference", str(clean)] if method_of(defense) == "abd" else []
-            jobs.append(
-                Job(
-                    f"{defense}-{attack}",
-                    [
-                        "purify",
-                        str(victim),
-                        "--method",
-                        method_of(defense),
-                        "--data",
-                        str(files.defense),
-                        "--out",
-                        str(out),
-                        "--run-dir",
-                        str(runs / f"{defense}-{attack}"),
-                        *extra,
-                        *defense_args,
-                        *_common(opts),
-                    ],
-                    logs,
-                    after=[f"poison-{attack}"],
-                    inputs=[files.stamp],
-                )
-            )
-        if plan.scan_args is not None:
-            jobs.append(_scan_job(f"scan-{attack}", victim, opts, plan, files, clean, after=[f"poison-{attack}"]))
+        argv = ["poison", str(clean), "--data", str(files.train), "--out", str(models / f"victim-{attack}.safetensors")]
+        argv += ["--run-dir", str(runs / f"poison-{attack}"), *poison_args, *_common(opts)]
+        jobs.append(Job(f"poison-{attack}", argv, logs, inputs=[files.stamp]))
+    for index, seed in enumerate(opts.defense_seed_values):
+        for attack in plan.attacks:
+            for defense, defense_args in plan.defenses_for(attack).items():
+                name = defense_stage(defense, attack, index)
+                argv = ["purify", str(models / f"victim-{attack}.safetensors"), "--method", method_of(defense), "--data", str(files.defense)]
+                argv += ["--out", str(defense_model(models, defense, attack, index)), "--run-dir", str(runs / name)]
+                argv += ["--reference", str(clean)] if method_of(defense) == "abd" else []
+                jobs.append(Job(name, [*argv, *defense_args, *_common(opts, seed)], logs, after=[f"poison-{attack}"], inputs=[files.stamp]))
     if plan.scan_args is not None:
+        for attack in plan.attacks:
+            jobs.append(_scan_job(f"scan-{attack}", models / f"victim-{attack}.safetensors", opts, plan, files, clean, after=[f"poison-{attack}"]))
         jobs.append(_scan_job("scan-clean", clean, opts, plan, files, clean, after=[]))
     return jobs
 
@@ -239,7 +224,8 @@ def _scan_job(name: str, model: Path, opts: LabOptions, plan: LabPlan, files: Wo
     return Job(name, argv, opts.out / "logs", after=after, ok_codes=(0, 1), inputs=[files.stamp], resumable=False)
 
 
-def _eval(models: list[Path], files: WorldFiles, opts: LabOptions, trigger: bool) -> list[dict]:
+def evaluate_models(models: list[Path], files: WorldFiles, opts: LabOptions, trigger: bool, name: str | None = None) -> list[dict]:
+    """`clipsan eval` of ``models`` on the world's labelled set (clean, or under each victim's own trigger)."""
     argv = [
         "eval",
         *map(str, models),
@@ -258,23 +244,29 @@ def _eval(models: list[Path], files: WorldFiles, opts: LabOptions, trigger: bool
     ]
     if trigger:
         argv += ["--trigger", "from-metadata"]
-    name = "eval-" + models[0].stem
+    name = name or "eval-" + models[0].stem
     job = _run_or_fail([Job(name, argv, opts.out / "logs", inputs=[files.stamp])], opts)[name]
     return job.report()["models"]
 
 
+def _run_record(result: dict, seed: int) -> dict:
+    return {"seed": seed, "model": result["model"], "ca": result["ca"], "asr": result.get("asr"), "n_images": result["n_images"]}
+
+
 def collect_rows(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path, report: LabReport) -> None:
-    models = opts.out / "models"
+    models, seeds = opts.out / "models", opts.defense_seed_values
     with _Timer(report.timings, "eval"):
-        row = _eval([clean], files, opts, trigger=False)[0]
-        report.rows.append({"attack": "none", "defense": "none", "model": str(clean), "ca": row["ca"], "asr": None, "n_images": row["n_images"]})
+        result = evaluate_models([clean], files, opts, trigger=False)[0]
+        report.rows.append(lab_row("none", "none", [_run_record(result, opts.seed)]))
         for attack in plan.attacks:
-            names = ["none", *plan.defenses_for(attack)]
-            paths = [models / f"victim-{attack}.safetensors"] + [models / f"{attack}-{d}.safetensors" for d in names[1:]]
-            for defense, result in zip(names, _eval(paths, files, opts, trigger=True)):
-                report.rows.append(
-                    {"attack": attack, "defense": defense, "model": result["model"], "ca": result["ca"], "asr": result["asr"], "n_images": result["n_images"]}
-                )
+            defenses = list(plan.defenses_for(attack))
+            paths = [models / f"victim-{attack}.safetensors"]
+            paths += [defense_model(models, d, attack, i) for d in defenses for i in range(len(seeds))]
+            results = evaluate_models(paths, files, opts, trigger=True)
+            report.rows.append(lab_row(attack, "none", [_run_record(results[0], opts.seed)]))
+            for j, defense in enumerate(defenses):
+                runs = results[1 + j * len(seeds) : 1 + (j + 1) * len(seeds)]
+                report.rows.append(lab_row(attack, defense, [_run_record(r, seed) for r, seed in zip(runs, seeds)]))
 
 
 def collect_scans(done: dict[str, Job], plan: LabPlan, clean: Path, report: LabReport) -> None:
@@ -297,38 +289,17 @@ def collect_scans(done: dict[str, Job], plan: LabPlan, clean: Path, report: LabR
 
 def write_report(opts: LabOptions, report: LabReport) -> None:
     payload = asdict(report)
+    if any(r["attack"] != "none" for r in report.rows):
+        draw_pareto(report.rows, opts.out / "pareto.png")
     (opts.out / "lab.json").write_text(strict_json.dumps(payload, indent=2, sort_keys=True) + "\n")
     (opts.out / "lab.md").write_text(render_markdown(payload))
-
-
-def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
-
-
-def render_markdown(payload: dict) -> str:
-    lines = [
-        "# clipsan lab",
-        "",
-        "Zero-shot results on the synthetic world (%, target class `banana`; ASR excludes target-class images).",
-        "",
-        "| attack | defense | CA@1 | ASR@1 | ASR@10 |",
-        "|---|---|---|---|---|",
-    ]
-    for row in payload["rows"]:
-        asr = row.get("asr") or {}
-        lines.append(f"| {row['attack']} | {row['defense']} | {_pct(row['ca'].get('1'))} | {_pct(asr.get('1'))} | {_pct(asr.get('10'))} |")
-    if payload["scan"]:
-        lines += ["", "## Scan", "", "| model | attack | verdict | statistic | threshold | target guess |", "|---|---|---|---|---|---|"]
-        for s in payload["scan"]:
-            lines.append(f"| {s['model']} | {s['attack']} | {s['verdict']} | {s['statistic']:.4g} | {s['threshold']:.4g} | {s.get('target_guess') or '-'} |")
-    lines += ["", "## Timings (s)", ""] + [f"- {k}: {v}" for k, v in payload["timings"].items()]
-    return "\n".join(lines) + "\n"
 
 
 def run_lab(opts: LabOptions, notes=print) -> dict:
     opts.out.mkdir(parents=True, exist_ok=True)
     plan = make_plan(opts.quick, opts.train_pairs, opts.max_steps)
-    report = LabReport(settings={"quick": opts.quick, "seed": opts.seed, "arch": LAB_ARCH, "plan": plan.describe()})
+    settings = {"quick": opts.quick, "seed": opts.seed, "defense_seeds": opts.defense_seed_values, "arch": LAB_ARCH, "plan": plan.describe()}
+    report = LabReport(settings=settings)
     started = time.perf_counter()
     files = build_world(opts, plan, report)
     notes(f"world written to {opts.out / 'world'}")

@@ -76,6 +76,12 @@ class Recipe:
         """Work a recipe must do inside the run before training (after ``prepare``), e.g. ABD
         crafting its adversarial patch in a sub-folder of the run directory; resumable itself."""
 
+    def epoch_order(self, n: int, global_batch: int, seed: int):
+        """``None`` (batches are slices of the engine's seeded permutation), or a function
+        epoch -> that epoch's global batches concatenated, for recipes that compose their own
+        batches; it must depend on (seed, epoch) only, so resume and ``--workers`` cannot change it."""
+        return None
+
     def begin_epoch(self, epoch: int) -> None:
         """Hook for per-epoch choices made on the main process (must be deterministic in epoch)."""
 
@@ -90,15 +96,15 @@ class Recipe:
         pass
 
 
-def transform_flagged_images(batch: dict, host: dict, flag: str, transform) -> dict:
-    """On the device, replace the rows of ``batch["image"]`` flagged by ``host[flag]`` with ``transform(images, rows)``.
+def transform_flagged_images(batch: dict, host: dict, flag: str, transform, key: str = "image") -> dict:
+    """On the device, replace the rows of ``batch[key]`` flagged by ``host[flag]`` with ``transform(images, rows)``.
 
     ``rows`` are the flagged rows' positions as a host tensor (for per-sample choices such as
     trigger positions); which rows are flagged is read from the host batch, never the device.
     """
     rows = host[flag].nonzero().flatten()
     if len(rows):
-        images = batch["image"]
+        images = batch[key]
         on_device = rows.to(images.device, non_blocking=True)
         images[on_device] = transform(images[on_device], rows)
     return batch

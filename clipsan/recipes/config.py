@@ -110,10 +110,16 @@ class CraftConfig:
         _non_negative(self.bd_weight, "--bd-weight")
 
 
-# Share of fine-tuning images that get the patch. The paper patches its defense set; on the lab's
-# BadNet victim, patching every image cost 0.35 CA@1 for the same ASR as patching half (clean views
-# anchor the clean distribution), so half it is.
-DEFAULT_ADV_PROB = 0.5
+# Share of fine-tuning images that get the patch: the paper's setting, every image ("We add
+# adversarial perturbations to the original images", §III-A). 0.5 (clipsan's earlier default) is one
+# flag away; BENCHMARKS.md has both on the lab's attacks.
+DEFAULT_ADV_PROB = 1.0
+# How the fine-tune uses the patched images. Both are readings of the paper (docs/abd.md):
+#   clip  - the CLIP loss on the augmented set (patched image, EDA caption), §II-C's wording;
+#   align - CleanCLIP's form with the adversarial view as the image augmentation: L_CLIP on the
+#           original pairs + in-modal InfoNCE image -> its patched view and caption -> its EDA view
+#           (the abstract's "aligns features with crafted adversarial examples").
+ABD_OBJECTIVES = ("clip", "align")
 
 
 @dataclass(frozen=True)
@@ -130,10 +136,13 @@ class ABDConfig:
     reference: str | None = None  # clean reference CLIP for L_bd; None: plain AdvCLIP crafting
     adv_prob: float = DEFAULT_ADV_PROB
     eda: bool = True
+    objective: str = "clip"
     craft: CraftConfig = field(default_factory=CraftConfig)
 
     def __post_init__(self) -> None:
         _fraction(self.adv_prob, "--adv-prob")
+        if self.objective not in ABD_OBJECTIVES:
+            raise UserError(f"--abd-objective {self.objective}: expected one of {', '.join(ABD_OBJECTIVES)}")
 
 
 RecipeConfig = FineTuneConfig | CleanCLIPConfig | CleanerCLIPConfig | ABDConfig

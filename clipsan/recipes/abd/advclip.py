@@ -10,7 +10,7 @@ Pieces (all plain torch; the training itself runs on the engine, see
   [0, 1]. Its upsampling stack ends at the model's input size (32 px for the
   tiny lab model, 224 for RN50) instead of AdvCLIP's fixed 224.
 - ``Discriminator``: DCGAN critic on whole images (one logit per image).
-- Losses: cosine InfoNCE, the UMAP-style topology term, and ABD's L_bd.
+- Losses: cosine InfoNCE, AdvCLIP's topology term (its ``umap`` loss), and ABD's L_bd.
 
 Sign convention (AdvCLIP's): the generator *minimises* its objective, and the
 adversarial terms enter it negated, so minimising them pushes the adversarial
@@ -187,31 +187,34 @@ def backdoor_loss(reference_features: torch.Tensor, suspect_features: torch.Tens
     return cosine_info_nce(reference_features, suspect_features, tau)
 
 
-def fuzzy_graph(features: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """UMAP-style fuzzy neighbourhood graph of a batch: memberships in [0, 1], zero diagonal.
+TOPOLOGY_EPS = 1e-7
 
-    Per row, cosine distances are shifted by the nearest neighbour's (rho) and scaled by
-    their mean spread (sigma); memberships exp(-(d - rho) / sigma) are symmetrised by fuzzy union.
+
+def neighbour_distribution(features: torch.Tensor, eps: float = TOPOLOGY_EPS) -> torch.Tensor:
+    """AdvCLIP's row-stochastic neighbourhood matrix of a batch (its ``umap`` similarity step).
+
+    Cosine similarity; distances 1 - sim shifted per row so the nearest other row sits at 0
+    (the diagonal stays at 0 too); similarities 1 - d mapped to [0, 1] by (s + 1) / 2; each
+    row divided by its sum.
     """
-    f = F.normalize(features.float(), dim=-1)
+    f = features.float()
+    f = torch.nan_to_num(f / (f.norm(dim=1, keepdim=True) + eps), nan=0.0)
     n = f.shape[0]
-    off = ~torch.eye(n, dtype=torch.bool, device=f.device)
-    dist = (1.0 - f @ f.t()).clamp_min(0.0)
-    big = torch.finfo(dist.dtype).max
-    rho = dist.masked_fill(~off, big).min(dim=1, keepdim=True).values
-    shifted = (dist - rho).clamp_min(0.0)
-    sigma = (shifted * off).sum(dim=1, keepdim=True) / max(1, n - 1) + eps
-    p = torch.exp(-shifted / sigma) * off
-    return p + p.t() - p * p.t()
+    diagonal = torch.eye(n, dtype=torch.bool, device=f.device)
+    distance = (1.0 - f @ f.t()).masked_fill(diagonal, 3.0)  # 3 > any cosine distance: never the row minimum
+    distance = (distance - distance.min(dim=1, keepdim=True).values).masked_fill(diagonal, 0.0)
+    similarity = (2.0 - distance) / 2.0  # ((1 - d) + 1) / 2
+    return similarity / similarity.sum(dim=1, keepdim=True)
 
 
-def fuzzy_cross_entropy(p: torch.Tensor, q: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
-    """UMAP's cross-entropy between two fuzzy graphs, averaged over the off-diagonal pairs."""
-    n = p.shape[0]
-    off = ~torch.eye(n, dtype=torch.bool, device=p.device)
-    q = q.clamp(eps, 1.0 - eps)
-    ce = -(p * torch.log(q) + (1.0 - p) * torch.log(1.0 - q))
-    return ce[off].mean()
+def topology_loss(output: torch.Tensor, target: torch.Tensor, eps: float = TOPOLOGY_EPS) -> torch.Tensor:
+    """AdvCLIP's topology term ``umap(output, target)``: the binary cross-entropy form
+    CE(P, Q) = sum P (log P - log Q) + (1 - P)(log(1 - P) - log(1 - Q)) between the target's
+    neighbour distribution P and the output's Q, summed (not averaged) over all n^2 entries."""
+    p, q = neighbour_distribution(target, eps), neighbour_distribution(output, eps)
+    kl = p * ((p + eps).log() - (q + eps).log())
+    kl_complement = (1.0 - p) * ((1.0 - p + eps).log() - (1.0 - q + eps).log())
+    return (kl + kl_complement).sum()
 
 
 @dataclass
@@ -226,13 +229,11 @@ class CraftFeatures:
 
 def generator_terms(feat: CraftFeatures, bd_weight: float) -> dict[str, torch.Tensor]:
     """AdvCLIP's feature-space terms (+ ABD's L_bd), already weighted; the GAN and MSE terms are per image."""
-    topo_clean = fuzzy_graph(feat.clean_images)
-    topo_text = fuzzy_graph(feat.captions)
-    topo_adv = fuzzy_graph(feat.adv_images)
     terms = {
         "adv_image": -ADV_WEIGHT * cosine_info_nce(feat.clean_images, feat.adv_images),
         "adv_text": -ADV_WEIGHT * TEXT_PAIRING_WEIGHT * cosine_info_nce(feat.adv_images, feat.captions),
-        "topo": -TOPO_WEIGHT * (fuzzy_cross_entropy(topo_clean, topo_adv) + TEXT_PAIRING_WEIGHT * fuzzy_cross_entropy(topo_text, topo_adv)),
+        # AdvCLIP: -umap(f(x), f(x')) - gamma * umap(f(x'), g(t)), argument order as its code has it.
+        "topo": -TOPO_WEIGHT * (topology_loss(feat.clean_images, feat.adv_images) + TEXT_PAIRING_WEIGHT * topology_loss(feat.adv_images, feat.captions)),
     }
     if feat.reference_adv is not None and bd_weight:
         terms["bd"] = -bd_weight * backdoor_loss(feat.reference_adv, feat.adv_images)

@@ -64,8 +64,13 @@ def craft_in_run(
     resume: bool,
     out: Path,
     command: str,
+    bd_weight: float | None = None,
 ) -> CraftReport:
-    """Train the generator against ``suspect`` on ``captions`` in an open run dir; write ``out`` (+ .png)."""
+    """Train the generator against ``suspect`` on ``captions`` in an open run dir; write ``out`` (+ .png).
+
+    ``bd_weight`` overrides ``settings.bd_weight`` and may be negative: the L_bd sign check
+    (scripts/check_bd_sign.py) crafts with the opposite sign too; the command line offers only >= 0.
+    """
     size = suspect.model.image_size
     if reference is not None and reference.model.image_size != size:
         raise UserError(f"{reference.path}: reference takes {reference.model.image_size} px inputs, the suspect {size} px; they must match")
@@ -73,7 +78,8 @@ def craft_in_run(
     generator = PatchGenerator(size, settings.gan_width, seed=derive_seed(cfg.seed, "generator"))
     ref_model = reference.model.to(rt.device) if reference is not None else None
     suspect.model.to(rt.device)
-    recipe = CraftAdv(suspect.model, box, ref_model, settings.bd_weight, settings.gan_width, settings.lr, cfg.seed)
+    weight = settings.bd_weight if bd_weight is None else bd_weight
+    recipe = CraftAdv(suspect.model, box, ref_model, weight, settings.gan_width, settings.lr, cfg.seed)
     samples = RecipeSamples(captions, recipe, size, tokenizer_for(suspect.arch, suspect.model.context_length), cfg.seed)
     metadata = {
         "clipsan.command": command,
