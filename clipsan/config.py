@@ -92,14 +92,15 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ScanConfig:
-    model: str
+    models: tuple[str, ...]  # scanned one after another, one loaded at a time
     data: str | None = None  # probe images; None: synthetic world images
     reference: str | None = None  # a trusted model of the same architecture
     threshold: float | None = None  # overrides the decree threshold
     divergence_threshold: float | None = None  # overrides the reference-divergence threshold
+    perturbation_threshold: float | None = None  # overrides the universal-perturbation threshold
     alignment_threshold: float | None = None  # makes the target-alignment signal count, at this ratio
     budget: str = "quick"  # quick | full (clipsan.scan.BUDGETS)
-    run_dir: str | None = None
+    run_dir: str | None = None  # with several models, one subfolder each
     arch: str | None = None
     reference_arch: str | None = None
     device: str = "auto"
@@ -107,3 +108,4 @@ class ScanConfig:
     seed: int = 0
     probes: int | None = None  # override the budget's probe count
     steps: int | None = None  # override the budget's optimizer steps
+    progress: bool = False  # a progress bar per signal on stderr
