@@ -23,19 +23,25 @@ import torch
 
 
 def whole_scan(model: str | None, budget: str) -> dict:
+    from clipsan import api
     from clipsan.checkpoint import save_model
-    from clipsan.config import ScanConfig
     from clipsan.models import create_model
-    from clipsan.scan import scan_model
 
     with tempfile.TemporaryDirectory() as tmp:
         if model is None:
             torch.manual_seed(0)
             model = str(Path(tmp) / "tiny.safetensors")
             save_model(create_model("clipsan-tiny-rn"), model)
-        report = scan_model(ScanConfig(model=model, budget=budget, run_dir=str(Path(tmp) / "run"), device="cpu")).to_json()
-    steps = report["signals"][0]["steps"]
-    return {"what": "scan", "arch": report["arch"], "budget": budget, "seconds": report["seconds"], "decree_steps": steps, "probes": report["probes"]["count"]}
+        report = api.scan(api.ScanConfig(models=(model,), budget=budget, run_dir=str(Path(tmp) / "run"), device="cpu")).models[0].to_json()
+    steps = {s["name"]: s["steps"] for s in report["signals"] if "steps" in s}
+    return {
+        "what": "scan",
+        "arch": report["arch"],
+        "budget": budget,
+        "seconds": report["seconds"],
+        "inversion_steps": steps,
+        "probes": report["probes"]["count"],
+    }
 
 
 def step_time(arch: str, steps: int, batch: int) -> dict:

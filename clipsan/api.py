@@ -20,7 +20,7 @@ from clipsan.attacks.config import POISON_SCHEDULE, AttackConfig, BadClipConfig
 from clipsan.config import CaptionData, CraftAdvConfig, EvalConfig, PoisonConfig, PurifyConfig, ScanConfig
 from clipsan.engine.config import TrainConfig
 from clipsan.recipes.config import ABDConfig, CleanCLIPConfig, CleanerCLIPConfig, CraftConfig, FineTuneConfig
-from clipsan.reports import CraftReport, EvalReport, PoisonReport, ScanReport, TrainingReport
+from clipsan.reports import CraftReport, EvalReport, PoisonReport, ScanBatchReport, TrainingReport
 
 Notes = Callable[[str], None]
 
@@ -106,8 +106,12 @@ def evaluate(config: EvalConfig, notes: Notes = _quiet) -> EvalReport:
     return evaluate_models(config, notes=notes)
 
 
-def scan(config: ScanConfig, notes: Notes = _quiet) -> ScanReport:
-    """Trigger-agnostic backdoor evidence for config.model (``report.backdoor``)."""
-    from clipsan.scan import scan_model
+def scan(config: ScanConfig, notes: Notes = _quiet) -> ScanBatchReport:
+    """Trigger-agnostic backdoor evidence for each of config.models, one loaded at a time.
 
-    return scan_model(config, notes=notes)
+    ``report.models`` has a ScanReport per scanned model (``.backdoor``), ``report.errors``
+    the models that could not be read; ``report.exit_code`` is the command's (0 / 1 / 2).
+    """
+    from clipsan.scan.batch import scan_models
+
+    return scan_models(config, notes=notes)

@@ -7,6 +7,7 @@ Recipe settings are in ``clipsan.recipes.config``, the attack's in
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from clipsan.attacks.config import AttackConfig
@@ -99,14 +100,15 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class ScanConfig:
-    model: str
+    models: tuple[str, ...]  # scanned one after another, one loaded at a time
     data: str | None = None  # probe images; None: synthetic world images
     reference: str | None = None  # a trusted model of the same architecture
     threshold: float | None = None  # overrides the decree threshold
     divergence_threshold: float | None = None  # overrides the reference-divergence threshold
+    perturbation_threshold: float | None = None  # overrides the universal-perturbation threshold
     alignment_threshold: float | None = None  # makes the target-alignment signal count, at this ratio
     budget: str = "quick"  # quick | full (clipsan.scan.BUDGETS)
-    run_dir: str | None = None
+    run_dir: str | None = None  # with several models, one subfolder each
     arch: str | None = None
     reference_arch: str | None = None
     device: str = "auto"
@@ -116,3 +118,8 @@ class ScanConfig:
     steps: int | None = None  # override the budget's optimizer steps
     max_image_pixels: int = MAX_IMAGE_PIXELS  # of --data probe images
     allow_outside_root: bool = False
+    progress: bool = False  # a progress bar per signal on stderr
+
+    def __post_init__(self) -> None:
+        if isinstance(self.models, (str, os.PathLike)):  # one path, not its characters
+            object.__setattr__(self, "models", (os.fspath(self.models),))

@@ -67,8 +67,8 @@ class EvalReport(Report):
 
 @dataclass
 class ScanReport(Report):
-    schema_version: int
-    tool: dict[str, str]
+    """One scanned model: a row of the scan document."""
+
     model: str
     sha256: str
     arch: str
@@ -94,3 +94,33 @@ class ScanReport(Report):
     run_dir: str
     started_utc: str
     seconds: float
+
+
+@dataclass
+class ScanBatchReport(Report):
+    """What `scan MODEL...` reports: a row per scanned model, an entry per model that could not be read.
+
+    ``to_json()`` always has the batch keys; with exactly one MODEL (scanned) the
+    model's own keys are at the top level too, as in schema 1 (scripts read them).
+    """
+
+    schema_version: int
+    tool: dict[str, str]
+    verdict: str  # backdoor (any model flagged) | incomplete (none flagged, some unreadable) | clean
+    backdoor: bool
+    summary: dict[str, int]  # models, scanned, flagged, errors
+    models: list[ScanReport]
+    errors: list[dict[str, str]]  # {model, error}: MODELs that could not be read
+    run_dir: str
+    seconds: float
+
+    @property
+    def exit_code(self) -> int:
+        """2 if any model could not be read (the gate did not see it), else 1 if any was flagged, else 0."""
+        return 2 if self.errors else int(self.backdoor)
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        if len(self.models) == 1 and not self.errors:
+            document = {**document["models"][0], **{k: v for k, v in document.items() if k not in ("verdict", "backdoor", "seconds", "run_dir")}}
+        return document

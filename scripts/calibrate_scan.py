@@ -16,6 +16,7 @@ show the margin on the other side. The table goes to docs/scan-calibration.md;
 the thresholds to clipsan/scan/thresholds.py.
 
     OMP_NUM_THREADS=1 python scripts/calibrate_scan.py \
+        --models /tmp/scan64/models.json \
         --clean lab-s0=models/clean-s0.safetensors --clean lab-s1=... \
         --clean-ft ft-s0=models/clean-ft.safetensors \
         --victim badnet=models/badnet.safetensors --victim blended=... \
@@ -23,7 +24,8 @@ the thresholds to clipsan/scan/thresholds.py.
         --random-arch RN50 --random-arch ViT-B-32 \
         --seeds 0 1 2 --budgets quick full --out calibration.jsonl
 
---clean-ft: clean fine-tunes of the reference (same schedule as a victim, no
+--models: the models.json that scripts/train_scan_models.py writes (each model's kind and
+reference). --clean-ft: clean fine-tunes of the reference (same schedule as a victim, no
 poison): the controls for the reference-divergence signal. Victims and
 clean-ft models are scanned with --reference (which runs both signals); other
 clean models without. Random-init models of other archs are scanned with few probes and
@@ -41,6 +43,8 @@ from pathlib import Path
 
 MARGIN = 0.7
 ABOVE_MARGIN = 1.3
+# Statistics that fire below their threshold: the row keys, one per signal.
+LOWER_IS_BACKDOOR = ("decree_pl1", "perturbation_linf", "divergence_pl1")
 
 
 def _named(text: str) -> tuple[str, str]:
@@ -51,11 +55,11 @@ def _named(text: str) -> tuple[str, str]:
 
 
 def scan_row(name: str, kind: str, path: str, seed: int, budget: str, reference: str | None, probes: int | None = None, steps: int | None = None) -> dict:
-    from clipsan.config import ScanConfig
-    from clipsan.scan import scan_model
+    from clipsan import api
 
     with tempfile.TemporaryDirectory() as run_dir:
-        report = scan_model(ScanConfig(model=path, reference=reference, budget=budget, run_dir=run_dir, device="cpu", seed=seed, probes=probes, steps=steps))
+        config = api.ScanConfig(models=(path,), reference=reference, budget=budget, run_dir=run_dir, device="cpu", seed=seed, probes=probes, steps=steps)
+        report = api.scan(config).models[0].to_json()
     by_name = {s["name"]: s for s in report["signals"]}
     div = by_name.get("reference-divergence")
     candidates = report["target"]["candidates"]
@@ -72,8 +76,10 @@ def scan_row(name: str, kind: str, path: str, seed: int, budget: str, reference:
         "reference": reference,
         "decree_pl1": by_name["decree"]["statistic"],
         "clean_cosine": by_name["decree"]["clean_cosine"],
+        "perturbation_linf": by_name["universal-perturbation"]["statistic"],
         "divergence_pl1": div["statistic"] if div else None,
         "clean_divergence": div["clean_divergence"] if div else None,
+        "fired": report["fired_signals"],
         "target": report["target"]["label"],
         "target_similarity": report["target"]["similarity"],
         "seconds": report["seconds"],
@@ -95,7 +101,7 @@ def random_init_model(arch: str, folder: Path) -> str:
 
 def propose(rows: list[dict]) -> dict:
     """Per input size and signal: the smallest clean PL1, the largest victim PL1, the proposed threshold."""
-    from clipsan.scan import MIN_TARGET_MARGIN
+    from clipsan.scan.signals import MIN_TARGET_MARGIN
 
     out: dict = {}
     for size in sorted({r["image_size"] for r in rows}):
@@ -112,7 +118,7 @@ def propose(rows: list[dict]) -> dict:
                 "n_victims": len(victims),
                 "threshold": round(ABOVE_MARGIN * max(clean), 2),
             }
-        for signal in ("decree_pl1", "divergence_pl1"):
+        for signal in LOWER_IS_BACKDOOR:
             at = [r for r in rows if r["image_size"] == size and r[signal] is not None]
             # Random-init models are a sanity check (no false positive), not a calibration:
             # their inversions rarely succeed within the few steps affordable at 224 px.
@@ -131,18 +137,31 @@ def propose(rows: list[dict]) -> dict:
     return out
 
 
+def flagged(row: dict, thresholds: dict[str, float], with_reference: bool) -> list[str]:
+    """The signals that fire on `row` at these thresholds (signal key -> threshold)."""
+    keys = [k for k in LOWER_IS_BACKDOOR if with_reference or k != "divergence_pl1"]
+    return [k for k in keys if row[k] is not None and k in thresholds and row[k] < thresholds[k]]
+
+
 def markdown(rows: list[dict], proposal: dict) -> str:
     def num(value, digits=4):
         return "-" if value is None else f"{value:.{digits}f}"
 
+    def ratio(row, key, at):
+        return "-" if row[key] is None or key not in at else f"{row[key] / at[key]:.2f}"
+
     lines = [
-        "| model | kind | px | budget | seed | decree PL1 | divergence PL1 | alignment (margin) | target (cos) | s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | kind | px | budget | seed | decree PL1 (÷T) | perturbation Linf (÷T) | divergence PL1 (÷T) | alignment (margin) | "
+        "flagged without / with --reference | target (cos) | s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        at = {k.split("/", 1)[1]: p["threshold"] for k, p in proposal.items() if k.startswith(f"{r['image_size']}px/")}
+        verdicts = [", ".join(flagged(r, at, ref)) or "clean" for ref in (False, True)]
         lines.append(
-            f"| {r['name']} | {r['kind']} | {r['image_size']} | {r['budget']} | {r['seed']} | {num(r['decree_pl1'])} | "
-            f"{num(r['divergence_pl1'])} | {num(r.get('alignment'), 3)} ({num(r.get('target_margin'), 3)}) | "
+            f"| {r['name']} | {r['kind']} | {r['image_size']} | {r['budget']} | {r['seed']} | {num(r['decree_pl1'])} ({ratio(r, 'decree_pl1', at)}) | "
+            f"{num(r.get('perturbation_linf'))} ({ratio(r, 'perturbation_linf', at)}) | {num(r['divergence_pl1'])} ({ratio(r, 'divergence_pl1', at)}) | "
+            f"{num(r.get('alignment'), 3)} ({num(r.get('target_margin'), 3)}) | {verdicts[0]} / {verdicts[1] if r['reference'] else '-'} | "
             f"{r['target']} ({r['target_similarity']:.2f}) | {r['seconds']:.0f} |"
         )
     lines += ["", "| size / signal | clean | victims | proposed threshold |", "|---|---|---|---|"]
@@ -165,6 +184,7 @@ def main() -> None:
     parser.add_argument("--clean", type=_named, action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--clean-ft", type=_named, action="append", default=[], metavar="NAME=PATH")
     parser.add_argument("--victim", type=_named, action="append", default=[], metavar="ATTACK=PATH")
+    parser.add_argument("--models", type=Path, action="append", default=[], help="models.json of scripts/train_scan_models.py (kind, name, path per model)")
     parser.add_argument("--reference", help="the clean base victims and clean-ft models were fine-tuned from")
     parser.add_argument("--random-arch", action="append", default=[], metavar="ARCH")
     parser.add_argument("--random-probes", type=int, default=16)
@@ -183,7 +203,9 @@ def main() -> None:
             row = json.loads(line)
             done[(row["name"], row["seed"], row["budget"], row["reference"])] = row
     jobs = [(n, "clean", p, None) for n, p in args.clean]
-    jobs += [(n, kind, p, ref) for kind, items in (("clean-ft", args.clean_ft), ("victim", args.victim)) for n, p in items for ref in [args.reference]]
+    jobs += [(n, kind, p, args.reference) for kind, items in (("clean-ft", args.clean_ft), ("victim", args.victim)) for n, p in items]
+    for listing in args.models:  # each model with the reference it was tuned from (none for clean ones)
+        jobs += [(e["name"], e["kind"], e["path"], e["reference"]) for e in json.loads(listing.read_text())]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in args.random_arch:
@@ -207,7 +229,7 @@ def main() -> None:
                             fh.write(json.dumps(done[key], sort_keys=True) + "\n")
                         print(
                             f"{name} {budget} seed {seed} ref {bool(ref)}: decree {done[key]['decree_pl1']:.4f} "
-                            f"div {done[key]['divergence_pl1']} ({time.perf_counter() - started:.0f} s)",
+                            f"perturbation {done[key]['perturbation_linf']:.4f} div {done[key]['divergence_pl1']} ({time.perf_counter() - started:.0f} s)",
                             file=sys.stderr,
                         )
                     rows.append(done[key])

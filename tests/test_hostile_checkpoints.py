@@ -53,7 +53,7 @@ def test_non_finite_weights_in_a_reference_or_a_shard_are_named(nan_model, tiny_
     from clipsan import api
 
     with pytest.raises(UserError, match=rf"nan\.safetensors: weight {NAN_TENSOR}"):
-        api.scan(api.ScanConfig(model=str(tiny_model), reference=str(nan_model), run_dir=str(tmp_path / "run"), device="cpu", probes=4, steps=2))
+        api.scan(api.ScanConfig(models=(str(tiny_model),), reference=str(nan_model), run_dir=str(tmp_path / "run"), device="cpu", probes=4, steps=2))
     state = load_file(str(nan_model))
     state["visual.conv1.weight"][0, 0, 0, 0] = float("inf")  # open_clip names, another tensor: the first bad one is named
     save_file(state, str(tmp_path / "inf.safetensors"))
@@ -70,7 +70,7 @@ def test_finite_weights_that_overflow_are_refused_by_scan(tmp_path):
         model.clip.visual.conv1.weight.fill_(3e38)  # finite, but the first convolution's sums are not
     path = save_model(model, tmp_path / "huge.safetensors")
     with pytest.raises(UserError, match=r"huge\.safetensors: the image features of clean probes are not finite"):
-        api.scan(api.ScanConfig(model=str(path), run_dir=str(tmp_path / "run"), device="cpu", probes=4, steps=2))
+        api.scan(api.ScanConfig(models=(str(path),), run_dir=str(tmp_path / "run"), device="cpu", probes=4, steps=2))
 
 
 # --------------------------------------------------------------------------- what a file is

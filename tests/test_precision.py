@@ -111,7 +111,7 @@ def test_scan_statistics_are_fp32_whatever_the_precision(tiny_model, tmp_path):
 
     def scan(precision):
         config = api.ScanConfig(
-            str(tiny_model), reference=str(reference), run_dir=str(tmp_path / precision), device="cpu", precision=precision, probes=32, steps=30
+            models=(str(tiny_model),), reference=str(reference), run_dir=str(tmp_path / precision), device="cpu", precision=precision, probes=32, steps=30
         )
         return api.scan(config).to_json()
 
@@ -151,7 +151,9 @@ def test_towers_run_under_autocast_and_losses_in_fp32_outside_it(monkeypatch, ti
         "cross_entropy",
         spy("loss", torch.nn.functional.cross_entropy, lambda args, out: (torch.is_autocast_enabled("cpu"), args[0].dtype)),
     )
-    monkeypatch.setattr(advclip, "fuzzy_graph", spy("topology", advclip.fuzzy_graph, lambda args, out: (torch.is_autocast_enabled("cpu"), out.dtype)))
+    monkeypatch.setattr(
+        advclip, "neighbour_distribution", spy("topology", advclip.neighbour_distribution, lambda args, out: (torch.is_autocast_enabled("cpu"), out.dtype))
+    )
 
     data = api.CaptionData(str(caption_data))
     training = api.TrainConfig(epochs=1, batch_size=8, lr=1e-4, warmup_steps=0, max_steps=1, workers=0)

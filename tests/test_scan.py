@@ -1,13 +1,13 @@
 """clipsan scan: exit codes, report shapes (JSON, SARIF 2.1.0), determinism.
 
-The tests build their own tiny models in about a minute: a clean one trained
-for 150 steps from scratch on a 2000-pair world (zero-shot accuracy ~0.25),
-and a victim poisoned from it (BadNet, 6 px patch at 32 px, 30% of pairs, 60
-steps). Both are far weaker than the lab's models: on the victim DECREE's PL1
-(~0.09) stays above the 32-px threshold (0.055), while the reference probe
-fires (PL1 ~0.03 vs 0.198) and the target is named "banana"; on the clean
-model (PL1 ~0.18) nothing fires. docs/scan-calibration.md has the
-numbers for lab-size models.
+The tests build their own tiny models in about two minutes: a clean one trained
+for 150 steps from scratch on a 2000-pair world (zero-shot accuracy ~0.27),
+and a victim poisoned from it (blended, ratio 0.2, 30% of pairs, 100 steps at
+lr 3e-3: ASR@1 ~0.86). Both are far weaker than the lab's models. On the
+victim DECREE's PL1 (~0.06) stays above the 32-px threshold (0.055) - a
+whole-image blend is no small mask - while the universal perturbation fires
+(L-inf ~0.026 vs 0.05; the clean model needs ~0.17) and the target is named
+"banana". docs/scan-calibration.md has the numbers for lab-size models.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ REPORT_KEYS = {
     "started_utc",
     "seconds",
 }
+BATCH_KEYS = {"schema_version", "tool", "verdict", "backdoor", "summary", "models", "errors", "run_dir", "seconds"}
 SIGNAL_KEYS = {"name", "statistic", "threshold", "threshold_source", "fires_when", "fired", "counted", "inversion_succeeded"}
 TARGET_KEYS = {"label", "similarity", "source", "template", "candidates", "from_signal", "probe_similarity"}
 
@@ -93,24 +94,25 @@ def models(tmp_path_factory, one_thread) -> dict[str, Path]:
     torch.manual_seed(0)
     save_model(create_model("clipsan-tiny-rn"), root / "init.safetensors")
     clean = _train(root / "init.safetensors", root / "clean.safetensors", FineTune(), data, 150, 2e-3, root / "run-clean")
-    settings = AttackConfig(trigger="badnet", rate=0.3, trigger_size=6)
-    plan = plan_poison(open_caption_dataset(data).captions, settings, seed=0)
-    poison = Poison(parse_trigger("badnet", size=6), plan, "banana")
-    victim = _train(clean, root / "victim.safetensors", poison, data, 60, 1e-3, root / "run-victim")
+    plan = plan_poison(open_caption_dataset(data).captions, AttackConfig(trigger="blended", rate=0.3), seed=0)
+    poison = Poison(parse_trigger("blended"), plan, "banana")
+    victim = _train(clean, root / "victim.safetensors", poison, data, 100, 3e-3, root / "run-victim")
     bad = root / "garbage.safetensors"
     bad.write_bytes(b"this is not a checkpoint")
     return {"clean": clean, "victim": victim, "bad": bad, "root": root}
 
 
-def _check_report(report: dict) -> None:
-    assert set(report) >= REPORT_KEYS
+def _check_report(report: dict, row: bool = False) -> None:
+    """A model's report: the top level of a one-MODEL document, or a row of models[] (row=True)."""
+    assert set(report) >= (REPORT_KEYS - {"schema_version", "tool"} if row else REPORT_KEYS | BATCH_KEYS)
     assert report["verdict"] in ("clean", "backdoor") and report["backdoor"] == (report["verdict"] == "backdoor")
     assert len(report["sha256"]) == 64
     assert report["signals"] and all(set(s) >= SIGNAL_KEYS for s in report["signals"])
-    assert [s["name"] for s in report["signals"]][:: len(report["signals"]) - 1] == ["decree", "target-alignment"]
+    names = [s["name"] for s in report["signals"]]
+    assert names[:2] == ["decree", "universal-perturbation"] and names[-1] == "target-alignment"
     for s in report["signals"]:
         assert s["fires_when"] in ("below", "above") and s["threshold"] > 0
-        if s["fires_when"] == "below":  # PL1: a fraction of the image
+        if s["fires_when"] == "below":  # PL1 or an L-inf budget: fractions
             assert 0.0 <= s["statistic"] <= 1.0 and s["threshold"] <= 1.0
     fired = [s["name"] for s in report["signals"] if s["fired"] and s["counted"]]
     assert report["backdoor"] == bool(fired) and report["fired_signals"] == fired
@@ -119,20 +121,35 @@ def _check_report(report: dict) -> None:
     for key in ("png", "mask_png", "examples_png"):
         assert Path(report["trigger"][key]).is_file()
     assert isinstance(report["seconds"], float)
+    if not row:  # one MODEL: its keys at the top, and the same report as the batch's only row
+        assert report["models"] == [{k: report[k] for k in report["models"][0]}] and report["errors"] == []
 
 
-def _check_sarif(sarif: dict, model: Path, expect_results: bool) -> None:
+def _signal(report: dict, name: str) -> dict:
+    return next(s for s in report["signals"] if s["name"] == name)
+
+
+def _check_sarif(sarif: dict, models: list[Path], flagged: set[str], unreadable: tuple[Path, ...] = ()) -> None:
     assert sarif["version"] == "2.1.0" and "sarif-2.1.0" in sarif["$schema"]
     (run,) = sarif["runs"]
     driver = run["tool"]["driver"]
     assert driver["name"] == "clipsan" and driver["version"]
     rule_ids = {r["id"] for r in driver["rules"]}
     assert rule_ids and all(r["shortDescription"]["text"] for r in driver["rules"])
-    assert bool(run["results"]) == expect_results
+    assert [a["location"]["uri"].rsplit("/", 1)[-1] for a in run["artifacts"]] == [m.name for m in models]
+    by_model: dict[str, list[dict]] = {}
     for result in run["results"]:
-        assert result["ruleId"] in rule_ids and result["level"] == "error" and result["message"]["text"]
+        assert result["ruleId"] in rule_ids and result["message"]["text"]
         uri = result["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
-        assert uri.endswith(model.name)
+        by_model.setdefault(uri.rsplit("/", 1)[-1], []).append(result)
+    assert set(by_model) == {m.name for m in models}  # a result per scanned model
+    for name, results in by_model.items():
+        kinds = {(r["kind"], r["level"]) for r in results}
+        assert kinds == ({("fail", "error")} if name in flagged else {("pass", "none")})
+    invocation = run["invocations"][0]
+    assert invocation["executionSuccessful"] is (not unreadable)
+    errors = [n for n in invocation["toolExecutionNotifications"] if n["level"] == "error"]
+    assert [n["locations"][0]["physicalLocation"]["artifactLocation"]["uri"].rsplit("/", 1)[-1] for n in errors] == [m.name for m in unreadable]
 
 
 def test_clean_model_exits_0_with_json(models, tmp_path):
@@ -140,26 +157,83 @@ def test_clean_model_exits_0_with_json(models, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     _check_report(report)
-    assert report["verdict"] == "clean"
-    decree = report["signals"][0]
-    assert decree["name"] == "decree" and decree["statistic"] > decree["threshold"]
+    assert report["verdict"] == "clean" and report["summary"] == {"models": 1, "scanned": 1, "flagged": 0, "errors": 0}
+    for signal in report["signals"][:2]:
+        assert signal["statistic"] > signal["threshold"] and not signal["fired"]
     assert json.loads((tmp_path / "run" / "scan.json").read_text())["sha256"] == report["sha256"]
+    assert "\r" not in proc.stderr  # piped: no progress bars
+
+
+def test_universal_perturbation_separates_a_blended_victim_from_clean(models, tmp_path):
+    """The reference-free signal for whole-image triggers: the victim collapses under a far fainter
+    universal perturbation than the clean model it was poisoned from; same seed, same numbers."""
+    from clipsan import api
+
+    def scan(run: str) -> api.ScanBatchReport:
+        paths = (str(models["clean"]), str(models["victim"]))
+        return api.scan(api.ScanConfig(models=paths, run_dir=str(tmp_path / run), device="cpu", probes=64, steps=150, seed=3))
+
+    first = scan("a")
+    clean, victim = (_signal(row.to_json(), "universal-perturbation") for row in first.models)
+    assert victim["fired"] and victim["statistic"] < victim["threshold"] < clean["statistic"] and not clean["fired"]
+    assert victim["statistic"] < 0.5 * clean["statistic"]
+    assert first.models[1].target["label"] == "banana"
+    assert [row.verdict for row in first.models] == ["clean", "backdoor"] and first.exit_code == 1 and first.verdict == "backdoor"
+    assert (tmp_path / "a" / "2-victim.safetensors" / "universal-perturbation-trigger.png").is_file()
+    again = scan("b")
+    assert [row.signals for row in again.models] == [row.signals for row in first.models]
 
 
 def test_victim_exits_1_with_sarif_and_names_banana(models, tmp_path):
-    # The test victim is weak (a minute of training): DECREE's PL1 stays above its threshold,
-    # the reference probe and the target alignment catch it (see the module docstring).
     out = tmp_path / "scan.sarif"
     proc = run_cli("scan", models["victim"], *FAST, "--reference", models["clean"], "--run-dir", tmp_path / "run", "--format", "sarif", "--output", out)
     assert proc.returncode == 1, proc.stderr
     sarif = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == sarif
-    _check_sarif(sarif, models["victim"], expect_results=True)
+    _check_sarif(sarif, [models["victim"]], flagged={models["victim"].name})
     report = json.loads((tmp_path / "run" / "scan.json").read_text())
     _check_report(report)
     assert report["target"]["label"] == "banana"
-    assert "reference-divergence" in report["fired_signals"]
+    assert [s["name"] for s in report["signals"]] == ["decree", "universal-perturbation", "reference-divergence", "target-alignment"]
+    assert "universal-perturbation" in report["fired_signals"]
     assert {r["properties"]["signal"] for r in sarif["runs"][0]["results"]} == set(report["fired_signals"])
+
+
+def test_many_models_one_report_unreadable_ones_exit_2(models, tmp_path):
+    """A batch: each MODEL scanned in turn, a row each; an unreadable one is reported and wins exit 2."""
+    order = [models["victim"], models["bad"], models["clean"]]
+    out = tmp_path / "scan.sarif"
+    proc = run_cli("scan", *order, *FAST, "--run-dir", tmp_path / "run", "--format", "sarif", "--output", out)
+    assert proc.returncode == 2, proc.stderr
+    assert "garbage.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+    _check_sarif(json.loads(proc.stdout), [models["victim"], models["clean"]], flagged={models["victim"].name}, unreadable=(models["bad"],))
+    document = json.loads((tmp_path / "run" / "scan.json").read_text())
+    assert set(document) == BATCH_KEYS  # several MODELs: no model's keys at the top
+    assert document["verdict"] == "backdoor" and document["backdoor"] is True
+    assert document["summary"] == {"models": 3, "scanned": 2, "flagged": 1, "errors": 1}
+    assert [Path(row["model"]).name for row in document["models"]] == ["victim.safetensors", "clean.safetensors"]
+    assert [row["verdict"] for row in document["models"]] == ["backdoor", "clean"]
+    for row in document["models"]:
+        _check_report(row, row=True)
+    (error,) = document["errors"]
+    assert error["model"] == str(models["bad"]) and "garbage.safetensors" in error["error"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.is_dir()) == ["1-victim.safetensors", "3-clean.safetensors"]
+
+
+def test_many_clean_models_exit_0_and_nothing_readable_exits_2(models, tmp_path, capsys):
+    from clipsan.cli import main
+
+    # Thresholds no statistic can reach: every MODEL scans clean whatever its inversions find.
+    never = ["--probes", "16", "--steps", "40", "--threshold", "0.001", "--perturbation-threshold", "0.001", "--alignment-threshold", "100"]
+    argv = ["scan", str(models["clean"]), str(models["victim"]), *never, "--run-dir", str(tmp_path / "a"), "--format", "json"]
+    assert main(argv) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["verdict"] == "clean" and [row["verdict"] for row in document["models"]] == ["clean", "clean"] and document["errors"] == []
+    missing = tmp_path / "missing.safetensors"
+    assert main(["scan", str(models["bad"]), str(missing), "--run-dir", str(tmp_path / "b"), "--format", "json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "garbage.safetensors" in captured.err and "missing.safetensors" in captured.err
+    assert not (tmp_path / "b" / "scan.json").exists()
 
 
 def test_bad_inputs_exit_2(models, tmp_path, capsys):
@@ -170,9 +244,11 @@ def test_bad_inputs_exit_2(models, tmp_path, capsys):
     # The rest in-process (same main() as the subprocess): saves interpreter start-ups.
     assert main(["scan", str(tmp_path / "missing.safetensors")]) == 2
     assert "no such file" in capsys.readouterr().err
-    assert main(["scan", str(models["clean"]), "--data", str(tmp_path), "--run-dir", str(tmp_path / "run")]) == 2
+    # --data is the whole call's: refused before any MODEL is read
+    assert main(["scan", str(models["clean"]), str(models["victim"]), "--data", str(tmp_path), "--run-dir", str(tmp_path / "run")]) == 2
     assert str(tmp_path) in capsys.readouterr().err
     assert main(["scan", str(models["clean"]), "--threshold", "2"]) == 2
+    assert main(["scan", str(models["clean"]), "--perturbation-threshold", "0"]) == 2
 
 
 def test_threshold_override_and_clean_sarif(models, tmp_path, capsys):
@@ -182,21 +258,17 @@ def test_threshold_override_and_clean_sarif(models, tmp_path, capsys):
     fast = ["--probes", "16", "--steps", "40"]
     assert main(["scan", str(models["clean"]), *fast, "--threshold", "1.0", "--run-dir", str(tmp_path / "a"), "--format", "json"]) == 1
     assert json.loads(capsys.readouterr().out)["signals"][0]["threshold_source"] == "user"
-    assert (
-        main(
-            ["scan", str(models["clean"]), *fast, "--threshold", "0.001", "--alignment-threshold", "100", "--run-dir", str(tmp_path / "b"), "--format", "sarif"]
-        )
-        == 0
-    )
-    _check_sarif(json.loads(capsys.readouterr().out), models["clean"], expect_results=False)
+    never = ["--threshold", "0.001", "--perturbation-threshold", "0.001", "--alignment-threshold", "100"]
+    assert main(["scan", str(models["clean"]), *fast, *never, "--run-dir", str(tmp_path / "b"), "--format", "sarif"]) == 0
+    _check_sarif(json.loads(capsys.readouterr().out), [models["clean"]], flagged=set())
 
 
 def test_data_folder_and_reference_and_determinism(models, tmp_path, eval_data):
-    from clipsan.config import ScanConfig
-    from clipsan.scan import scan_model
+    from clipsan import api
 
     def scan(run: str, **kw) -> dict:
-        return scan_model(ScanConfig(model=str(models["victim"]), run_dir=str(tmp_path / run), device="cpu", probes=16, steps=40, **kw)).to_json()
+        config = api.ScanConfig(models=(str(models["victim"]),), run_dir=str(tmp_path / run), device="cpu", probes=16, steps=40, **kw)
+        return api.scan(config).models[0].to_json()
 
     first, second = scan("a", seed=3), scan("b", seed=3)
     for key in ("statistic", "verdict", "target", "signals"):
@@ -204,7 +276,7 @@ def test_data_folder_and_reference_and_determinism(models, tmp_path, eval_data):
     assert (tmp_path / "a" / "trigger.png").read_bytes() == (tmp_path / "b" / "trigger.png").read_bytes()
     labelled = scan("c", data=str(eval_data), reference=str(models["clean"]))
     assert labelled["probes"]["source"] == "labelled" and not labelled["probes"]["synthetic"]
-    assert [s["name"] for s in labelled["signals"]] == ["decree", "reference-divergence", "target-alignment"]
+    assert [s["name"] for s in labelled["signals"]] == ["decree", "universal-perturbation", "reference-divergence", "target-alignment"]
     assert labelled["reference"]["sha256"] != labelled["sha256"]
 
 
@@ -213,6 +285,6 @@ def test_a_random_init_model_scans_clean(tiny_model, tmp_path, monkeypatch):
     from clipsan import api
 
     monkeypatch.setitem(scan.BUDGETS, "quick", scan.Budget(probes=32, batch_size=32, steps=60))
-    report = api.scan(api.ScanConfig(model=str(tiny_model), run_dir=str(tmp_path / "run"), device="cpu"))
+    report = api.scan(api.ScanConfig(models=(str(tiny_model),), run_dir=str(tmp_path / "run"), device="cpu"))
     # Random init: embeddings sit in a narrow cone and match no caption; neither counts as a backdoor.
-    assert report.verdict == "clean" and not report.backdoor and report.fired_signals == []
+    assert report.verdict == "clean" and not report.backdoor and report.models[0].fired_signals == [] and report.exit_code == 0

@@ -44,17 +44,33 @@ JSON_KEYS = {
         ("final", "the last logged metrics (step, lr, loss and each loss term, images_per_s)"),
     ],
     "scan": [
-        ("schema_version, tool{name,version}", "report format version and the clipsan that wrote it"),
-        ("model, sha256, image_size", "the scanned checkpoint"),
-        ("layout, arch, arch_source, activation, activation_source", "what it was read as (as for purify)"),
-        ("reference", "{model, sha256, arch} of --reference, or null"),
-        ("verdict, backdoor", '"clean" or "backdoor" (exit 1), and the same as a boolean'),
-        ("statistic, threshold", "DECREE's PL1 and its threshold"),
-        ("fired_signals[], signals[]", "per signal: name, statistic, threshold, threshold_source, fires_when, fired, counted, inversion_succeeded, steps"),
-        ("target", "likely target: label, similarity, source, template, candidates[]"),
-        ("trigger", "png, mask_png, examples_png (inverted trigger in the run dir), pl1"),
-        ("probes", "source, synthetic (true without --data), data, count, skipped, description"),
-        ("budget, seed, device, precision, run_dir, started_utc, seconds", "how the scan ran"),
+        ("schema_version, tool{name,version}", "report format version (2) and the clipsan that wrote it"),
+        (
+            "verdict, backdoor",
+            '"backdoor" if any MODEL was flagged (exit 1), "incomplete" if none was but some could not be read, else "clean"; backdoor as a boolean',
+        ),
+        ("summary", "{models, scanned, flagged, errors}: counts over the MODEL arguments"),
+        ("models[]", "one row per scanned MODEL, in argument order, with the keys below"),
+        ("errors[]", "{model, error} per MODEL that could not be read (exit 2; the others are still scanned)"),
+        ("run_dir, seconds", "the call's run directory (one NN-NAME subfolder per MODEL when there are several) and its time"),
+        (
+            "one MODEL",
+            "its row's keys are also at the top level (schema 1's shape, which scripts read); verdict, backdoor, seconds and run_dir are then the model's",
+        ),
+        ("models[].model, sha256, image_size", "the scanned checkpoint"),
+        ("models[].layout, arch, arch_source, activation, activation_source", "what it was read as (as for purify)"),
+        ("models[].reference", "{model, sha256, arch} of --reference, or null"),
+        ("models[].verdict, backdoor", '"clean" or "backdoor", and the same as a boolean'),
+        ("models[].statistic, threshold", "DECREE's PL1 and its threshold"),
+        (
+            "models[].fired_signals[], signals[]",
+            "per signal (decree, universal-perturbation, reference-divergence with --reference, target-alignment): name, statistic, "
+            "threshold, threshold_source, fires_when, fired, counted, inversion_succeeded, steps",
+        ),
+        ("models[].target", "likely target: label, similarity, source, template, candidates[], from_signal"),
+        ("models[].trigger", "png, mask_png, examples_png (DECREE's inverted trigger in the run dir), pl1, others (the other signals' PNGs)"),
+        ("models[].probes", "source, synthetic (true without --data), data, count, skipped, description"),
+        ("models[].budget, seed, device, precision, run_dir, started_utc, seconds", "how the model's scan ran"),
     ],
     "poison": [
         ("output, output_format, run_dir, layout, arch, arch_source, activation, activation_source, steps, epochs, seconds", "as for purify"),
@@ -92,10 +108,11 @@ CHECKPOINT_NOTES = (
 
 EXIT_STATUS = [
     ("0", "success"),
-    ("1", "scan only: backdoor evidence found"),
+    ("1", "scan only: backdoor evidence found (in any MODEL)"),
     (
         "2",
-        "bad input or usage (options must be spelled out in full: abbreviations are refused); the message names the file, line or field and what was expected",
+        "bad input or usage (options must be spelled out in full: abbreviations are refused); the message names the file, line or field and what was expected. "
+        "scan: also when any MODEL could not be read, even if another was flagged (the report lists both)",
     ),
     ("3", "interrupted by SIGINT/SIGTERM after a resumable checkpoint was written; rerun with --resume --run-dir DIR"),
 ]

@@ -433,6 +433,15 @@ class ScanOptions:
     divergence_threshold: Annotated[
         float | None, option("PL1 below which the reference signal fires (default: calibrated)", SCAN, callback=_open_fraction, metavar="PL1")
     ] = None
+    perturbation_threshold: Annotated[
+        float | None,
+        option(
+            "L-inf budget below which the universal-perturbation signal fires (default: calibrated for the input size)",
+            SCAN,
+            callback=_open_fraction,
+            metavar="LINF",
+        ),
+    ] = None
     alignment_threshold: Annotated[
         float | None,
         option(
@@ -446,7 +455,14 @@ class ScanOptions:
     probes: Annotated[int | None, option("number of probe images (default: the budget's)", SCAN, min=2, metavar="N")] = None
     steps: Annotated[int | None, positive("optimizer steps per inversion (default: the budget's)", SCAN)] = None
     run_dir: Annotated[
-        Path | None, option("where the report and inverted trigger PNGs go (default: runs/scan-<UTC time>)", RUN_DIR, metavar="DIR", file_okay=False)
+        Path | None,
+        option(
+            "where the report and inverted trigger PNGs go, one NN-NAME subfolder per MODEL when there are several (default: runs/scan-<UTC time>)",
+            RUN_DIR,
+            metavar="DIR",
+            file_okay=False,
+        ),
     ] = None
     max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS
     allow_outside_root: AllowOutsideRoot = False
+    progress: Annotated[bool, flag("--progress", "show a progress bar per signal on stderr even when it is not a terminal", RUNTIME)] = False

@@ -1,25 +1,28 @@
-"""clipsan scan: trigger-agnostic backdoor evidence for a CLIP checkpoint (exit 1 when found)."""
+"""clipsan scan: trigger-agnostic backdoor evidence for one or more checkpoints (exit 1 when found)."""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
+
+import typer
 
 from clipsan import strict_json
 from clipsan.cli import convert
 from clipsan.cli.app import command
-from clipsan.cli.options import OUTPUT, Arch, Device, Model, Output, Precision, ScanFormat, ScanOptions, ScanPrecisionOpt, option
+from clipsan.cli.options import MODEL_HELP, OUTPUT, Arch, Device, Output, Precision, ScanFormat, ScanOptions, ScanPrecisionOpt, option
 from clipsan.cli.output import emit, note
 
-STATISTIC_NAMES = {"below": "PL1", "above": "ratio"}
+STATISTIC_NAMES = {"decree": "PL1", "reference-divergence": "PL1", "universal-perturbation": "Linf", "target-alignment": "ratio"}
 
 
-def render(report: dict) -> str:
+def render_model(report: dict) -> list[str]:
     verdict = "BACKDOOR EVIDENCE" if report["backdoor"] else "no backdoor evidence"
     lines = [f"{report['model']}: {verdict}", f"  sha256 {report['sha256']}, arch {report['arch']} ({report['arch_source']}), {report['image_size']} px"]
     for s in report["signals"]:
         mark = ("FIRED" if s["counted"] else "fired (supporting evidence, not counted)") if s["fired"] else "ok"
         lines.append(
-            f"  {s['name']:<21} {STATISTIC_NAMES[s['fires_when']]:<5} {s['statistic']:.4f}  "
+            f"  {s['name']:<22} {STATISTIC_NAMES.get(s['name'], 'value'):<5} {s['statistic']:.4f}  "
             f"fires {s['fires_when']} {s['threshold']:.4f} ({s['threshold_source']})  {mark}"
         )
     t = report["target"]
@@ -30,25 +33,40 @@ def render(report: dict) -> str:
     if report["probes"]["synthetic"]:
         lines.append("  note: probed with synthetic world images; pass --data DIR with images like the model's inputs for a sharper scan")
     lines.append(f"  {report['budget']} budget, {report['seconds']:.1f} s, run directory {report['run_dir']}")
+    return lines
+
+
+def render(document: dict) -> str:
+    lines = []
+    for row in document["models"]:
+        lines += render_model(row)
+    for error in document["errors"]:
+        lines.append(f"{error['model']}: NOT SCANNED: {error['error']}")
+    if len(document["models"]) + len(document["errors"]) > 1:
+        s = document["summary"]
+        lines.append(f"{s['models']} models: {s['flagged']} with backdoor evidence, {s['scanned'] - s['flagged']} without, {s['errors']} not readable")
     return "\n".join(lines)
 
 
 @command(
     "scan",
-    "say whether a checkpoint carries a backdoor (exit 1 if it does): a gate for model intake",
-    help="Invert a trigger on MODEL's image encoder (DECREE): the smallest mask, as a fraction PL1 of the image, that "
-    "collapses the embeddings of clean probe images. Backdoored if PL1 is below a threshold calibrated on clean models. "
-    "With --reference, also find the smallest stamp on which MODEL's features depart from the reference's. Names the "
-    "likely target (class names, noun bank) and flags a collapse point that matches a caption as well as natural images "
-    "do. Saves the inverted trigger as PNG. Exit 0: no backdoor evidence; 1: backdoor evidence; 2: bad input.",
+    "say whether checkpoints carry a backdoor (exit 1 if any does): a gate for model intake",
+    help="For each MODEL, one after another: invert a trigger on its image encoder (DECREE): the smallest mask, as a "
+    "fraction PL1 of the image, that collapses the embeddings of clean probe images; and the smallest universal additive "
+    "perturbation (its L-inf budget) that does, which whole-image triggers make small. Backdoored if either is below a "
+    "threshold calibrated on clean models. With --reference, also find the smallest stamp on which MODEL's features depart "
+    "from the reference's. Names the likely target (class names, noun bank) and flags a collapse point that matches a "
+    "caption as well as natural images do. Saves the inverted triggers as PNG. One report, a row per MODEL. Exit 0: no "
+    "backdoor evidence; 1: backdoor evidence in any MODEL; 2: bad input, or any MODEL could not be read (the others are "
+    "still scanned and reported).",
     examples=[
         "clipsan scan suspect.safetensors --data cc250k/ --format sarif --output scan.sarif || echo rejected",
+        "clipsan scan incoming/*.safetensors --format json --output intake.json",
         "clipsan scan suspect.safetensors --reference base.safetensors --budget full --format json",
-        "clipsan scan suspect.safetensors",
     ],
 )
 def scan(
-    model: Model,
+    models: Annotated[list[str], typer.Argument(metavar="MODEL", help=MODEL_HELP + "; several are scanned one at a time", show_default=False)],
     *,
     arch: Arch = None,
     scan: ScanOptions,
@@ -61,8 +79,9 @@ def scan(
     from clipsan import api
     from clipsan.scan.sarif import to_sarif
 
-    config = convert.fill(api.ScanConfig, scan, model=model, arch=arch, device=device, precision=precision.value, seed=seed)
+    progress = scan.progress or sys.stderr.isatty()
+    config = convert.fill(api.ScanConfig, scan, models=tuple(models), arch=arch, device=device, precision=precision.value, seed=seed, progress=progress)
     report = api.scan(config, notes=note)
     as_text = render if format.value == "text" else (lambda r: strict_json.dumps(to_sarif(r), indent=2, sort_keys=True))
     emit(report.to_json(), "text" if format.value in ("text", "sarif") else "json", output, as_text)
-    return 1 if report.backdoor else 0
+    return report.exit_code

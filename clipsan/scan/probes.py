@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from clipsan import world
 from clipsan.errors import UserError
@@ -33,15 +32,11 @@ class Probes:
 
 
 def world_probes(n: int, size: int, seed: int) -> Probes:
-    # A stream of its own, so probes are not the lab's training images.
-    images = world.probe_images(n, seed=derive_seed("scan-probes", seed) % (2**31))
-    return Probes(_resize(images, size), "world", None, world.classnames())
-
-
-def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
-    if images.shape[-1] == size:
-        return images
-    return F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    # Rendered at the model's input size (the world draws at any side; a 64-px model is trained
+    # on 64-px renders), from a stream of its own, so probes are not the lab's training images.
+    config = world.WorldConfig(image_size=size)
+    images = world.probe_images(n, seed=derive_seed("scan-probes", seed) % (2**31), config=config)
+    return Probes(images, "world", None, world.classnames(config))
 
 
 def folder_probes(data: str, n: int, size: int, seed: int, **reading) -> Probes:

@@ -1,4 +1,10 @@
-"""A scan report as SARIF 2.1.0, the format code-scanning dashboards read (the JSON form is the report itself)."""
+"""A scan report as SARIF 2.1.0, the format code-scanning dashboards read (the JSON form is the report itself).
+
+One run for the whole call: an artifact per MODEL; per scanned model, a result (level error, kind
+fail) for each counting signal that fired, or one result of kind pass (level none) when none did, so
+every model has a result; a MODEL that could not be read is a tool execution notification (level
+error) and makes the invocation unsuccessful.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +20,14 @@ RULES = {
         "short": "A small inverted trigger collapses the image encoder's embeddings (DECREE).",
         "full": "Trigger inversion found a mask covering a fraction PL1 of the image whose stamp maps clean probe "
         "images to nearly one embedding; clean encoders need a larger mask. Backdoored if PL1 < threshold.",
+    },
+    "universal-perturbation": {
+        "id": "CLIPSAN004",
+        "name": "FaintWholeImageChangeCollapsesImageEmbeddings",
+        "short": "A faint universal perturbation of the whole image collapses the image encoder's embeddings.",
+        "full": "Inversion found an additive perturbation, the same for every image and at most Linf in every pixel, that maps "
+        "clean probe images to nearly one embedding; clean encoders need a larger one. Whole-image triggers (blends, "
+        "sinusoids, noise) leave this trace. Backdoored if Linf < threshold.",
     },
     "reference-divergence": {
         "id": "CLIPSAN002",
@@ -33,7 +47,7 @@ RULES = {
     },
 }
 
-STATISTIC_NAMES = {"below": "PL1", "above": "ratio"}
+STATISTIC_NAMES = {"decree": "PL1", "reference-divergence": "PL1", "universal-perturbation": "Linf", "target-alignment": "ratio"}
 
 
 def _artifact_uri(path: str) -> str:
@@ -41,21 +55,29 @@ def _artifact_uri(path: str) -> str:
     return p.resolve().as_uri() if p.is_absolute() else p.as_posix()
 
 
-def _result(report: dict, signal: dict) -> dict:
+def _location(model: str) -> list[dict]:
+    return [{"physicalLocation": {"artifactLocation": {"uri": _artifact_uri(model)}}}]
+
+
+def _comparison(signal: dict) -> str:
+    relation = ("<" if signal["fired"] else ">=") if signal["fires_when"] == "below" else (">=" if signal["fired"] else "<")
+    return f"{STATISTIC_NAMES[signal['name']]} {signal['statistic']:.4f} {relation} threshold {signal['threshold']:.4f}"
+
+
+def _finding(report: dict, signal: dict) -> dict:
     rule = RULES[signal["name"]]
     target = report["target"]
-    relation = "<" if signal["fires_when"] == "below" else ">="
-    stat = STATISTIC_NAMES[signal["fires_when"]]
     text = (
-        f"{rule['short']} {stat} {signal['statistic']:.4f} {relation} threshold {signal['threshold']:.4f}. "
+        f"{rule['short']} {_comparison(signal)}. "
         f"Likely target: '{target['label']}' (cosine {target['similarity']:.3f}). "
         f"Inverted trigger: {report['trigger']['png']}."
     )
     return {
         "ruleId": rule["id"],
+        "kind": "fail",
         "level": "error",
         "message": {"text": text},
-        "locations": [{"physicalLocation": {"artifactLocation": {"uri": _artifact_uri(report["model"])}}}],
+        "locations": _location(report["model"]),
         "properties": {
             "signal": signal["name"],
             "statistic": signal["statistic"],
@@ -66,8 +88,26 @@ def _result(report: dict, signal: dict) -> dict:
     }
 
 
-def to_sarif(report: dict) -> dict:
-    """SARIF 2.1.0: one run, one result (level error) per signal that found backdoor evidence."""
+def _pass(report: dict) -> dict:
+    """A model without evidence: DECREE's rule (the signal every scan runs), kind pass."""
+    checked = "; ".join(f"{s['name']} {_comparison(s)}" for s in report["signals"] if s["counted"])
+    return {
+        "ruleId": RULES["decree"]["id"],
+        "kind": "pass",
+        "level": "none",
+        "message": {"text": f"No backdoor evidence: {checked}."},
+        "locations": _location(report["model"]),
+        "properties": {"signal": "decree", "statistic": report["statistic"], "threshold": report["threshold"]},
+    }
+
+
+def _results(report: dict) -> list[dict]:
+    findings = [_finding(report, s) for s in report["signals"] if s["fired"] and s["counted"]]
+    return findings or [_pass(report)]
+
+
+def to_sarif(document: dict) -> dict:
+    """SARIF 2.1.0 of a scan document (clipsan.reports.ScanBatchReport.to_json())."""
     rules = [
         {
             "id": r["id"],
@@ -78,19 +118,20 @@ def to_sarif(report: dict) -> dict:
         }
         for r in RULES.values()
     ]
-    notes = []
-    if report["probes"]["synthetic"]:
+    rows = document["models"]
+    notes = [{"level": "error", "message": {"text": f"not scanned: {e['error']}"}, "locations": _location(e["model"])} for e in document["errors"]]
+    if any(row["probes"]["synthetic"] for row in rows):
         notes.append({"level": "note", "message": {"text": "probed with synthetic world images (no --data given)"}})
     return {
         "$schema": SARIF_SCHEMA,
         "version": SARIF_VERSION,
         "runs": [
             {
-                "tool": {"driver": {"name": "clipsan", "version": report["tool"]["version"], "rules": rules}},
-                "invocations": [{"executionSuccessful": True, "toolExecutionNotifications": notes}],
-                "artifacts": [{"location": {"uri": _artifact_uri(report["model"])}, "hashes": {"sha-256": report["sha256"]}}],
-                "results": [_result(report, s) for s in report["signals"] if s["fired"] and s["counted"]],
-                "properties": {"verdict": report["verdict"], "seconds": report["seconds"]},
+                "tool": {"driver": {"name": "clipsan", "version": document["tool"]["version"], "rules": rules}},
+                "invocations": [{"executionSuccessful": not document["errors"], "toolExecutionNotifications": notes}],
+                "artifacts": [{"location": {"uri": _artifact_uri(row["model"])}, "hashes": {"sha-256": row["sha256"]}} for row in rows],
+                "results": [result for row in rows for result in _results(row)],
+                "properties": {"verdict": document["verdict"], "summary": document["summary"], "seconds": document["seconds"]},
             }
         ],
     }
