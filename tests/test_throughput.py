@@ -40,7 +40,7 @@ def _reads(counts_file: Path) -> int:
     return json.loads(counts_file.read_text())["total"]
 
 
-@pytest.mark.parametrize("method", ["ft", "cleanclip"])
+@pytest.mark.parametrize("method", ["ft", "cleanclip", "cleanerclip"])
 def test_training_reads_the_device_only_at_log_steps(method, tiny_model, caption_data, tmp_path):
     counts = tmp_path / "counts"
     cmd = [sys.executable, str(PROBE), str(counts), *_purify(tiny_model, caption_data, tmp_path, method)]
