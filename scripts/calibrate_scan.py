@@ -204,7 +204,10 @@ def matrix(rows: list[dict], proposal: dict) -> str:
         "| model | px | kind | scans | decree PL1 (÷T) | perturbation Linf (÷T) | divergence PL1 (÷T) | flagged without --reference | with | s (median) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    models = sorted({(r["image_size"], r["name"]) for r in rows}, key=lambda m: (m[0], [r["name"] for r in rows].index(m[1])))
+    names = [r["name"] for r in rows]
+    kinds = {r["name"]: r["kind"] for r in rows}
+    order = ("clean", "clean-ft", "random-init", "victim")
+    models = sorted({(r["image_size"], r["name"]) for r in rows}, key=lambda m: (m[0], order.index(kinds[m[1]]), names.index(m[1])))
     for size, name in models:
         mine = [r for r in rows if r["name"] == name and r["image_size"] == size]
         at = {k.split("/", 1)[1]: p["threshold"] for k, p in proposal.items() if k.startswith(f"{size}px/")}
