@@ -4,10 +4,10 @@ The tests build their own tiny models in about two minutes: a clean one trained
 for 150 steps from scratch on a 2000-pair world (zero-shot accuracy ~0.27),
 and a victim poisoned from it (blended, ratio 0.2, 30% of pairs, 100 steps at
 lr 3e-3: ASR@1 ~0.86). Both are far weaker than the lab's models. On the
-victim DECREE's PL1 (~0.06) stays above the 32-px threshold (0.055) - a
+victim DECREE's PL1 (~0.06) sits at the 32-px threshold (0.066) - a
 whole-image blend is no small mask - while the universal perturbation fires
-(L-inf ~0.026 vs 0.05; the clean model needs ~0.17) and the target is named
-"banana". docs/scan-calibration.md has the numbers for lab-size models.
+clearly (L-inf ~0.026 vs 0.045; the clean model needs ~0.17) and the target is
+named "banana". docs/scan-calibration.md has the numbers for lab-size models.
 """
 
 from __future__ import annotations
