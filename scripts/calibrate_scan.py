@@ -54,10 +54,22 @@ def _named(text: str) -> tuple[str, str]:
     return name, path
 
 
-def scan_row(name: str, kind: str, path: str, seed: int, budget: str, reference: str | None, probes: int | None = None, steps: int | None = None) -> dict:
+def scan_row(
+    name: str,
+    kind: str,
+    path: str,
+    seed: int,
+    budget: str,
+    reference: str | None,
+    probes: int | None = None,
+    steps: int | None = None,
+    keep_runs: Path | None = None,
+) -> dict:
     from clipsan import api
 
-    with tempfile.TemporaryDirectory() as run_dir:
+    with tempfile.TemporaryDirectory() as tmp:
+        # --keep-runs: each scan's run dir (inverted triggers, stamped examples) stays for a human to look at.
+        run_dir = str(keep_runs / f"{name}-{budget}-s{seed}{'-ref' if reference else ''}") if keep_runs else tmp
         config = api.ScanConfig(models=(path,), reference=reference, budget=budget, run_dir=run_dir, device="cpu", seed=seed, probes=probes, steps=steps)
         report = api.scan(config).models[0].to_json()
     by_name = {s["name"]: s for s in report["signals"]}
@@ -179,6 +191,37 @@ def markdown(rows: list[dict], proposal: dict) -> str:
     return "\n".join(lines)
 
 
+def matrix(rows: list[dict], proposal: dict) -> str:
+    """One line per model: each signal's range over the scan seeds (and ÷ threshold), scans flagged without / with --reference."""
+
+    def span(values: list[float], at: float | None) -> str:
+        if not values:
+            return "-"
+        text = f"{min(values):.4f}–{max(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+        return text + (f" ({min(values) / at:.2f}–{max(values) / at:.2f})" if at else "")
+
+    lines = [
+        "| model | px | kind | scans | decree PL1 (÷T) | perturbation Linf (÷T) | divergence PL1 (÷T) | flagged without --reference | with | s (median) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    names = [r["name"] for r in rows]
+    kinds = {r["name"]: r["kind"] for r in rows}
+    order = ("clean", "clean-ft", "random-init", "victim")
+    models = sorted({(r["image_size"], r["name"]) for r in rows}, key=lambda m: (m[0], order.index(kinds[m[1]]), names.index(m[1])))
+    for size, name in models:
+        mine = [r for r in rows if r["name"] == name and r["image_size"] == size]
+        at = {k.split("/", 1)[1]: p["threshold"] for k, p in proposal.items() if k.startswith(f"{size}px/")}
+        cells = [span([r[k] for r in mine if r[k] is not None], at.get(k)) for k in LOWER_IS_BACKDOOR]
+        without = sum(bool(flagged(r, at, False)) for r in mine)
+        with_ref = sum(bool(flagged(r, at, True)) for r in mine) if all(r["reference"] for r in mine) else None
+        seconds = sorted(r["seconds"] for r in mine)[len(mine) // 2]
+        lines.append(
+            f"| {name} | {size} | {mine[0]['kind']} | {len(mine)} | {' | '.join(cells)} | {without}/{len(mine)} | "
+            f"{'-' if with_ref is None else f'{with_ref}/{len(mine)}'} | {seconds:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clean", type=_named, action="append", default=[], metavar="NAME=PATH")
@@ -195,6 +238,7 @@ def main() -> None:
     )
     parser.add_argument("--full-seeds", type=int, nargs="+", default=[0], help="scan seeds for the full budget (default: 0)")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of every scan (appended; rows already there are reused)")
+    parser.add_argument("--keep-runs", type=Path, help="keep every scan's run dir (trigger images) under this folder")
     args = parser.parse_args()
 
     done = {}
@@ -223,7 +267,15 @@ def main() -> None:
                         started = time.perf_counter()
                         small = kind == "random-init"
                         done[key] = scan_row(
-                            name, kind, path, seed, budget, ref, probes=args.random_probes if small else None, steps=args.random_steps if small else None
+                            name,
+                            kind,
+                            path,
+                            seed,
+                            budget,
+                            ref,
+                            probes=args.random_probes if small else None,
+                            steps=args.random_steps if small else None,
+                            keep_runs=args.keep_runs,
                         )
                         with open(args.out, "a") as fh:
                             fh.write(json.dumps(done[key], sort_keys=True) + "\n")
@@ -234,6 +286,7 @@ def main() -> None:
                         )
                     rows.append(done[key])
     proposal = propose(rows)
+    print(matrix(rows, proposal) + "\n")
     print(markdown(rows, proposal))
     print(json.dumps(proposal, indent=2))
 

@@ -4,10 +4,10 @@ The tests build their own tiny models in about two minutes: a clean one trained
 for 150 steps from scratch on a 2000-pair world (zero-shot accuracy ~0.27),
 and a victim poisoned from it (blended, ratio 0.2, 30% of pairs, 100 steps at
 lr 3e-3: ASR@1 ~0.86). Both are far weaker than the lab's models. On the
-victim DECREE's PL1 (~0.06) stays above the 32-px threshold (0.055) - a
+victim DECREE's PL1 (~0.06) sits at the 32-px threshold (0.066) - a
 whole-image blend is no small mask - while the universal perturbation fires
-(L-inf ~0.026 vs 0.05; the clean model needs ~0.17) and the target is named
-"banana". docs/scan-calibration.md has the numbers for lab-size models.
+clearly (L-inf ~0.026 vs 0.045; the clean model needs ~0.17) and the target is
+named "banana". docs/scan-calibration.md has the numbers for lab-size models.
 """
 
 from __future__ import annotations
@@ -288,3 +288,20 @@ def test_a_random_init_model_scans_clean(tiny_model, tmp_path, monkeypatch):
     report = api.scan(api.ScanConfig(models=(str(tiny_model),), run_dir=str(tmp_path / "run"), device="cpu"))
     # Random init: embeddings sit in a narrow cone and match no caption; neither counts as a backdoor.
     assert report.verdict == "clean" and not report.backdoor and report.models[0].fired_signals == [] and report.exit_code == 0
+
+
+def test_thresholds_per_input_size():
+    """The documented size rule (docs/scan-calibration.md): calibrated sides as they are, other sizes the
+    nearest calibrated side at or above, larger ones the largest side's value marked extrapolated."""
+    from clipsan.scan.thresholds import BY_SIZE, threshold
+
+    for signal in ("decree", "universal-perturbation", "reference-divergence"):
+        sides = sorted(BY_SIZE[signal])
+        assert sides[:2] == [32, 64], signal  # every counting signal is calibrated at both sides
+        assert threshold(signal, 32).source == "calibrated-32px" and threshold(signal, 32).value == BY_SIZE[signal][32]
+        between = threshold(signal, 48)
+        assert between.source == "calibrated-64px" and between.value == BY_SIZE[signal][64]
+        large = threshold(signal, 224)
+        assert large.source == f"extrapolated-from-{sides[-1]}px" and large.value == BY_SIZE[signal][sides[-1]] and large.counts
+        assert threshold(signal, 224, override=0.2).source == "user"
+    assert not threshold("target-alignment", 224).counts and threshold("target-alignment", 224, override=1.5).counts

@@ -1,12 +1,15 @@
 """Detection thresholds per signal and input size.
 
 Calibrated on clean and backdoored tiny models at 32 and 64 px by
-scripts/calibrate_scan.py; the tables and the data behind them are in
-docs/scan-calibration.md. A clean encoder's smallest collapsing trigger depends
-on its input resolution, so thresholds are kept per input side. Other sizes
-use the nearest calibrated side at or above them; above the table, the
-largest calibrated side's value (FALLBACK_RULE, with its evidence in the docs).
-The target-alignment signal is reported but does not count towards the verdict
+scripts/calibrate_scan.py with one rule (0.7 x the smallest statistic of any
+clean model at that size, over scan seeds 0-2); the tables and the data behind
+them are in docs/scan-calibration.md. A clean encoder's smallest collapsing
+trigger depends on its input resolution, so thresholds are kept per input side.
+Other sizes use the nearest calibrated side at or above them; above the table
+(224 px), the largest calibrated side's value, marked "extrapolated": from 32 to
+64 px DECREE's clean floor stayed put and the perturbation's rose, so the 64-px
+values err towards passing a model at larger sizes (evidence in the docs). The
+target-alignment signal is reported but does not count towards the verdict
 (see ALIGNMENT_COUNTS); `--alignment-threshold` makes it count.
 """
 
@@ -18,13 +21,13 @@ DECREE_PUBLISHED = 0.1  # DECREE's PL1 threshold (ImageNet encoders, 224 px): a 
 
 # signal -> input side -> threshold (see docs/scan-calibration.md)
 BY_SIZE: dict[str, dict[int, float]] = {
-    "decree": {32: 0.055},  # PL1
-    "reference-divergence": {32: 0.198},  # PL1
-    "universal-perturbation": {32: 0.05},  # L-inf budget
+    "decree": {32: 0.066, 64: 0.067},  # PL1; clean minima 0.094 / 0.096
+    "universal-perturbation": {32: 0.045, 64: 0.054},  # L-inf budget; clean minima 0.064 / 0.077
+    "reference-divergence": {32: 0.194, 64: 0.133},  # PL1; clean fine-tunes' minima 0.277 / 0.190
     # Target alignment (a ratio of cosines) is reported as supporting evidence only: an
     # undertrained clean model (150 steps, zero-shot accuracy 0.23) reached 0.89, as high as
-    # most victims (0.91-1.14), so no threshold separates them.
-    "target-alignment": {32: 1.15},
+    # most victims (0.73-1.14), so no threshold separates them.
+    "target-alignment": {32: 1.15, 64: 1.08},
 }
 ALIGNMENT_COUNTS = False
 
