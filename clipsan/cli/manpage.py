@@ -114,7 +114,11 @@ EXIT_STATUS = [
         "bad input or usage (options must be spelled out in full: abbreviations are refused); the message names the file, line or field and what was expected. "
         "scan: also when any MODEL could not be read, even if another was flagged (the report lists both)",
     ),
-    ("3", "interrupted by SIGINT/SIGTERM after a resumable checkpoint was written; rerun with --resume --run-dir DIR"),
+    (
+        "3",
+        "interrupted by SIGINT/SIGTERM after a resumable checkpoint was written; rerun with --resume --run-dir DIR "
+        "(lab: its running stages were stopped the same way; rerun the same command)",
+    ),
 ]
 
 

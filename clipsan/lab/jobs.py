@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,9 @@ from pathlib import Path
 
 from clipsan import __version__
 from clipsan.checkpoint import sha256_file
+from clipsan.errors import Interrupted
+
+STOP_GRACE_SECONDS = 120  # a stage writes its checkpoint before exiting 3; a ViT-sized one takes a while
 
 
 @dataclass
@@ -107,11 +111,16 @@ class Job:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.record_path.write_text(json.dumps({"fingerprint": fingerprint, "returncode": None}))
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "clipsan", *argv, "--format", "json", "--output", str(self.report_path)]
+        cmd = self.command(argv)
         log = open(self.log, "w")  # noqa: SIM115 - the child writes it; closed when this process exits
         log.write(" ".join(cmd) + "\n\n")
         log.flush()
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env)
+        # A session of its own: a Ctrl-C at the terminal reaches the lab alone, which then stops
+        # each stage with exactly one SIGTERM (a second signal would make a stage skip its checkpoint).
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True)
+
+    def command(self, argv: list[str]) -> list[str]:
+        return [sys.executable, "-m", "clipsan", *argv, "--format", "json", "--output", str(self.report_path)]
 
     def finish(self, fingerprint: str, returncode: int, seconds: float) -> None:
         self.returncode, self.seconds = returncode, seconds
@@ -119,10 +128,55 @@ class Job:
 
 
 def run_jobs(jobs: list[Job], parallel: int = 2) -> dict[str, Job]:
-    """Run every job whose dependencies succeeded, at most ``parallel`` at a time; returns all jobs by name."""
+    """Run every job whose dependencies succeeded, at most ``parallel`` at a time; returns all jobs by name.
+
+    SIGINT/SIGTERM stop the running stages the way a user stops one (they checkpoint and exit 3)
+    and raise Interrupted: the same lab folder run again continues them with ``--resume``.
+    """
+    running: dict[str, tuple[Job, subprocess.Popen, float, str]] = {}
+    previous = _raise_on_sigterm()
+    try:
+        return _run(jobs, parallel, running)
+    except KeyboardInterrupt:
+        _stop(running)
+        raise Interrupted("lab interrupted; run the same command again (same --out) to continue where it stopped") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_on_sigterm():
+    """SIGTERM (a scheduler, `kill`) ends the lab like Ctrl-C; returns the handler to restore."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+def _stop(running: dict[str, tuple[Job, subprocess.Popen, float, str]]) -> None:
+    """SIGTERM every running stage, wait for its checkpoint, kill what does not exit in time.
+
+    Their stage records keep ``returncode: None``: the next run resumes them.
+    """
+    for _job, proc, _started, _fingerprint in running.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for _job, proc, _started, _fingerprint in running.values():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _run(jobs: list[Job], parallel: int, running: dict[str, tuple[Job, subprocess.Popen, float, str]]) -> dict[str, Job]:
     pending = {job.name: job for job in jobs}
     done: dict[str, Job] = {}
-    running: dict[str, tuple[Job, subprocess.Popen, float, str]] = {}
     digests: dict[Path, str] = {}
     while pending or running:
         for name in list(pending):
