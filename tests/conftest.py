@@ -43,6 +43,21 @@ def strict_loads(text: str):
     return json.loads(text, parse_constant=_not_json)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_thread_per_worker():
+    """Under pytest-xdist (-n 2 on 2 cores), in-process training uses one thread per worker, as the
+    CLI subprocesses do (cli_env): two workers with two threads each oversubscribe the cores."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     import torch
