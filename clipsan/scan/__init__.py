@@ -143,20 +143,18 @@ def scan_model(session: Session, loaded, run_dir: Path, notes=lambda message: No
     clean_cos = clean_pairwise_cosine(suspect, images)
     if not math.isfinite(clean_cos):  # finite weights can still overflow: nothing to invert, and no NaN in a report
         raise UserError(f"{loaded.path}: the image features of clean probes are not finite (NaN/inf): the weights overflow in float32")
-    decree = run("decree", collapse(suspect, clean_cos), _settings(budget, options, DECREE_SUCCESS))
+    collapsed = collapse(suspect, clean_cos)
+    decree = run("decree", collapsed, _settings(budget, options, DECREE_SUCCESS))
     decree_embeddings = suspect.embed(decree.stamp(images))
-    decree_all = float(collapse(suspect, clean_cos)(decree.stamp(images[:256])))
+    decree_all = float(collapsed(decree.stamp(images[:256])))
     signals = [
-        signal_entry(
+        _inversion_signal(
             "decree",
-            decree.statistic,
+            decree,
             threshold("decree", size, options.threshold),
-            "below",
-            decree.succeeded,
-            steps=decree.steps,
+            DECREE_SUCCESS,
             clean_cosine=round(clean_cos, 6),
             collapse_score=round(decree_all, 6),
-            success_score=DECREE_SUCCESS,
         )
     ]
     inversions = {"decree": decree}
@@ -164,17 +162,15 @@ def scan_model(session: Session, loaded, run_dir: Path, notes=lambda message: No
     # (b) The smallest universal additive perturbation (L-inf) that collapses the encoder:
     # whole-image triggers (blends, sinusoids) no small mask can express.
     global_settings = _settings(budget, options, PERTURBATION_SUCCESS, GLOBAL)
-    perturbation = run("universal-perturbation", collapse(suspect, clean_cos), global_settings)
+    perturbation = run("universal-perturbation", collapsed, global_settings)
+    perturbation_all = float(collapsed(perturbation.stamp(images[:256])))
     signals.append(
-        signal_entry(
+        _inversion_signal(
             "universal-perturbation",
-            perturbation.statistic,
+            perturbation,
             threshold("universal-perturbation", size, options.perturbation_threshold),
-            "below",
-            perturbation.succeeded,
-            steps=perturbation.steps,
-            collapse_score=round(float(collapse(suspect, clean_cos)(perturbation.stamp(images[:256]))), 6),
-            success_score=PERTURBATION_SUCCESS,
+            PERTURBATION_SUCCESS,
+            collapse_score=round(perturbation_all, 6),
         )
     )
     inversions["universal-perturbation"] = perturbation
@@ -187,16 +183,13 @@ def scan_model(session: Session, loaded, run_dir: Path, notes=lambda message: No
         stamped = probe.stamp(images)
         probe_all = float(1 - (suspect.embed(stamped) * reference.embed(stamped)).sum(-1).mean())
         signals.append(
-            signal_entry(
+            _inversion_signal(
                 "reference-divergence",
-                probe.statistic,
+                probe,
                 threshold("reference-divergence", size, options.divergence_threshold),
-                "below",
-                probe.succeeded,
-                steps=probe.steps,
+                DIVERGENCE_SUCCESS,
                 clean_divergence=round(clean_div, 6),
                 divergence_score=round(probe_all, 6),
-                success_score=DIVERGENCE_SUCCESS,
             )
         )
         inversions["reference-divergence"] = probe
@@ -246,6 +239,11 @@ def scan_model(session: Session, loaded, run_dir: Path, notes=lambda message: No
     )
     write_json(run_dir / "scan.json", report.to_json())
     return report
+
+
+def _inversion_signal(name: str, inversion: Inversion, limit, success: float, **details) -> dict:
+    """A signal whose statistic is an inversion's size: it fires below the threshold."""
+    return signal_entry(name, inversion.statistic, limit, "below", inversion.succeeded, steps=inversion.steps, success_score=success, **details)
 
 
 def write_json(path: Path, document: dict) -> None:
