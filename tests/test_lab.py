@@ -4,23 +4,12 @@ from __future__ import annotations
 
 from conftest import cli_env, run_cli, strict_loads
 
+SMOKE = ["--train-pairs", "256", "--max-steps", "4", "--eval-per-class", "2"]  # the smallest lab that still runs every stage
+
 
 def test_lab_quick_end_to_end(tmp_path):
     out = tmp_path / "lab"
-    proc = run_cli(
-        "lab",
-        "--quick",
-        "--out",
-        out,
-        "--train-pairs",
-        "256",
-        "--max-steps",
-        "4",
-        "--eval-per-class",
-        "2",
-        env=cli_env(tmp_home=tmp_path / "cache"),
-        timeout=900,
-    )
+    proc = run_cli("lab", "--quick", "--out", out, *SMOKE, env=cli_env(tmp_home=tmp_path / "cache"), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = strict_loads((out / "lab.json").read_text())
     assert set(report) >= {"rows", "scan", "timings"}
@@ -41,20 +30,7 @@ def test_lab_quick_end_to_end(tmp_path):
     assert (out / "runs" / "clean" / "metrics.jsonl").exists()
     assert not list((out / "runs").glob("**/checkpoints/*"))
     # Run again on the same folder: every finished stage is reused, and the table is the same.
-    proc = run_cli(
-        "lab",
-        "--quick",
-        "--out",
-        out,
-        "--train-pairs",
-        "256",
-        "--max-steps",
-        "4",
-        "--eval-per-class",
-        "2",
-        env=cli_env(tmp_home=tmp_path / "cache"),
-        timeout=900,
-    )
+    proc = run_cli("lab", "--quick", "--out", out, *SMOKE, env=cli_env(tmp_home=tmp_path / "cache"), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = strict_loads((out / "lab.json").read_text())
     stages = [name for name in report["timings"] if name.startswith(("poison-", "scan-", "ft-", "cleanclip-", "cleanerclip-", "abd-"))]
