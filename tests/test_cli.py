@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from clipsan.cli import click_command
+from clipsan.cli import click_command, main
 from clipsan.cli.manpage import command_sections, render
 from conftest import REPO, cli_env, run_cli
 
@@ -72,6 +72,19 @@ def test_an_option_of_another_method_is_refused():
     # ...while the recipe's own options and the shared ones pass parsing (the missing model is what stops it).
     proc = run_cli("purify", "missing.safetensors", "--method", "cleanerclip", "--t-pos", "0.5", "--clip-weight", "2", "--data", REPO / "tests")
     assert proc.returncode == 2 and "applies to" not in proc.stderr
+
+
+def test_lab_refuses_an_attack_outside_its_budget_before_writing_anything(tmp_path, capsys):
+    # In-process (the same main() as `python -m clipsan`): saves a process start-up that imports torch and open_clip.
+    out = tmp_path / "lab"
+    assert main(["lab", "--quick", "--attacks", "badnet,nope", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["clipsan lab: --attacks: unknown attack 'nope'; the quick budget's attacks are badnet, blended, badclip"]
+    assert not out.exists()
+    out.mkdir()  # an attack of the full budget only, into an existing --out
+    assert main(["lab", "--quick", "--attacks", "sig", "--out", str(out)]) == 2
+    assert "clipsan lab: --attacks: 'sig' is not in the quick budget" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
 
 
 def test_committed_man_page_is_current():

@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from clipsan.errors import UserError
 from clipsan.lab.plan import make_plan, method_of
 
 
@@ -30,6 +31,48 @@ def test_full_budget_adds_the_abd_ablations_on_badnet_and_badclip_only():
         extra = set(full.defenses_for(attack)) - {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"}
         assert extra == ({"abd_I_adv_only", "abd_T_eda_only", "abd_UAP_no_Lbd"} if attack in ("badnet", "badclip") else set())
     assert all(set(quick.defenses_for(a)) == {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"} for a in quick.attacks)
+
+
+def test_attacks_restricts_the_plan_to_the_named_attacks_of_the_budget():
+    quick, full = make_plan(True), make_plan(False)
+    picked = make_plan(True, attacks="badclip, badnet")
+    assert list(picked.attacks) == ["badnet", "badclip"]  # the budget's order, whatever the order asked
+    assert picked.attacks == {a: quick.attacks[a] for a in ("badnet", "badclip")} and picked.defenses == quick.defenses
+    assert make_plan(True, attacks=None).describe() == quick.describe()  # default: every attack of the budget
+    assert make_plan(False, attacks=["sig", "badclip", "sig"]).ablations == {"badclip": full.ablations["badclip"]}
+    assert set(make_plan(False, attacks="wanet").defenses_for("wanet")) == set(full.defenses)  # no ablation rows left for it
+
+
+def test_the_command_line_hands_attacks_to_the_plan(monkeypatch, tmp_path):
+    import clipsan.lab
+    from clipsan.cli import main
+
+    seen = []
+    monkeypatch.setattr(clipsan.lab, "run_lab", lambda opts, notes: seen.append(opts) or {"rows": [], "scan": [], "timings": {}})
+    assert main(["lab", "--quick", "--attacks", "blended", "--out", str(tmp_path / "lab"), "--format", "json"]) == 0
+    (opts,) = seen
+    assert list(make_plan(opts.quick, attacks=opts.attacks).attacks) == ["blended"]
+
+
+@pytest.mark.parametrize(
+    "quick, names, message",
+    [
+        (True, "badnet,nope", r"^--attacks: unknown attack 'nope'; the quick budget's attacks are badnet, blended, badclip$"),
+        (True, "sig", r"^--attacks: 'sig' is not in the quick budget; the quick budget's attacks are badnet, blended, badclip$"),
+        (False, " , ", r"^--attacks: expected one or more attack names; the full budget's attacks are badnet, .*, label-consistent$"),
+    ],
+)
+def test_attacks_outside_the_budget_are_refused(quick, names, message):
+    with pytest.raises(UserError, match=message):
+        make_plan(quick, attacks=names)
+
+
+def test_the_attacks_help_names_every_attack():
+    from clipsan.cli import click_command
+    from clipsan.lab.victims import LAB_ATTACKS_FULL
+
+    (param,) = [p for p in click_command().commands["lab"].params if p.name == "attacks"]
+    assert all(name in param.help for name in LAB_ATTACKS_FULL)
 
 
 @pytest.mark.parametrize("quick", [True, False])

@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 from clipsan.cli.app import command
-from clipsan.cli.options import RUNTIME, OutputOptions, Seed, check_device, flag, option, positive
+from clipsan.cli.options import LAB, RUNTIME, LabAttacks, OutputOptions, Seed, check_device, flag, option, positive
 from clipsan.cli.output import emit, note
 
-LAB = "Lab"
 # Defense seeds per budget: a short high-lr fine-tune amplifies float differences, so one run cannot
 # rank defenses (BENCHMARKS.md); the quick budget keeps one to stay within its 15 minutes.
 DEFENSE_SEEDS = {"quick": 1, "full": 3}
@@ -25,12 +24,13 @@ DEFENSE_SEEDS = {"quick": 1, "full": 3}
     examples=[
         "clipsan lab --quick --out lab/",
         "clipsan lab --out lab-full/",
-        "clipsan lab --quick --out smoke/ --train-pairs 256 --max-steps 4 --eval-per-class 2",
+        "clipsan lab --quick --out smoke/ --attacks badnet --train-pairs 256 --max-steps 4 --eval-per-class 2",
     ],
 )
 def lab(
     output: OutputOptions,
     quick: Annotated[bool, flag("--quick", "the short budget (about 15 min on 2 CPU cores) instead of the full one", LAB)] = False,
+    attacks: LabAttacks = None,
     out: Annotated[Path | None, option("output folder (default: runs/lab-<UTC time>)", LAB, metavar="DIR", file_okay=False)] = None,
     train_pairs: Annotated[int | None, positive("size of the generated training set (default: the budget's)", LAB)] = None,
     max_steps: Annotated[int | None, positive("cap on training steps of every stage (smoke tests)", LAB)] = None,
@@ -63,6 +63,7 @@ def lab(
         eval_per_class=eval_per_class,
         use_cache=not no_cache,
         defense_seeds=defense_seeds or DEFENSE_SEEDS["quick" if quick else "full"],
+        attacks=attacks,
     )
     report = run_lab(opts, notes=note)
     emit(report, output.format.value, output.output, render_markdown)

@@ -21,7 +21,7 @@ from clipsan.data.limits import MAX_IMAGE_PIXELS, PILLOW_REFUSES_ABOVE
 from clipsan.engine.config import TrainConfig
 from clipsan.recipes.config import ABD_OBJECTIVES, ABDConfig, CleanCLIPConfig, CleanerCLIPConfig, CraftConfig
 
-DATA, TRAINING, RUN_DIR, RUNTIME, OUTPUT = "Data", "Training", "Run directory", "Runtime", "Output"
+DATA, TRAINING, RUN_DIR, RUNTIME, OUTPUT, LAB = "Data", "Training", "Run directory", "Runtime", "Output", "Lab"
 MODEL_HELP = (
     "a .safetensors or .pt/.pth/.bin state dict (open_clip, OpenAI clip package, CleanCLIP/BadCLIP), a transformers CLIP folder "
     "(config.json + model.safetensors, sharded or pytorch_model.bin) or its model.safetensors alone, "
@@ -123,6 +123,15 @@ def flag(name: str, help: str, panel: str | None = None) -> typer.models.OptionI
     return typer.Option(name, help=help, rich_help_panel=panel, show_default=False)
 
 
+LabAttacks = Annotated[
+    str | None,
+    option(
+        "run only these of the budget's attacks, comma-separated: badnet, blended, badclip; the full budget also sig, wanet, "
+        "label-consistent (default: all of the budget's)",
+        LAB,
+        metavar="NAME,...",
+    ),
+]
 MaxImagePixels = Annotated[
     int,
     option(

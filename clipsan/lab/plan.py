@@ -7,9 +7,11 @@ lab can be re-run by hand from its log.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from clipsan import world
+from clipsan.errors import UserError
 
 LAB_ARCH = "clipsan-tiny-rn"
 # Prompts for zero-shot evaluation on the world (written next to the eval set).
@@ -119,13 +121,37 @@ _ABD_ARGS = _DEFENSE_TRAINING + ["--craft-epochs", "1", "--craft-batch-size", "1
 _ABD_CLIP_ARGS = _ABD_ARGS + ["--adv-prob", "0.5"]
 
 
-def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None = None) -> LabPlan:
+def select_attacks(quick: bool, names: str | Iterable[str] | None = None) -> tuple[str, ...]:
+    """The budget's attacks that ``names`` (comma-separated, or a list; None: all of them) picks, in the budget's order.
+
+    A name that is not one of the budget's attacks is refused (UserError, exit 2) before anything runs.
+    """
     from clipsan.lab.victims import LAB_ATTACKS, LAB_ATTACKS_FULL, LAB_ATTACKS_QUICK
 
+    budget = LAB_ATTACKS_QUICK if quick else LAB_ATTACKS_FULL
+    if names is None:
+        return budget
+    wanted = [n.strip() for n in (names.split(",") if isinstance(names, str) else names)]
+    wanted = [n for n in wanted if n]
+    label = "quick" if quick else "full"
+    valid = f"the {label} budget's attacks are {', '.join(budget)}"
+    if not wanted:
+        raise UserError(f"--attacks: expected one or more attack names; {valid}")
+    for name in wanted:
+        if name not in budget:
+            what = f"{name!r} is not in the {label} budget" if name in LAB_ATTACKS else f"unknown attack {name!r}"
+            raise UserError(f"--attacks: {what}; {valid}")
+    return tuple(a for a in budget if a in wanted)
+
+
+def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None = None, attacks: str | Iterable[str] | None = None) -> LabPlan:
+    """The lab's stages for a budget; ``attacks`` restricts it to some of the budget's attacks (see ``select_attacks``)."""
+    from clipsan.lab.victims import LAB_ATTACKS
+
+    attacks = select_attacks(quick, attacks)
     clean = dict(world.QUICK_TRAINING if quick else world.FULL_TRAINING)
     pairs = train_pairs or clean["n_pairs"]
     defense_pairs = max(256, pairs // 4)
-    attacks = LAB_ATTACKS_QUICK if quick else LAB_ATTACKS_FULL
     abd_args = _ABD_CLIP_ARGS
     # ABD's Table II (I_adv only / T_eda only) and Table III (UAP without L_bd), full budget only.
     ablation_rows = {
@@ -148,5 +174,5 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
             "abd_align": _ABD_ARGS + ["--abd-objective", "align"],
         },
         scan_args=scan,
-        ablations={} if quick else {attack: ablation_rows for attack in ("badnet", "badclip")},
+        ablations={} if quick else {attack: ablation_rows for attack in ("badnet", "badclip") if attack in attacks},
     )

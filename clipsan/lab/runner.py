@@ -43,6 +43,7 @@ class LabOptions:
     eval_per_class: int | None = None
     use_cache: bool = True
     defense_seeds: int = 1  # defense stages run with seeds seed, seed+1, ...; victims stay fixed
+    attacks: str | list[str] | None = None  # some of the budget's attacks, comma-separated or listed (None: all); see plan.select_attacks
 
     @property
     def defense_seed_values(self) -> list[int]:
@@ -296,8 +297,8 @@ def write_report(opts: LabOptions, report: LabReport) -> None:
 
 
 def run_lab(opts: LabOptions, notes=print) -> dict:
+    plan = make_plan(opts.quick, opts.train_pairs, opts.max_steps, opts.attacks)  # first: bad settings leave OUT untouched
     opts.out.mkdir(parents=True, exist_ok=True)
-    plan = make_plan(opts.quick, opts.train_pairs, opts.max_steps)
     settings = {"quick": opts.quick, "seed": opts.seed, "defense_seeds": opts.defense_seed_values, "arch": LAB_ARCH, "plan": plan.describe()}
     report = LabReport(settings=settings)
     started = time.perf_counter()
