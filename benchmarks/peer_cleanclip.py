@@ -1,7 +1,7 @@
 """clipsan purify vs CleanCLIP's public training code, side by side on the same data, model and settings.
 
     python benchmarks/peer_cleanclip.py --peer PATH/TO/CleanCLIP [--method ft|cleanclip] [--pairs 3] [--steps 3]
-        [--sides peer,clipsan,clipsan+compile,clipsan@OTHER_CHECKOUT]
+        [--sides peer,clipsan,clipsan+compile,clipsan+glibc-malloc,clipsan@OTHER_CHECKOUT]
 
 PATH is a checkout of CleanCLIP's public code (github: nishadsinghi/CleanCLIP); it is imported from
 there, never copied. Both sides train the same random-init RN50 (OpenAI's layout, QuickGELU) on the
@@ -9,9 +9,11 @@ same JPEG pairs: batch 16, fp32, AdamW (wd 0.1, none on bn/ln/bias/logit_scale),
 mode, the same learning-rate schedule, CPU. ``--method cleanclip`` adds each side's in-modal loss on
 AutoAugment / EDA views. Each measurement runs in its own process (so peak RSS is its own), the two
 sides alternate, and the first step of each run is warm-up (not timed). Prints images/s and peak RSS
-per run and each side's median ratio to the first side. ``clipsan@PATH`` runs another clipsan checkout
-(e.g. main's, for before/after figures); ``+compile`` adds --compile. ``--arch clipsan-tiny-rn``
-works for clipsan sides only (the peer's tokenizer is fixed at 77 tokens).
+and CPU seconds per step (user + system: what a loaded machine moves least) per run, and each side's
+median ratio to the first side. ``clipsan@PATH`` runs another clipsan checkout
+(e.g. main's, for before/after figures); ``+compile`` adds --compile; ``+glibc-malloc`` runs clipsan
+with glibc's default malloc settings (``clipsan.engine.host_memory`` steps aside when MALLOC_MMAP_MAX_
+is set). ``--arch clipsan-tiny-rn`` works for clipsan sides only (the peer's tokenizer is fixed at 77 tokens).
 
 What the harness supplies to the peer (none of it is in the timed step): a stand-in ``wandb`` module
 (not installed here); the peer computes its EDA captions once at dataset build with NLTK's WordNet,
@@ -78,9 +80,25 @@ def run_clipsan(args) -> dict:
     cmd += ["--save-every", "100000", "--run-dir", str(run_dir), "--out", str(run_dir / "out.safetensors"), "--format", "json"]
     cmd += ["--compile"] if args.compile else []
     env = {**os.environ, "PYTHONPATH": checkout, "PYTHONDONTWRITEBYTECODE": "1"}
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=run_dir)
-    rates = [json.loads(line)["images_per_s"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"step_seconds": [args.batch / r for r in rates[1:]]}  # step 1 is warm-up (and compilation)
+    metrics = run_dir / "metrics.jsonl"
+    process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=run_dir)
+    cpu_at_line: list[float] = []  # the process's CPU seconds when each metrics line (one per step) appeared
+    while process.poll() is None:
+        lines = len(metrics.read_text().splitlines()) if metrics.exists() else 0
+        while len(cpu_at_line) < lines:
+            cpu_at_line.append(process_cpu_seconds(process.pid))
+        time.sleep(0.05)
+    if process.returncode:
+        raise subprocess.CalledProcessError(process.returncode, cmd)
+    rates = [json.loads(line)["images_per_s"] for line in metrics.read_text().splitlines()]
+    # step 1 is warm-up (and compilation)
+    return {"step_seconds": [args.batch / r for r in rates[1:]], "step_cpu_seconds": [b - a for a, b in itertools.pairwise(cpu_at_line)]}
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux /proc): unlike wall time, barely moved by other load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_peer(args) -> dict:
@@ -112,12 +130,14 @@ def run_peer(args) -> dict:
     optimizer = torch.optim.AdamW([{"params": no_decay, "weight_decay": 0}, {"params": decay, "weight_decay": 0.1}], lr=1e-5, betas=(0.9, 0.999), eps=1e-8)
     schedule = cosine_scheduler(optimizer, 1e-5, 1, args.steps + 1)
     starts: list[float] = []
+    cpu_starts: list[float] = []
 
     class Enough(Exception):
         pass
 
     def timed_schedule(step):  # called at the start of every step: our clock, the peer's loop
         starts.append(time.perf_counter())
+        cpu_starts.append(time.process_time())
         if len(starts) > args.steps + 1:
             raise Enough  # enough steps: end the epoch here
         schedule(step)
@@ -130,7 +150,10 @@ def run_peer(args) -> dict:
     torch.manual_seed(0)
     with contextlib.suppress(Enough):
         peer_train.train(0, model, {"train": loader}, optimizer, timed_schedule, scaler, options)
-    return {"step_seconds": [b - a for a, b in itertools.pairwise(starts[1:])]}
+    return {
+        "step_seconds": [b - a for a, b in itertools.pairwise(starts[1:])],
+        "step_cpu_seconds": [b - a for a, b in itertools.pairwise(cpu_starts[1:])],
+    }
 
 
 def child(args) -> None:
@@ -145,15 +168,21 @@ def child(args) -> None:
 # --------------------------------------------------------------------------- driver
 
 
+GLIBC_MALLOC_DEFAULTS = {"MALLOC_MMAP_MAX_": "65536"}  # glibc's own default: clipsan then leaves malloc as it is
+
+
 def measure(side: str, args) -> dict:
-    kind, _, checkout = side.removesuffix("+compile").partition("@")
+    name, *switches = side.split("+")
+    kind, _, checkout = name.partition("@")
     cmd = [sys.executable, __file__, "--child", kind, "--peer", args.peer, "--method", args.method, "--steps", str(args.steps)]
     cmd += ["--batch", str(args.batch), "--workers", str(args.workers), "--model", args.model, "--csv", args.csv]
-    cmd += (["--checkout", checkout] if checkout else []) + (["--compile"] if side.endswith("+compile") else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    cmd += (["--checkout", checkout] if checkout else []) + (["--compile"] if "compile" in switches else [])
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(GLIBC_MALLOC_DEFAULTS if "glibc-malloc" in switches else {})}
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     result = json.loads(out.strip().splitlines()[-1])
     seconds = statistics.median(result["step_seconds"])
-    return {"images_per_s": args.batch / seconds, "peak_rss_gb": result["peak_rss_gb"]}
+    cpu = statistics.median(result["step_cpu_seconds"])
+    return {"images_per_s": args.batch / seconds, "cpu_s_per_step": cpu, "peak_rss_gb": result["peak_rss_gb"]}
 
 
 def load() -> str:
@@ -169,7 +198,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0, help="data workers, the same on both sides")
     parser.add_argument(
-        "--sides", default="peer,clipsan", help="what to alternate: peer, clipsan, clipsan+compile, clipsan@CHECKOUT (first = the ratios' base)"
+        "--sides",
+        default="peer,clipsan",
+        help="what to alternate: peer, clipsan[@CHECKOUT][+compile][+glibc-malloc] (first = the ratios' base)",
     )
     parser.add_argument("--arch", default=ARCH, help=f"open_clip architecture (default: {ARCH})")
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
@@ -194,20 +225,22 @@ def main() -> None:
     sides = args.sides.split(",")
     threads = os.environ.get("OMP_NUM_THREADS", "unset")
     print(f"{args.method}, {args.arch}, batch {args.batch}, fp32, CPU, {args.steps} timed steps per run, OMP_NUM_THREADS={threads}")
-    print("| round | load before | " + " | ".join(f"{s} images/s | {s} peak RSS GB" for s in sides) + " |")
-    print("|---|---|" + "---|---|" * len(sides))
+    print("| round | load before | " + " | ".join(f"{s} images/s | {s} CPU s/step | {s} peak RSS GB" for s in sides) + " |")
+    print("|---|---|" + "---|---|---|" * len(sides))
     rounds = []
     for i in range(args.pairs):
         before = load()
         results = [measure(side, args) for side in sides]
         rounds.append(results)
-        cells = " | ".join(f"{r['images_per_s']:.3f} | {r['peak_rss_gb']:.2f}" for r in results)
+        cells = " | ".join(f"{r['images_per_s']:.3f} | {r['cpu_s_per_step']:.2f} | {r['peak_rss_gb']:.2f}" for r in results)
         print(f"| {i + 1} | {before} | {cells} |", flush=True)
     for j, side in enumerate(sides[1:], start=1):
         ratios = [r[j]["images_per_s"] / r[0]["images_per_s"] for r in rounds]
         rss = [r[j]["peak_rss_gb"] - r[0]["peak_rss_gb"] for r in rounds]
+        cpu = [r[0]["cpu_s_per_step"] / r[j]["cpu_s_per_step"] for r in rounds]  # > 1: fewer CPU seconds per step than the base
         print(
             f"{side} / {sides[0]}: images/s median {statistics.median(ratios):.2f}x (range {min(ratios):.2f}-{max(ratios):.2f}), "
+            f"steps per CPU second median {statistics.median(cpu):.2f}x (range {min(cpu):.2f}-{max(cpu):.2f}), "
             f"peak RSS {statistics.median(rss):+.2f} GB (range {min(rss):+.2f} to {max(rss):+.2f})"
         )
     print(f"load now {load()}")

@@ -233,6 +233,13 @@ def render(group) -> str:
         ".TP",
         "\\fBXDG_CACHE_HOME\\fR",
         _esc("where the lab caches its clean models (default ~/.cache)."),
+        ".TP",
+        "\\fBMALLOC_MMAP_MAX_\\fR, \\fBGLIBC_TUNABLES\\fR (and glibc's other \\fBMALLOC_*_\\fR)",
+        _esc(
+            "on CPU clipsan tells glibc to keep freed memory for the next training step (no page faults each step;"
+            " the process keeps its peak). Set any glibc malloc tunable, e.g. MALLOC_MMAP_MAX_=65536 (glibc's default),"
+            " and clipsan leaves the allocator as you set it."
+        ),
         ".SH FILES",
         ".TP",
         "\\fIRUN_DIR/config.json\\fR, \\fIRUN_DIR/metrics.jsonl\\fR, \\fIRUN_DIR/checkpoints/\\fR",
