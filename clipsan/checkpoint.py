@@ -149,9 +149,9 @@ def _fit_to_model(clip: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict
     expected = clip.state_dict()
     if "text_projection" in state and "text_projection" not in expected and hasattr(clip, "text"):
         # CLIP-layout text tower for a custom-text architecture: move it under `text.`
-        from open_clip.model import convert_to_custom_text_state_dict
+        from clipsan.openclip import open_clip
 
-        state = convert_to_custom_text_state_dict(state)
+        state = open_clip.model.convert_to_custom_text_state_dict(state)
     for key in ("logit_scale", "logit_bias"):  # scalar vs shape-[1] parameter
         if key in state and key in expected and state[key].shape != expected[key].shape and state[key].numel() == expected[key].numel():
             state = {**state, key: state[key].reshape(expected[key].shape)}

@@ -9,7 +9,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import open_clip
 import torch
 
 from clipsan import __version__
@@ -22,6 +21,7 @@ from clipsan.engine.runtime import Runtime, setup_runtime, shutdown_runtime
 from clipsan.engine.speed import configure_kernels
 from clipsan.layouts.output import plan_output, write_output
 from clipsan.models import tokenizer_for
+from clipsan.openclip import open_clip
 from clipsan.recipes.base import RunContext
 from clipsan.reports import TrainingReport
 

@@ -22,13 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from clipsan.data.tokens import fit_caption
 from clipsan.errors import UserError
+from clipsan.openclip import open_clip
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

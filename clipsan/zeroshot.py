@@ -35,9 +35,10 @@ def load_templates(spec: str) -> list[str]:
     else is a file with one template per line (blank lines ignored).
     """
     if spec in ("openai", "simple"):
-        from open_clip import zero_shot_metadata
+        from clipsan.openclip import open_clip
 
-        templates = zero_shot_metadata.OPENAI_IMAGENET_TEMPLATES if spec == "openai" else zero_shot_metadata.SIMPLE_IMAGENET_TEMPLATES
+        metadata = open_clip.zero_shot_metadata
+        templates = metadata.OPENAI_IMAGENET_TEMPLATES if spec == "openai" else metadata.SIMPLE_IMAGENET_TEMPLATES
         return [_render(t) for t in templates]
     if spec == "photo":
         return ["a photo of a {}."]

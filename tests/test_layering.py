@@ -4,6 +4,8 @@ command line or the lab, and nothing below the command line parses arguments."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 
 from conftest import REPO
 
@@ -66,3 +68,25 @@ def test_the_import_walker_sees_lazy_and_relative_imports(tmp_path):
     sample = PACKAGE / "recipes" / "__init__.py"
     assert "clipsan.recipes.abd.recipe" in _imports(sample)  # imported inside recipe_classes()
     assert _within("clipsan.lab.plan", FRONT_ENDS) and not _within("clipsan.labels", FRONT_ENDS)
+
+
+def test_open_clip_comes_only_through_clipsan_openclip():
+    # clipsan.openclip imports it with transformers hidden; a direct import elsewhere could load transformers first.
+    arrows = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = _module_name(path)
+        if name != "clipsan.openclip":
+            arrows += [f"{name} -> {m}" for m in sorted(_imports(path)) if _within(m, ("open_clip",))]
+    assert not arrows, arrows
+
+
+def test_loading_the_model_layer_does_not_import_transformers_and_leaves_it_importable():
+    script = (
+        "import sys, clipsan.models, clipsan.checkpoint\n"
+        "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+        "import transformers\n"  # still importable afterwards (the tests' equivalence checks need it)
+        "import open_clip.hf_model as h\n"
+        "assert h.transformers is None\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

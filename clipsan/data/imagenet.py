@@ -27,10 +27,10 @@ def looks_like_wnid(name: str) -> bool:
 
 @functools.cache
 def imagenet_names_by_wnid() -> dict[str, str]:
-    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+    from clipsan.openclip import open_clip
 
     wnids = resources.files("clipsan.data").joinpath(WNID_FILE).read_text(encoding="ascii").split()
-    return dict(zip(wnids, IMAGENET_CLASSNAMES, strict=True))
+    return dict(zip(wnids, open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES, strict=True))
 
 
 def wnid_classnames(root: Path, folder_names: Sequence[str], display: Callable[[str], str]) -> tuple[list[str], str]:

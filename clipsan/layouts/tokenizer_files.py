@@ -27,9 +27,9 @@ MERGES_HEADER = "#version: 0.2"
 @functools.cache
 def clip_bpe() -> tuple[dict[str, int], tuple[str, ...]]:
     """CLIP's BPE as transformers spells it: the vocabulary (token -> id) and the merges ("a b")."""
-    from open_clip.tokenizer import SimpleTokenizer
+    from clipsan.openclip import open_clip
 
-    tokenizer = SimpleTokenizer()
+    tokenizer = open_clip.tokenizer.SimpleTokenizer()
     vocab = dict(tokenizer.encoder)
     for open_clip_name, name in (("<start_of_text>", BOS), ("<end_of_text>", EOS)):
         vocab[name] = vocab.pop(open_clip_name)

@@ -251,7 +251,7 @@ def write_json(path: Path, document: dict) -> None:
 
 
 def versions() -> dict:
-    import open_clip
+    from clipsan.openclip import open_clip
 
     return {"clipsan": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__}
 
