@@ -18,7 +18,6 @@ the CUDA caching allocator), and so are C libraries without glibc's ``mallopt``.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # mallopt(3) parameters (glibc's malloc.h).
@@ -53,7 +52,7 @@ def keep_freed_memory() -> bool:
 def _glibc_mallopt():
     if not hasattr(os, "confstr") or "glibc" not in (_confstr("CS_GNU_LIBC_VERSION") or ""):
         return None  # musl, macOS, Windows: their mallopt (if any) means something else
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL("libc.so.6")  # glibc's soname on every Linux it ships on (find_library would run ldconfig)
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return mallopt
