@@ -9,19 +9,15 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from clipsan import __version__
 from clipsan.checkpoint import load_model
 from clipsan.engine.config import TrainConfig
 from clipsan.engine.loader import RecipeSamples
 from clipsan.engine.loop import train
-from clipsan.engine.rundir import RunDir, default_run_dir
+from clipsan.engine.rundir import RunDir, default_run_dir, versions
 from clipsan.engine.runtime import Runtime, setup_runtime, shutdown_runtime
 from clipsan.engine.speed import configure_kernels
 from clipsan.layouts.output import plan_output, write_output
 from clipsan.models import tokenizer_for
-from clipsan.openclip import open_clip
 from clipsan.recipes.base import RunContext
 from clipsan.reports import TrainingReport
 
@@ -40,10 +36,6 @@ class JobSpec:
     precision: str = "auto"
     metadata: dict | None = None  # extra safetensors metadata for the output
     out_format: str = "auto"  # clipsan.layouts.output.OUT_FORMATS
-
-
-def versions() -> dict:
-    return {"clipsan": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__}
 
 
 def training_fields(result, captions) -> dict:

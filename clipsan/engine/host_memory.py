@@ -5,7 +5,7 @@ A CPU training step allocates and frees gigabytes of activations (RN50 at batch 
 those activations exceed) with a fresh ``mmap`` and unmaps it on ``free``, so each step
 page-faults its whole working set again and the kernel zeroes it: about 3 million minor
 faults and 3-5 s of system time per RN50 cleanclip step on this project's machine
-(BENCHMARKS.md, "Host memory on CPU"). With mmap off and trimming off, glibc reuses its
+(BENCHMARKS.md, "Memory on CPU"). With mmap off and trimming off, glibc reuses its
 heap and a step after the first faults almost nothing. The price is that the process keeps
 its peak resident between steps, and the heap's fragmentation can add to the peak
 (measured there). Float results do not depend on where tensors live.
@@ -28,10 +28,10 @@ _NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int)
 _applied: bool | None = None  # once per process: None = not tried yet
 
 
-def user_set_malloc(environ=os.environ) -> bool:
+def user_set_malloc() -> bool:
     """Whether the environment already tunes glibc's malloc (then it is the user's choice)."""
     # glibc's environment aliases all start with MALLOC_ (MALLOC_MMAP_MAX_, MALLOC_ARENA_MAX, ...).
-    return any(name.startswith("MALLOC_") for name in environ) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", "")
+    return any(name.startswith("MALLOC_") for name in os.environ) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def keep_freed_memory() -> bool:
@@ -50,16 +50,13 @@ def keep_freed_memory() -> bool:
 
 
 def _glibc_mallopt():
-    if not hasattr(os, "confstr") or "glibc" not in (_confstr("CS_GNU_LIBC_VERSION") or ""):
-        return None  # musl, macOS, Windows: their mallopt (if any) means something else
+    try:
+        libc_version = os.confstr("CS_GNU_LIBC_VERSION") or ""
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows), or no such name (musl, macOS)
+        libc_version = ""
+    if "glibc" not in libc_version:
+        return None  # their mallopt (if any) means something else
     libc = ctypes.CDLL("libc.so.6")  # glibc's soname on every Linux it ships on (find_library would run ldconfig)
     mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
     return mallopt
-
-
-def _confstr(name: str) -> str | None:
-    try:
-        return os.confstr(name)
-    except (ValueError, OSError):
-        return None

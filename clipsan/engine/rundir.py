@@ -23,8 +23,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from clipsan import strict_json
+from clipsan import __version__, strict_json
 from clipsan.errors import UserError
+
+
+def versions() -> dict:
+    """What a run directory's config.json records as the software that ran."""
+    from clipsan.openclip import open_clip
+
+    return {"clipsan": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__}
+
 
 KEEP_CHECKPOINTS = 2
 _PREFIX = "step-"

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clipsan import __version__, strict_json
+from clipsan import strict_json
 from clipsan.config import ScanConfig
 from clipsan.engine.rundir import atomic_write_bytes
 from clipsan.errors import UserError
@@ -248,12 +248,6 @@ def _inversion_signal(name: str, inversion: Inversion, limit, success: float, **
 
 def write_json(path: Path, document: dict) -> None:
     atomic_write_bytes(path, (strict_json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
-
-
-def versions() -> dict:
-    from clipsan.openclip import open_clip
-
-    return {"clipsan": __version__, "torch": torch.__version__, "open_clip": open_clip.__version__}
 
 
 def _save_artifacts(run_dir: Path, inversions: dict[str, Inversion], probes: Probes) -> dict:

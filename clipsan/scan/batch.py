@@ -19,10 +19,10 @@ from pathlib import Path
 
 from clipsan import __version__
 from clipsan.config import ScanConfig
-from clipsan.engine.rundir import default_run_dir
+from clipsan.engine.rundir import default_run_dir, versions
 from clipsan.errors import UserError
 from clipsan.reports import ScanBatchReport, ScanReport
-from clipsan.scan import SCHEMA_VERSION, Session, check_options, scan_model, versions, write_json
+from clipsan.scan import SCHEMA_VERSION, Session, check_options, scan_model, write_json
 from clipsan.scan.probes import Probes, load_probes
 
 

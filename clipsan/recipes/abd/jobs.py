@@ -18,10 +18,10 @@ from clipsan.config import CraftAdvConfig
 from clipsan.engine.config import TrainConfig
 from clipsan.engine.loader import RecipeSamples
 from clipsan.engine.loop import train
-from clipsan.engine.rundir import RunDir, default_run_dir
+from clipsan.engine.rundir import RunDir, default_run_dir, versions
 from clipsan.engine.runtime import Runtime, setup_runtime, shutdown_runtime
 from clipsan.errors import UserError
-from clipsan.finetune import open_captions_agreed, training_fields, versions
+from clipsan.finetune import open_captions_agreed, training_fields
 from clipsan.models import tokenizer_for
 from clipsan.recipes.abd.advclip import PatchBox, PatchGenerator
 from clipsan.recipes.abd.craft import ADAM_BETAS, CraftAdv, frozen
