@@ -23,13 +23,15 @@ def test_every_planned_command_line_parses(quick, config_of, tmp_path):
     assert config_of(["scan", "m.safetensors", *plan.scan_args]).budget == "quick"
 
 
-def test_full_budget_adds_the_abd_ablations_on_badnet_and_badclip_only():
+def test_full_budget_adds_the_abd_ablations_on_badnet_and_badclip_and_fast_ft_everywhere():
     full, quick = make_plan(False), make_plan(True)
     assert set(full.attacks) >= {"badnet", "blended", "badclip", "sig", "wanet", "label-consistent"}
     assert set(quick.attacks) == {"badnet", "blended", "badclip"}
     for attack in full.attacks:
         extra = set(full.defenses_for(attack)) - {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"}
-        assert extra == ({"abd_I_adv_only", "abd_T_eda_only", "abd_UAP_no_Lbd"} if attack in ("badnet", "badclip") else set())
+        ablations = {"abd_I_adv_only", "abd_T_eda_only", "abd_UAP_no_Lbd"} if attack in ("badnet", "badclip") else set()
+        assert extra == ablations | {"ft_lr1e-3"}
+        assert method_of("ft_lr1e-3") == "ft" and full.defenses_for(attack)["ft_lr1e-3"][full.defenses["ft"].index("--lr") + 1] == "1e-3"
     assert all(set(quick.defenses_for(a)) == {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"} for a in quick.attacks)
 
 
@@ -39,8 +41,8 @@ def test_attacks_restricts_the_plan_to_the_named_attacks_of_the_budget():
     assert list(picked.attacks) == ["badnet", "badclip"]  # the budget's order, whatever the order asked
     assert picked.attacks == {a: quick.attacks[a] for a in ("badnet", "badclip")} and picked.defenses == quick.defenses
     assert make_plan(True, attacks=None).describe() == quick.describe()  # default: every attack of the budget
-    assert make_plan(False, attacks=["sig", "badclip", "sig"]).ablations == {"badclip": full.ablations["badclip"]}
-    assert set(make_plan(False, attacks="wanet").defenses_for("wanet")) == set(full.defenses)  # no ablation rows left for it
+    assert make_plan(False, attacks=["sig", "badclip", "sig"]).extra_rows == {a: full.extra_rows[a] for a in ("badclip", "sig")}
+    assert set(make_plan(False, attacks="wanet").defenses_for("wanet")) == set(full.defenses) | {"ft_lr1e-3"}  # no ablation rows for it
 
 
 def test_the_command_line_hands_attacks_to_the_plan(monkeypatch, tmp_path):
@@ -82,7 +84,7 @@ def test_every_defense_gets_the_same_fine_tuning_budget(quick, config_of, tmp_pa
     for attack in plan.attacks:
         for defense, dargs in plan.defenses_for(attack).items():
             t = config_of(["purify", "v.safetensors", "--method", method_of(defense), "--data", str(tmp_path), *dargs]).training
-            budgets.add((t.epochs, t.batch_size, t.lr, t.warmup_steps))
+            budgets.add((t.epochs, t.batch_size, t.lr * (0.5 if defense == "ft_lr1e-3" else 1), t.warmup_steps))  # its name says lr 1e-3
     assert len(budgets) == 1, budgets
 
 
