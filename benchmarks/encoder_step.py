@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from clipsan.engine.host_memory import keep_freed_memory
 from clipsan.models import create_model
 from clipsan.recipes.losses import contrastive_loss
 
@@ -47,20 +48,23 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     variants = args.variants.split(",")
+    keep_freed_memory()  # clipsan's CPU malloc setting, as purify runs (clipsan.engine.host_memory)
     models = {v: build(args.arch, v) for v in variants}
     size = next(iter(models.values())).image_size
     images = torch.rand(args.batch, 3, size, size)
     tokens = next(iter(models.values())).tokenize([f"a photo of thing {i}" for i in range(args.batch)])
-    for v, model in models.items():  # warm-up (and compilation)
+    for v, model in models.items():  # warm-up (and compilation), then one more step so the heap settles
         started = time.perf_counter()
         step(model, images, tokens)
         print(f"{v}: first step {time.perf_counter() - started:.1f} s", flush=True)
+        step(model, images, tokens)
     times = {v: [] for v in variants}
     for _ in range(args.rounds):
         for v, model in models.items():
             started = time.perf_counter()
             step(model, images, tokens)
             times[v].append(time.perf_counter() - started)
+            print(f"{v}: {times[v][-1]:.2f} s", flush=True)
     base = statistics.median(times[variants[0]])
     print(f"{args.arch}, batch {args.batch}, fp32, {torch.get_num_threads()} threads, load {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print("| variant | median s/step | × " + variants[0] + " speed |")
