@@ -56,9 +56,15 @@ def test_a_signal_stops_every_running_stage_once_and_leaves_it_resumable(tmp_pat
     logs = tmp_path / "logs"
     jobs = [FakeStage(f"stage{i}", ["purify", "--run-dir", str(tmp_path / f"run{i}")], logs) for i in range(2)]
     before = signal.getsignal(signal.SIGTERM)
+    # The lab runs as `clipsan lab`, a fresh process with Python's own SIGINT handler; a test run earlier in
+    # this pytest worker may have left another one (a CI run once saw SIGINT ignored here, 120 s, no raise).
+    before_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     _signal_when_ready([logs / job.name for job in jobs], signum)
-    with pytest.raises(Interrupted, match="run the same command again"):
-        run_jobs(jobs, parallel=2)
+    try:
+        with pytest.raises(Interrupted, match="run the same command again"):
+            run_jobs(jobs, parallel=2)
+    finally:
+        signal.signal(signal.SIGINT, before_int)
     for job in jobs:
         assert (logs / job.name / "signals").read_text() == f"{int(signal.SIGTERM)};"  # one SIGTERM each, then it exited on its own
         assert json.loads(job.record_path.read_text())["returncode"] is None  # not finished: the next run resumes it
