@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from clipsan import world
 from clipsan.errors import UserError
+from clipsan.recipes.config import RECIPE_CONFIGS
 
 LAB_ARCH = "clipsan-tiny-rn"
 # Prompts for zero-shot evaluation on the world (written next to the eval set).
@@ -45,12 +46,9 @@ class LabPlan:
         }
 
 
-LAB_METHODS = ("ft", "cleanclip", "cleanerclip", "abd")
-
-
 def method_of(defense: str) -> str:
     """The purify --method behind a lab row label: the method itself, or METHOD_variant (abd_align, ft_lr1e-3)."""
-    return next(m for m in LAB_METHODS if defense == m or defense.startswith(m + "_"))
+    return next(m for m in RECIPE_CONFIGS if defense == m or defense.startswith(m + "_"))
 
 
 def _clean_args(settings: dict) -> list[str]:
@@ -170,7 +168,7 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
         "abd_T_eda_only": abd_args + ["--adv-prob", "0"],
         "abd_UAP_no_Lbd": abd_args + ["--bd-weight", "0"],
     }
-    # ft at twice the lr: in the sweep (BENCHMARKS.md, one seed) it removed blended (3.5% ASR@1 at 0.5
+    # ft at twice the lr: in the sweep (BENCHMARKS.md, first one seed, then the 3-seed lab) it removed blended (3.5% ASR@1 at 0.5
     # points of CA@1), which every other row left at >= 16%; cheap, so the full lab runs it on every attack.
     ft_fast = {"ft_lr1e-3": _with_lr(_DEFENSE_TRAINING, "1e-3")}
     scan = ["--budget", "quick"] + (["--steps", str(max_steps), "--probes", "32"] if max_steps else [])
