@@ -23,14 +23,14 @@ def test_every_planned_command_line_parses(quick, config_of, tmp_path):
     assert config_of(["scan", "m.safetensors", *plan.scan_args]).budget == "quick"
 
 
-def test_full_budget_adds_the_abd_ablations_on_badnet_and_badclip_and_fast_ft_everywhere():
+def test_full_budget_adds_the_abd_ablations_on_badnet_and_badclip_and_i_adv_and_fast_ft_everywhere():
     full, quick = make_plan(False), make_plan(True)
     assert set(full.attacks) >= {"badnet", "blended", "badclip", "sig", "wanet", "label-consistent"}
     assert set(quick.attacks) == {"badnet", "blended", "badclip"}
     for attack in full.attacks:
         extra = set(full.defenses_for(attack)) - {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"}
-        ablations = {"abd_I_adv_only", "abd_T_eda_only", "abd_UAP_no_Lbd"} if attack in ("badnet", "badclip") else set()
-        assert extra == ablations | {"ft_lr1e-3"}
+        ablations = {"abd_T_eda_only", "abd_UAP_no_Lbd"} if attack in ("badnet", "badclip") else set()
+        assert extra == ablations | {"abd_I_adv_only", "ft_lr1e-3"}
         assert method_of("ft_lr1e-3") == "ft" and full.defenses_for(attack)["ft_lr1e-3"][full.defenses["ft"].index("--lr") + 1] == "1e-3"
     assert all(set(quick.defenses_for(a)) == {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"} for a in quick.attacks)
 
@@ -42,7 +42,7 @@ def test_attacks_restricts_the_plan_to_the_named_attacks_of_the_budget():
     assert picked.attacks == {a: quick.attacks[a] for a in ("badnet", "badclip")} and picked.defenses == quick.defenses
     assert make_plan(True, attacks=None).describe() == quick.describe()  # default: every attack of the budget
     assert make_plan(False, attacks=["sig", "badclip", "sig"]).extra_rows == {a: full.extra_rows[a] for a in ("badclip", "sig")}
-    assert set(make_plan(False, attacks="wanet").defenses_for("wanet")) == set(full.defenses) | {"ft_lr1e-3"}  # no ablation rows for it
+    assert set(make_plan(False, attacks="wanet").defenses_for("wanet")) == set(full.defenses) | {"abd_I_adv_only", "ft_lr1e-3"}  # no ablation rows for it
 
 
 def test_the_command_line_hands_attacks_to_the_plan(monkeypatch, tmp_path):
@@ -95,7 +95,7 @@ def test_the_abd_rows_differ_from_the_lab_abd_only_where_their_name_says(config_
         return config_of(["purify", "v.safetensors", "--method", "abd", "--data", tmp_path, *plan.defenses_for("badnet")[defense]]).recipe
 
     abd = recipe("abd")
-    assert (abd.objective, abd.adv_prob, abd.eda, abd.craft.bd_weight) == ("clip", 0.5, True, 50.0)  # the lab's half-patched clip reading
+    assert (abd.objective, abd.adv_prob, abd.eda, abd.craft.bd_weight) == ("clip", 0.5, True, 500.0)  # the lab's half-patched clip reading
     align = recipe("abd_align")
     assert (align.objective, align.adv_prob, align.craft) == ("align", 1.0, abd.craft)  # every view patched, the same craft
     assert recipe("abd_I_adv_only") == replace(abd, eda=False)
