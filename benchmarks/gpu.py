@@ -20,10 +20,8 @@ Without CUDA (and without --cpu-smoke) it says so and exits 0.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,13 +158,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _scratch_dir(prefix: str) -> Path:
-    """A temporary folder removed at exit: models and checkpoints here run to gigabytes."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, path, True)
-    return path
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per training row (each runs twice as many)")
@@ -181,7 +172,9 @@ def main() -> int:
     if not args.cpu_smoke and not torch.cuda.is_available():
         print("gpu.py: no CUDA device on this machine; nothing measured (use --cpu-smoke to check the script on CPU)")
         return 0
-    work = Path(args.work) if args.work else _scratch_dir("clipsan-gpu-bench-")
+    # models and checkpoints run to gigabytes: a default folder goes when `scratch` does (main's return, or exit)
+    scratch = None if args.work else tempfile.TemporaryDirectory(prefix="clipsan-gpu-bench-")
+    work = Path(args.work or scratch.name)
     work.mkdir(parents=True, exist_ok=True)
     archs = ["clipsan-tiny-rn"] if args.cpu_smoke else args.archs.split(",")
     rows = []

@@ -13,10 +13,8 @@ come from this table.
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,13 +34,6 @@ def _clipsan(*args) -> dict:
     return json.loads(proc.stdout)
 
 
-def _scratch_dir(prefix: str) -> Path:
-    """A temporary folder removed at exit: models and checkpoints here run to gigabytes."""
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    atexit.register(shutil.rmtree, path, True)
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lab", type=Path, required=True, help="a finished lab directory (models/, world/)")
@@ -54,7 +45,9 @@ def main() -> None:
     plan = make_plan(quick=False)
     models, world = opts.lab / "models", opts.lab / "world"
     victim, clean = models / f"{opts.victim}.safetensors", models / "clean.safetensors"
-    work = opts.work or _scratch_dir("precision-ca-")
+    # models and checkpoints run to gigabytes: a default folder goes when `scratch` does (main's return, or exit)
+    scratch = None if opts.work else tempfile.TemporaryDirectory(prefix="precision-ca-")
+    work = opts.work or Path(scratch.name)
     runs = [("fp32", 0), ("bf16", 0), ("fp32", 1)]
     rows = []
     for method in opts.methods.split(","):

@@ -84,7 +84,7 @@ class CleanerCLIPConfig(CleanCLIPConfig):
 # AdvCLIP's patch: 3% of the image area (ABD's "magnitude 0.03"), pasted bottom-right.
 DEFAULT_PATCH_AREA = 0.03
 # Weight of L_bd in the generator's objective. The paper gives none. Over the full lab's six attacks and
-# three seeds (BENCHMARKS.md, "The weight of L_bd"), 500 gave the lowest worst-attack ASR@1 of 50, 200,
+# three seeds (BENCHMARKS.md, "ABD's patch and the weight of L_bd"), 500 gave the lowest worst-attack ASR@1 of 50, 200,
 # 500, 1000 and 2000 (9.3% against 32.4% at the earlier 50), at the same clean accuracy.
 DEFAULT_BD_WEIGHT = 500.0
 
