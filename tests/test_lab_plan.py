@@ -23,15 +23,17 @@ def test_every_planned_command_line_parses(quick, config_of, tmp_path):
     assert config_of(["scan", "m.safetensors", *plan.scan_args]).budget == "quick"
 
 
-def test_full_budget_adds_the_abd_ablations_on_badnet_and_badclip_and_i_adv_and_fast_ft_everywhere():
+def test_full_budget_adds_the_abd_ablations_on_badnet_and_badclip_and_i_adv_and_fast_ft_everywhere_and_fast_align_on_sig():
     full, quick = make_plan(False), make_plan(True)
     assert set(full.attacks) >= {"badnet", "blended", "badclip", "sig", "wanet", "label-consistent"}
     assert set(quick.attacks) == {"badnet", "blended", "badclip"}
     for attack in full.attacks:
         extra = set(full.defenses_for(attack)) - {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"}
         ablations = {"abd_T_eda_only", "abd_UAP_no_Lbd"} if attack in ("badnet", "badclip") else set()
-        assert extra == ablations | {"abd_I_adv_only", "ft_lr1e-3"}
-        assert method_of("ft_lr1e-3") == "ft" and full.defenses_for(attack)["ft_lr1e-3"][full.defenses["ft"].index("--lr") + 1] == "1e-3"
+        sig_only = {"abd_align_lr2e-3"} if attack == "sig" else set()
+        assert extra == ablations | sig_only | {"abd_I_adv_only", "ft_lr1e-3", "ft_lr2e-3"}
+        for row in ("ft_lr1e-3", "ft_lr2e-3"):
+            assert method_of(row) == "ft" and full.defenses_for(attack)[row][full.defenses["ft"].index("--lr") + 1] == row[-4:]
     assert all(set(quick.defenses_for(a)) == {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"} for a in quick.attacks)
 
 
@@ -42,7 +44,8 @@ def test_attacks_restricts_the_plan_to_the_named_attacks_of_the_budget():
     assert picked.attacks == {a: quick.attacks[a] for a in ("badnet", "badclip")} and picked.defenses == quick.defenses
     assert make_plan(True, attacks=None).describe() == quick.describe()  # default: every attack of the budget
     assert make_plan(False, attacks=["sig", "badclip", "sig"]).extra_rows == {a: full.extra_rows[a] for a in ("badclip", "sig")}
-    assert set(make_plan(False, attacks="wanet").defenses_for("wanet")) == set(full.defenses) | {"abd_I_adv_only", "ft_lr1e-3"}  # no ablation rows for it
+    wanet = make_plan(False, attacks="wanet").defenses_for("wanet")
+    assert set(wanet) == set(full.defenses) | {"abd_I_adv_only", "ft_lr1e-3", "ft_lr2e-3"}  # no ablation rows for it
 
 
 def test_the_command_line_hands_attacks_to_the_plan(monkeypatch, tmp_path):
@@ -84,7 +87,9 @@ def test_every_defense_gets_the_same_fine_tuning_budget(quick, config_of, tmp_pa
     for attack in plan.attacks:
         for defense, dargs in plan.defenses_for(attack).items():
             t = config_of(["purify", "v.safetensors", "--method", method_of(defense), "--data", str(tmp_path), *dargs]).training
-            budgets.add((t.epochs, t.batch_size, t.lr * (0.5 if defense == "ft_lr1e-3" else 1), t.warmup_steps))  # its name says lr 1e-3
+            named_lr = float(defense.split("_lr")[1]) if "_lr" in defense else 5e-4  # a row's name says its lr
+            assert t.lr == named_lr
+            budgets.add((t.epochs, t.batch_size, t.warmup_steps))
     assert len(budgets) == 1, budgets
 
 
@@ -101,3 +106,13 @@ def test_the_abd_rows_differ_from_the_lab_abd_only_where_their_name_says(config_
     assert recipe("abd_I_adv_only") == replace(abd, eda=False)
     assert recipe("abd_T_eda_only") == replace(abd, adv_prob=0.0)
     assert recipe("abd_UAP_no_Lbd") == replace(abd, craft=replace(abd.craft, bd_weight=0.0))
+
+
+def test_sig_gets_the_sweeps_align_setting_at_4x_the_lr(config_of, tmp_path):
+    rows = make_plan(False).defenses_for("sig")
+
+    def config(defense: str):
+        return config_of(["purify", "v.safetensors", "--method", "abd", "--data", tmp_path, *rows[defense]])
+
+    fast, align = config("abd_align_lr2e-3"), config("abd_align")
+    assert fast.recipe == align.recipe and fast.training.lr == 4 * align.training.lr == 2e-3
