@@ -116,8 +116,7 @@ def train(
     module = rt.sync_batchnorm(module.to(rt.device), cfg.batchnorm)
     speed.prepare_model(module, cfg, rt)
     params = [p for p in module.parameters() if p.requires_grad]
-    # Fused AdamW on CUDA: one kernel for all parameters. CPU keeps the reference loop (bitwise as before).
-    optimizer = optim.build_optimizer(module, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, fused=rt.device.type == "cuda")
+    optimizer = optim.build_optimizer(module, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, fused=speed.fused_optimizer(cfg, rt))
     scaler = rt.grad_scaler()
     skipped = dict(getattr(samples.captions, "skipped", {}) or {})
     skipped.setdefault("corrupt_image", 0)

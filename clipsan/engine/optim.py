@@ -24,7 +24,7 @@ def build_optimizer(
     eps: float = 1e-8,
     fused: bool = False,
 ) -> torch.optim.AdamW:
-    """AdamW over ``module``'s trainable parameters; ``fused`` (CUDA) updates them all in one kernel."""
+    """AdamW over ``module``'s trainable parameters; ``fused`` updates them all in one kernel."""
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if _decays(n, p)]
     no_decay = [p for n, p in named if not _decays(n, p)]
