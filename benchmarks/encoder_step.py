@@ -4,7 +4,7 @@
 
 What ``--compile`` and channels-last buy on this machine, without data loading: each variant runs
 the encoders and CLIP's loss forward and backward on the same random batch (with ``--optimizer``,
-then AdamW's step too, fused in the compiled variants as purify's ``--compile`` runs it); variants
+then clipsan's AdamW step too); variants
 alternate, one warm-up step each (compilation), median seconds of ``--rounds``.
 """
 
@@ -50,12 +50,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--optimizer", action="store_true", help="time AdamW's step too (fused with compile, as purify runs it)")
+    parser.add_argument("--optimizer", action="store_true", help="time clipsan's AdamW step too")
     args = parser.parse_args()
     variants = args.variants.split(",")
     keep_freed_memory()  # clipsan's CPU malloc setting, as purify runs (clipsan.engine.host_memory)
     models = {v: build(args.arch, v) for v in variants}
-    optimizers = {v: build_optimizer(m, 1e-5, fused="compile" in v) if args.optimizer else None for v, m in models.items()}
+    optimizers = {v: build_optimizer(m, 1e-5) if args.optimizer else None for v, m in models.items()}
     size = next(iter(models.values())).image_size
     images = torch.rand(args.batch, 3, size, size)
     tokens = next(iter(models.values())).tokenize([f"a photo of thing {i}" for i in range(args.batch)])

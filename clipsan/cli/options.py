@@ -236,8 +236,8 @@ class SpeedOptions:
         bool,
         flag(
             "--compile",
-            "torch.compile the image and text encoders (first steps pay the compilation; ResNet towers also go channels-last, "
-            "and AdamW runs fused on CPU too); compiled kernels round differently, so results match an eager run closely, not bitwise",
+            "torch.compile the image and text encoders (first steps pay the compilation; ResNet towers also go channels-last); "
+            "compiled kernels round differently, so results match an eager run closely, not bitwise",
             SPEED,
         ),
     ] = False

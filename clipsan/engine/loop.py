@@ -116,7 +116,7 @@ def train(
     module = rt.sync_batchnorm(module.to(rt.device), cfg.batchnorm)
     speed.prepare_model(module, cfg, rt)
     params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = optim.build_optimizer(module, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, fused=speed.fused_optimizer(cfg, rt))
+    optimizer = optim.build_optimizer(module, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
     scaler = rt.grad_scaler()
     skipped = dict(getattr(samples.captions, "skipped", {}) or {})
     skipped.setdefault("corrupt_image", 0)

@@ -1,7 +1,6 @@
 """Speed switches of a training run: kernels (cudnn autotuning / determinism), compilation,
-activation checkpointing, memory format, the optimizer's kernel. None changes the parameters or
-the optimizer's math; on CPU in fp32 the defaults leave results bitwise equal to a run without
-this module.
+activation checkpointing, memory format. None changes the parameters or the optimizer's math;
+on CPU in fp32 the defaults leave results bitwise equal to a run without this module.
 """
 
 from __future__ import annotations
@@ -39,13 +38,3 @@ def prepare_model(module: torch.nn.Module, cfg: TrainConfig, rt: Runtime) -> Non
         module.use_channels_last()
     if cfg.compile and hasattr(module, "compile_encoders"):
         module.compile_encoders()
-
-
-def fused_optimizer(cfg: TrainConfig, rt: Runtime) -> bool:
-    """AdamW in one kernel for all parameters: always on CUDA; on CPU only with --compile.
-
-    On CPU the fused kernel rounds differently from the reference loop (1 ulp), so eager fp32 runs
-    keep the reference; --compile gives up bitwise equality anyway, and on RN50 the fused step
-    takes 0.2 s where the reference takes 0.65 s (BENCHMARKS.md).
-    """
-    return rt.device.type == "cuda" or cfg.compile
