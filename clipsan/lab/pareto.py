@@ -17,7 +17,11 @@ from clipsan.lab.tables import TARGET_ASR, TARGET_CA_TOLL, attacks_of
 
 PANEL_W, PANEL_H, COLUMNS = 420, 330, 3
 LEFT, RIGHT, TOP, BOTTOM = 52, 14, 30, 44
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+# One colour per defense row: the full lab has 11, so the ten tab10 colours are followed by darker ones.
+PALETTE = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f",
+    "#000080", "#8b0000", "#006400", "#ffd700", "#00ffff",
+]  # fmt: skip
 ASR_TICKS = (0.0, 0.05, 0.25, 0.5, 1.0)
 
 
