@@ -4,8 +4,8 @@
 
 What ``--compile`` and channels-last buy on this machine, without data loading: each variant runs
 the encoders and CLIP's loss forward and backward on the same random batch (with ``--optimizer``,
-then clipsan's AdamW step too); variants
-alternate, one warm-up step each (compilation), median seconds of ``--rounds``.
+then clipsan's AdamW step too); variants alternate, one warm-up step each (compilation), median
+seconds of ``--rounds``.
 """
 
 from __future__ import annotations

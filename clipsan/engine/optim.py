@@ -25,8 +25,9 @@ def build_optimizer(
 ) -> torch.optim.AdamW:
     """AdamW over ``module``'s trainable parameters, fused: one kernel updates them all.
 
-    On CUDA and on CPU alike: on RN50 the fused CPU step takes 0.2 s where PyTorch's reference
-    loop takes 0.65 s (BENCHMARKS.md), and it rounds differently from it by about one ulp.
+    On CUDA and on CPU alike: on RN50 the fused CPU step takes 0.20 s where PyTorch's reference
+    loop takes 0.80 s (BENCHMARKS.md, benchmarks/adamw_step.py); it rounds differently from it by
+    about one ulp.
     """
     named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if _decays(n, p)]
