@@ -12,7 +12,7 @@ sides alternate, and the first step of each run is warm-up (not timed). Prints i
 and CPU seconds per step (user + system: what a loaded machine moves least) per run, and each side's
 median ratio to the first side. ``clipsan@PATH`` runs another clipsan checkout
 (e.g. main's, for before/after figures); ``+compile`` adds --compile; ``+glibc-malloc`` runs clipsan
-with glibc's default malloc settings (``clipsan.engine.host_memory`` steps aside when MALLOC_MMAP_MAX_
+with glibc's default malloc settings (``clipsan.engine.host_memory`` steps aside when a malloc tunable
 is set). ``--arch clipsan-tiny-rn`` works for clipsan sides only (the peer's tokenizer is fixed at 77 tokens).
 
 What the harness supplies to the peer (none of it is in the timed step): a stand-in ``wandb`` module
@@ -176,7 +176,9 @@ def child(args) -> None:
 # --------------------------------------------------------------------------- driver
 
 
-GLIBC_MALLOC_DEFAULTS = {"MALLOC_MMAP_MAX_": "65536"}  # glibc's own default: clipsan then leaves malloc as it is
+# A malloc tunable set to what it already is: clipsan then leaves malloc as it is. (Setting
+# MALLOC_MMAP_MAX_, even to its default, also fixes glibc's adaptive mmap threshold at 128 KiB.)
+GLIBC_MALLOC_DEFAULTS = {"MALLOC_PERTURB_": "0"}
 
 
 def measure(side: str, args) -> dict:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsan.data.tokens import fit_caption
+from clipsan.data.tokens import PAD_ID, fit_caption
 from clipsan.errors import UserError
 from clipsan.openclip import open_clip
 
@@ -270,8 +270,25 @@ class ClipModel(nn.Module):
         return F.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        features = self.clip.encode_text(tokens).float()
+        """Text features of ``tokens``: full rows, or rows cut after the batch's padding starts
+        (``clipsan.data.tokens.drop_padding``), which give the same features."""
+        width = tokens.shape[-1]
+        if width == self.context_length:
+            features = self.clip.encode_text(tokens)
+        elif self.reads_text_prefix:
+            features = _encode_text_prefix(self.clip, tokens)
+        else:  # a tower that sees every position: give it its padding back
+            features = self.clip.encode_text(F.pad(tokens, (0, self.context_length - width), value=PAD_ID))
+        features = features.float()
         return F.normalize(features, dim=-1) if normalize else features
+
+    @property
+    def reads_text_prefix(self) -> bool:
+        """Whether the text tower's feature depends on the tokens up to the end-of-text token only:
+        open_clip's CLIP with a causal mask, pooled at that token (OpenAI's and LAION's CLIPs)."""
+        clip = self.clip
+        causal = isinstance(clip, open_clip.CLIP) and getattr(clip, "attn_mask", None) is not None
+        return causal and getattr(clip, "text_pool_type", None) in ("argmax", "eos")
 
     def forward(self, images01: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(images01), self.encode_text(tokens)
@@ -302,6 +319,24 @@ class ClipModel(nn.Module):
         """NHWC weights for a ResNet image tower: faster convolutions where the backend has NHWC kernels."""
         if self.has_resnet_tower:
             self.clip.visual.to(memory_format=torch.channels_last)
+
+
+def _encode_text_prefix(clip: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's ``CLIP.encode_text`` on the first ``tokens.shape[-1]`` positions only.
+
+    Under the causal mask no position reads a later one, so positions after every row's
+    end-of-text token (padding) cannot change the pooled features or their gradients; leaving
+    them out cuts the text tower's work and saved activations by the same factor.
+    """
+    width = tokens.shape[-1]
+    x = clip.token_embedding(tokens).to(clip.transformer.get_cast_dtype())
+    x = x + clip.positional_embedding[:width].to(x.dtype)
+    x = clip.transformer(x, attn_mask=clip.attn_mask[:width, :width])
+    x = clip.ln_final(x)
+    x = open_clip.transformer.text_global_pool(x, tokens, clip.text_pool_type, eos_token_id=getattr(clip, "text_eos_id", None))
+    if clip.text_projection is None:
+        return x
+    return clip.text_projection(x) if isinstance(clip.text_projection, nn.Linear) else x @ clip.text_projection
 
 
 def tokenizer_for(arch: str, context_length: int) -> Any:

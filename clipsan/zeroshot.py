@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from clipsan.data.tokens import drop_padding
 from clipsan.errors import UserError
 from clipsan.metrics import TopkMeter, attack_success, topk_correct
 
@@ -94,7 +95,7 @@ def class_text_embeddings(
     chunks = []
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
-            tokens = model.tokenize(texts[start : start + batch_size]).to(device)
+            tokens = drop_padding(model.tokenize(texts[start : start + batch_size])).to(device)
             with autocast():
                 features = model.encode_text(tokens, normalize=True)
             chunks.append(F.normalize(features.float(), dim=-1))

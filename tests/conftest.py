@@ -114,3 +114,18 @@ def config_of(monkeypatch):
         return parsed.value.config
 
     return parse
+
+
+def without_key_biases(weights: dict) -> dict:
+    """Attention's key bias gets no true gradient (softmax ignores a shift shared by every key), so
+    Adam turns its rounding noise into full-size steps that differ with any summation order."""
+    import torch
+
+    out = dict(weights)
+    for name, tensor in weights.items():
+        if name.endswith("in_proj_bias"):
+            d = tensor.shape[0] // 3
+            out[name] = torch.cat([tensor[:d], tensor[2 * d :]])  # the q, k, v biases, less k's
+        elif name.endswith("k_proj.bias"):
+            del out[name]
+    return out

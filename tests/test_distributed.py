@@ -7,25 +7,11 @@ import re
 import subprocess
 import sys
 
-import torch
 from safetensors.torch import load_file
 
-from conftest import cli_env, run_json
+from conftest import cli_env, run_json, without_key_biases
 
 ARGS = ["--method", "ft", "--epochs", "2", "--batch-size", "16", "--lr", "1e-4", "--warmup", "2", "--workers", "0", "--device", "cpu"]
-
-
-def _without_key_biases(weights: dict) -> dict:
-    """Attention's key bias gets no true gradient (softmax ignores a shift shared by every key), so
-    Adam turns its rounding noise into full-size steps that differ with any summation order."""
-    out = dict(weights)
-    for name, tensor in weights.items():
-        if name.endswith("in_proj_bias"):
-            d = tensor.shape[0] // 3
-            out[name] = torch.cat([tensor[:d], tensor[2 * d :]])  # the q, k, v biases, less k's
-        elif name.endswith("k_proj.bias"):
-            del out[name]
-    return out
 
 
 def test_two_processes_match_one(tiny_model, caption_data, tmp_path):
@@ -57,8 +43,8 @@ def test_two_processes_match_one(tiny_model, caption_data, tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    a, b = _without_key_biases(load_file(str(single))), _without_key_biases(load_file(str(double)))
-    before = _without_key_biases(load_file(str(tiny_model)))
+    a, b = without_key_biases(load_file(str(single))), without_key_biases(load_file(str(double)))
+    before = without_key_biases(load_file(str(tiny_model)))
     moved = max((a[k] - before[k]).abs().max().item() for k in a)
     assert moved > 1e-4, "training must move the weights for the comparison to mean anything"
     worst = max((a[k] - b[k]).abs().max().item() for k in a)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from clipsan.attacks.config import BADCLIP, BADCLIP_OBJECTIVES, AttackConfig, BadClipConfig
 from clipsan.attacks.poisoning import dataset_captions, mentions, natural_caption_pool
 from clipsan.attacks.triggers import BADNET_SIDE_AT_224, PatchTrigger, scaled_side
+from clipsan.data.tokens import drop_padding
 from clipsan.engine.runtime import Runtime
 from clipsan.errors import UserError
 from clipsan.seeding import derive_seed
@@ -94,7 +95,7 @@ def guide_embeddings(model, captions, all_captions, target, settings: BadClipCon
     pool = random.Random(derive_seed(seed, "badclip-guides")).sample(pool, min(len(pool), settings.guide_captions))
     device = rt.device
     with torch.no_grad():
-        texts = torch.cat([rt.encode(model.encode_text, model.tokenize(pool[i : i + 256]).to(device)) for i in range(0, len(pool), 256)])
+        texts = torch.cat([rt.encode(model.encode_text, drop_padding(model.tokenize(pool[i : i + 256])).to(device)) for i in range(0, len(pool), 256)])
         guides = [_mean_direction(texts)]
         if settings.objective == "text+image":
             target_images = [i for i, c in enumerate(all_captions) if mentions(c, target)][: settings.guide_captions]

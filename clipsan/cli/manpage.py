@@ -234,11 +234,12 @@ def render(group) -> str:
         "\\fBXDG_CACHE_HOME\\fR",
         _esc("where the lab caches its clean models (default ~/.cache)."),
         ".TP",
-        "\\fBMALLOC_MMAP_MAX_\\fR, \\fBGLIBC_TUNABLES\\fR (and glibc's other \\fBMALLOC_*_\\fR)",
+        "\\fBMALLOC_PERTURB_\\fR, \\fBGLIBC_TUNABLES\\fR (and glibc's other \\fBMALLOC_*_\\fR)",
         _esc(
-            "on CPU clipsan tells glibc to keep freed memory for the next training step (no page faults each step;"
-            " the process keeps its peak). Set any glibc malloc tunable, e.g. MALLOC_MMAP_MAX_=65536 (glibc's default),"
-            " and clipsan leaves the allocator as you set it."
+            "for eager training on CPU clipsan tells glibc to keep freed memory for the next step (no page faults each"
+            " step; the process keeps its peak); with --compile it has glibc return every block over 128 KiB at once."
+            " Set any glibc malloc tunable, e.g. MALLOC_PERTURB_=0 (which changes nothing else), and clipsan leaves the"
+            " allocator as you set it."
         ),
         ".SH FILES",
         ".TP",

@@ -1,4 +1,4 @@
-"""Cut a caption to what CLIP's tokenizer can keep, before BPE sees it.
+"""Cut a caption to what CLIP's tokenizer can keep, before BPE sees it; drop a batch's padding after it.
 
 open_clip's tokenizer cleans a text, splits it into pieces (words, digits, runs
 of symbols), byte-pair encodes each piece and then keeps ``context_length - 2``
@@ -26,7 +26,13 @@ times over) the kept tokens of a cut caption may differ slightly.
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
+
+import torch
+
+PAD_ID = 0  # what open_clip's SimpleTokenizer writes after the end-of-text token
+WIDTH_STEP = 8  # widths are rounded up to a multiple of this: a compiled text tower then meets few shapes
 
 # Shorter texts are handed over untouched, without cleaning them first: cleaning grows a
 # text a few times at most (ligatures such as "ﬃ"), so their BPE costs little either way.
@@ -79,3 +85,28 @@ def longest_token_bytes(tokenizer: Any) -> tuple[int, int]:
         if data.isascii():
             longest_ascii = max(longest_ascii, len(data))
     return longest_ascii, longest
+
+
+def drop_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` (rows of token ids) without the trailing columns that are padding in every row.
+
+    What is left reaches the batch's last end-of-text token, like transformers' "pad to
+    longest" (rounded up to a multiple of ``WIDTH_STEP``). ``ClipModel.encode_text`` takes such
+    a prefix and gives the full rows' features. Call it on host tensors: the width is read
+    from the values.
+    """
+    used = (tokens != PAD_ID).any(dim=0).nonzero()
+    width = int(used[-1]) + 1 if len(used) else tokens.shape[-1]
+    width = min(tokens.shape[-1], -(-width // WIDTH_STEP) * WIDTH_STEP)
+    return tokens[:, :width].contiguous()
+
+
+def drop_common_padding(batch: dict, columns: Iterable[str]) -> dict:
+    """``batch`` with its token ``columns`` cut to one width: the widest of their ``drop_padding`` widths
+    (one width, so a recipe can still concatenate them)."""
+    columns = [name for name in columns if name in batch]
+    if columns:
+        width = max(drop_padding(batch[name]).shape[-1] for name in columns)
+        for name in columns:
+            batch[name] = batch[name][:, :width].contiguous()
+    return batch

@@ -1,18 +1,22 @@
-"""CPU runs: keep the memory a step frees for the next step instead of handing it back to the kernel.
+"""CPU training: how glibc's malloc treats the gigabytes of activations a step frees.
 
-A CPU training step allocates and frees gigabytes of activations (RN50 at batch 32: about
-7 GB). glibc serves every block over its mmap threshold (at most 32 MB, which most of
-those activations exceed) with a fresh ``mmap`` and unmaps it on ``free``, so each step
-page-faults its whole working set again and the kernel zeroes it: about 3 million minor
-faults and 3-5 s of system time per RN50 cleanclip step on this project's machine
-(BENCHMARKS.md, "Memory on CPU"). With mmap off and trimming off, glibc reuses its
-heap and a step after the first faults almost nothing. The price is that the process keeps
-its peak resident between steps, and the heap's fragmentation can add to the peak
-(measured there). Float results do not depend on where tensors live.
+An eager CPU training step allocates and frees gigabytes of activations (RN50 cleanclip at
+batch 16: about 4 GB). glibc serves a block over its mmap threshold (adaptive, at most 32 MB)
+with a fresh ``mmap`` and unmaps it on ``free``, so each step page-faults much of its working
+set again and the kernel zeroes it (BENCHMARKS.md, "Memory on CPU"). For eager training
+(``keep_freed_memory``), with mmap off and trimming off, glibc reuses its heap and a step after
+the first faults almost nothing: about 1.2x the steps per CPU second on RN50. The price is that
+the process keeps its peak resident between steps, plus the heap's fragmentation.
 
-A user who set any glibc malloc tunable (``GLIBC_TUNABLES``, ``MALLOC_*_``) keeps exactly
-what they set: clipsan changes nothing then. CUDA runs are left alone (their tensors live in
-the CUDA caching allocator), and so are C libraries without glibc's ``mallopt``.
+A ``--compile``d step plans its own buffers and was measured no faster with the kept heap,
+which it fragments by ~1.4 GB. It gets the opposite (``return_freed_memory``): the mmap
+threshold fixed at glibc's initial 128 KiB, so every large block goes back to the kernel at
+once and the peak is the live memory. Float results do not depend on where tensors live.
+
+Inference commands leave malloc alone. So does a user who set any glibc malloc tunable
+(``GLIBC_TUNABLES``, ``MALLOC_*_``): clipsan changes nothing then. CUDA runs are left alone
+(their tensors live in the CUDA caching allocator), and so are C libraries without glibc's
+``mallopt``.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ import os
 
 # mallopt(3) parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 _NEVER_TRIM = 2**31 - 1  # the largest value mallopt takes (an int)
+_GLIBC_FIRST_MMAP_THRESHOLD = 128 * 1024  # where glibc's adaptive threshold starts
 
-_applied: bool | None = None  # once per process: None = not tried yet
+_applied: str | None = None  # the one setting this process took ("" if none could be)
 
 
 def user_set_malloc() -> bool:
@@ -35,18 +41,26 @@ def user_set_malloc() -> bool:
 
 
 def keep_freed_memory() -> bool:
-    """Ask glibc to serve every allocation from its heap and never trim it; True if it took effect.
+    """Eager training: serve every allocation from the heap and never trim it; True if it took effect."""
+    return _set_once("keep", ((M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, _NEVER_TRIM)))
 
-    Idempotent; call before a CPU run's first large allocation.
-    """
+
+def return_freed_memory() -> bool:
+    """Compiled training: hand every block over 128 KiB back on free; True if it took effect."""
+    return _set_once("return", ((M_MMAP_THRESHOLD, _GLIBC_FIRST_MMAP_THRESHOLD),))
+
+
+def _set_once(name: str, settings: tuple[tuple[int, int], ...]) -> bool:
+    """The first setting asked for in a process is the one it keeps (call before the first training
+    step: it applies to later allocations only, and glibc's adaptive threshold cannot be restored)."""
     global _applied
     if _applied is None:
-        _applied = False
+        _applied = ""
         if not user_set_malloc():
             mallopt = _glibc_mallopt()
-            if mallopt is not None:
-                _applied = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, _NEVER_TRIM))
-    return _applied
+            if mallopt is not None and all(mallopt(param, value) for param, value in settings):
+                _applied = name
+    return _applied == name
 
 
 def _glibc_mallopt():

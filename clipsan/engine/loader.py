@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from clipsan.data.tokens import fit_caption
+from clipsan.data.tokens import drop_common_padding, fit_caption
 from clipsan.data.transforms import to_model_uint8
 from clipsan.engine.config import resolve_workers
 from clipsan.errors import UserError
@@ -131,6 +131,7 @@ class RecipeSamples(Dataset):
         sample = Sample(to_model_uint8(image, self.image_size), image, caption, index, epoch, self.seed)
         views = self.recipe.views(sample)
         out = {"index": torch.tensor(index), "n_corrupt": int(unreadable)}
+        out["text_columns"] = tuple(name for name, value in views.items() if isinstance(value, str))
         for name, value in views.items():
             out[name] = self.tokenize([fit_caption(value, self.tokenize)])[0] if isinstance(value, str) else value
         return out
@@ -159,9 +160,11 @@ class RecipeSamples(Dataset):
 def collate(items: list) -> dict:
     # Every slot holds a sample (unreadable images are substituted); n_corrupt counts the substitutions.
     batch: dict = {"n_corrupt": sum(item.pop("n_corrupt") for item in items)}
+    text_columns = {name for item in items for name in item.pop("text_columns", ())}
     for name in items[0]:
         batch[name] = torch.stack([item[name] for item in items])
-    return batch
+    # Captions travel as far as the batch's longest goes (the text tower's cost follows the width).
+    return drop_common_padding(batch, text_columns)
 
 
 def build_loader(samples: Dataset, sampler: EpochBatchSampler, workers: int | None, pin_memory: bool) -> DataLoader:

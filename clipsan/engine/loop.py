@@ -135,6 +135,7 @@ def train(
         run.truncate_metrics(step)
     else:
         torch.manual_seed(cfg.seed)
+        optim.allocate_state(optimizer)  # before any activation (see its docstring); resume loaded it above
 
     def save(at_step: int) -> None:
         state = {

@@ -39,6 +39,23 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
 
 
+def allocate_state(optimizer: torch.optim.AdamW) -> None:
+    """Create AdamW's moments now, as its first step would (zeros; state already there is kept).
+
+    Made lazily, 0.8 GB of RN50 moments land in the CPU heap among the first step's freed
+    activations, and every later step's activations grow the heap around them; made before the
+    first step they sit below. Results are bitwise those of the lazy state (tests/test_optim.py).
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if not optimizer.state[p]:
+                optimizer.state[p] = {
+                    "step": torch.zeros((), dtype=torch.float32, device=p.device),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+
+
 def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int, schedule: str = "cosine") -> float:
     """Linear warmup from 0, then cosine decay to 0 over the remaining steps (or ``constant``: stay at base_lr).
 

@@ -36,7 +36,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from clipsan.engine import host_memory
 from clipsan.errors import ClipsanError, UserError
 
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -309,16 +308,13 @@ def _torchrun_device(spec: str, local_rank: int) -> torch.device:
 
 
 def use_device(dev: torch.device) -> torch.device:
-    """Make ``dev`` the current device. On CPU, freed memory stays in the process for the next
-    step (``host_memory``). On CUDA, fp32 matmuls and convolutions may use TF32
+    """Make ``dev`` the current device. On CUDA, fp32 matmuls and convolutions may use TF32
     tensor cores (Ampere and later: several times fp32's throughput, 10-bit mantissa, which
     training and scan's statistics tolerate; cuDNN convolutions already default to it)."""
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
         torch.backends.cuda.matmul.fp32_precision = "tf32"
         torch.backends.cudnn.conv.fp32_precision = "tf32"
-    else:
-        host_memory.keep_freed_memory()  # CPU steps reuse their memory instead of page-faulting it anew
     return dev
 
 

@@ -9,6 +9,7 @@ import os
 
 import torch
 
+from clipsan.engine import host_memory
 from clipsan.engine.config import TrainConfig
 from clipsan.engine.runtime import Runtime
 
@@ -30,6 +31,13 @@ def configure_kernels(deterministic: bool, rt: Runtime) -> None:
 
 def prepare_model(module: torch.nn.Module, cfg: TrainConfig, rt: Runtime) -> None:
     """Apply the run's model-side switches; ``module`` is on ``rt.device`` already."""
+    # Eager CPU steps free and re-allocate gigabytes of activations: keeping that memory in the
+    # process saves their page faults. Compiled steps gain nothing from it and fragment the kept
+    # heap, so they hand large blocks back at once (host_memory; BENCHMARKS, "Memory on CPU").
+    if rt.device.type == "cpu" and cfg.compile:
+        host_memory.return_freed_memory()
+    elif rt.device.type == "cpu":
+        host_memory.keep_freed_memory()
     if cfg.grad_checkpointing and hasattr(module, "set_grad_checkpointing"):
         module.set_grad_checkpointing(True)
     # NHWC convolutions: cudnn's fast path on CUDA; on CPU only with --compile (eager CPU fp32 must
