@@ -29,6 +29,7 @@ from torch import nn
 from clipsan.data.tokens import PAD_ID, fit_caption
 from clipsan.errors import UserError
 from clipsan.openclip import open_clip
+from clipsan.quick_gelu import use_lean_quick_gelu
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -243,6 +244,7 @@ class ClipModel(nn.Module):
         preprocess_cfg: Mapping[str, Any],
     ) -> None:
         super().__init__()
+        use_lean_quick_gelu(clip, open_clip.transformer.QuickGELU)  # same numbers, less kept for backward
         self.clip = clip
         self.arch = arch
         self.model_cfg: dict[str, Any] = json.loads(json.dumps(model_cfg))
