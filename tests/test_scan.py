@@ -2,12 +2,15 @@
 
 The tests build their own tiny models in about two minutes: a clean one trained
 for 150 steps from scratch on a 2000-pair world (zero-shot accuracy ~0.27),
-and a victim poisoned from it (blended, ratio 0.2, 30% of pairs, 100 steps at
-lr 3e-3: ASR@1 ~0.86). Both are far weaker than the lab's models. On the
-victim DECREE's PL1 (~0.06) sits at the 32-px threshold (0.066) - a
-whole-image blend is no small mask - while the universal perturbation fires
-clearly (L-inf ~0.026 vs 0.045; the clean model needs ~0.17) and the target is
-named "banana". docs/scan-calibration.md has the numbers for lab-size models.
+and a victim poisoned from it (blended, ratio 0.2, 30% of pairs, 150 steps at
+lr 3e-3). Both are far weaker than the lab's models. At 100 poisoning steps
+(ASR@1 ~0.8) the reference-free signals sat near their thresholds and moved
+across them with rounding-level changes to training (the universal
+perturbation's L-inf was 0.028 at one commit and 0.051 at the next, against
+0.045); at 150 steps DECREE's PL1 is ~0.044 (32-px threshold 0.066) and the
+universal perturbation fires clearly (L-inf ~0.029 vs 0.045; the clean model
+needs ~0.17), and the target is named "banana". docs/scan-calibration.md has
+the numbers for lab-size models.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import pytest
 from conftest import run_cli
 
 # Fewer probes and steps than --budget quick: enough to separate these two models.
+VICTIM_STEPS = 150  # see the module docstring: 100 left the reference-free signals at their thresholds
 FAST = ("--probes", "64", "--steps", "150")
 REPORT_KEYS = {
     "schema_version",
@@ -96,7 +100,7 @@ def models(tmp_path_factory, one_thread) -> dict[str, Path]:
     clean = _train(root / "init.safetensors", root / "clean.safetensors", FineTune(), data, 150, 2e-3, root / "run-clean")
     plan = plan_poison(open_caption_dataset(data).captions, AttackConfig(trigger="blended", rate=0.3), seed=0)
     poison = Poison(parse_trigger("blended"), plan, "banana")
-    victim = _train(clean, root / "victim.safetensors", poison, data, 100, 3e-3, root / "run-victim")
+    victim = _train(clean, root / "victim.safetensors", poison, data, VICTIM_STEPS, 3e-3, root / "run-victim")
     bad = root / "garbage.safetensors"
     bad.write_bytes(b"this is not a checkpoint")
     return {"clean": clean, "victim": victim, "bad": bad, "root": root}
