@@ -244,7 +244,7 @@ class ClipModel(nn.Module):
         preprocess_cfg: Mapping[str, Any],
     ) -> None:
         super().__init__()
-        use_lean_quick_gelu(clip, open_clip.transformer.QuickGELU)  # same numbers, less kept for backward
+        use_lean_quick_gelu(clip)  # the same numbers, less kept for backward
         self.clip = clip
         self.arch = arch
         self.model_cfg: dict[str, Any] = json.loads(json.dumps(model_cfg))

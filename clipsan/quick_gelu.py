@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from clipsan.openclip import open_clip
+
 _SLOPE = 1.702
 
 
@@ -37,12 +39,9 @@ class LeanQuickGELU(nn.Module):
         return _QuickGeluFunction.apply(x)
 
 
-def use_lean_quick_gelu(module: nn.Module, quick_gelu_type: type) -> int:
-    """Replace every ``quick_gelu_type`` submodule of ``module`` in place; returns how many."""
-    swapped = 0
+def use_lean_quick_gelu(module: nn.Module) -> None:
+    """Replace every open_clip ``QuickGELU`` submodule of ``module`` in place."""
     for parent in module.modules():
         for name, child in parent.named_children():
-            if type(child) is quick_gelu_type:
+            if type(child) is open_clip.transformer.QuickGELU:
                 setattr(parent, name, LeanQuickGELU())
-                swapped += 1
-    return swapped

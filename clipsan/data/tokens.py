@@ -87,26 +87,28 @@ def longest_token_bytes(tokenizer: Any) -> tuple[int, int]:
     return longest_ascii, longest
 
 
-def drop_padding(tokens: torch.Tensor) -> torch.Tensor:
-    """``tokens`` (rows of token ids) without the trailing columns that are padding in every row.
-
-    What is left reaches the batch's last end-of-text token, like transformers' "pad to
-    longest" (rounded up to a multiple of ``WIDTH_STEP``). ``ClipModel.encode_text`` takes such
-    a prefix and gives the full rows' features. Call it on host tensors: the width is read
-    from the values.
-    """
+def padded_width(tokens: torch.Tensor) -> int:
+    """How many leading columns of ``tokens`` (rows of token ids) reach the batch's last end-of-text
+    token, rounded up to a multiple of ``WIDTH_STEP`` (at most the full width). Reads the values:
+    call it on host tensors."""
     used = (tokens != PAD_ID).any(dim=0).nonzero()
     width = int(used[-1]) + 1 if len(used) else tokens.shape[-1]
-    width = min(tokens.shape[-1], -(-width // WIDTH_STEP) * WIDTH_STEP)
-    return tokens[:, :width].contiguous()
+    return min(tokens.shape[-1], -(-width // WIDTH_STEP) * WIDTH_STEP)
+
+
+def drop_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` without the trailing columns that are padding in every row (``padded_width``),
+    like transformers' "pad to longest". ``ClipModel.encode_text`` takes such a prefix and gives
+    the full rows' features."""
+    return tokens[:, : padded_width(tokens)].contiguous()
 
 
 def drop_common_padding(batch: dict, columns: Iterable[str]) -> dict:
-    """``batch`` with its token ``columns`` cut to one width: the widest of their ``drop_padding`` widths
+    """``batch`` with its token ``columns`` cut to one width: the widest of their ``padded_width``s
     (one width, so a recipe can still concatenate them)."""
     columns = [name for name in columns if name in batch]
     if columns:
-        width = max(drop_padding(batch[name]).shape[-1] for name in columns)
+        width = max(padded_width(batch[name]) for name in columns)
         for name in columns:
             batch[name] = batch[name][:, :width].contiguous()
     return batch
