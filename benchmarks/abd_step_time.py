@@ -16,16 +16,15 @@ from pathlib import Path
 
 import torch
 
-from clipsan import world
-from clipsan.checkpoint import save_model
-from clipsan.config import CaptionData, CraftAdvConfig
-from clipsan.data.captions import open_caption_dataset
-from clipsan.engine.config import TrainConfig
-from clipsan.finetune import JobSpec, run_fine_tune
+from clipsan.checkpoints import save_model
+from clipsan.config import CaptionData, CraftAdvConfig, PurifyConfig
+from clipsan.config.recipes import ABDConfig, CraftConfig
+from clipsan.config.train import TrainConfig
+from clipsan.data import world
+from clipsan.jobs.craft import run_craft_adv
+from clipsan.jobs.purify import run_purify
 from clipsan.models import create_model
-from clipsan.recipes.abd.jobs import run_craft_adv
 from clipsan.recipes.abd.recipe import ABD
-from clipsan.recipes.config import ABDConfig, CraftConfig
 from clipsan.recipes.ft import FineTune
 
 QUIET = lambda _m: None
@@ -39,7 +38,6 @@ def _model(arch: str, root: Path, seed: int) -> Path:
 
 
 def craft_seconds_per_step(model: Path, reference: Path, data: Path, root: Path, steps: int, batch: int) -> float:
-    captions = open_caption_dataset(data)
     settings = CraftConfig(epochs=1000, batch_size=batch, max_steps=steps)
 
     def once(name: str) -> float:
@@ -54,7 +52,7 @@ def craft_seconds_per_step(model: Path, reference: Path, data: Path, root: Path,
             log_every=10**6,
             device="cpu",
         )
-        return run_craft_adv(job, captions, notes=QUIET).seconds / steps
+        return run_craft_adv(job, notes=QUIET).seconds / steps
 
     once(f"warm-{model.stem}")
     return once(f"craft-{model.stem}")
@@ -62,8 +60,8 @@ def craft_seconds_per_step(model: Path, reference: Path, data: Path, root: Path,
 
 def fine_tune_seconds_per_step(model: Path, recipe, data: Path, root: Path, steps: int, name: str) -> float:
     cfg = TrainConfig(epochs=1000, batch_size=64, lr=1e-5, warmup_steps=5, workers=0, save_every=10**6, log_every=10**6, max_steps=steps)
-    job = JobSpec("bench", str(model), None, str(root / f"{name}.safetensors"), str(root / name), resume=False, device="cpu")
-    return run_fine_tune(job, recipe, open_caption_dataset(data), cfg, notes=QUIET).seconds / steps
+    config = PurifyConfig(str(model), CaptionData(str(data)), training=cfg, out=str(root / f"{name}.safetensors"), run_dir=str(root / name), device="cpu")
+    return run_purify(config, notes=QUIET, recipe=recipe).seconds / steps
 
 
 def main() -> None:
@@ -90,7 +88,7 @@ def main() -> None:
         job = CraftAdvConfig(
             str(tiny), CaptionData(str(data)), CraftConfig(max_steps=2), out=str(generator / "g.safetensors"), run_dir=str(generator), workers=0, device="cpu"
         )
-        run_craft_adv(job, open_caption_dataset(data), notes=QUIET)
+        run_craft_adv(job, notes=QUIET)
         fine_tune_seconds_per_step(tiny, FineTune(), data, root, 3, "warm")
         ft = fine_tune_seconds_per_step(tiny, FineTune(), data, root, args.steps, "ft")
         abd = fine_tune_seconds_per_step(tiny, ABD(ABDConfig(generator=str(generator / "g.safetensors"))), data, root, args.steps, "abd")

@@ -31,7 +31,7 @@ def seconds(fn) -> float:
 
 
 def refusal(path: Path) -> float:
-    from clipsan.checkpoint import load_model
+    from clipsan.checkpoints import load_model
     from clipsan.errors import UserError
 
     def attempt():
@@ -49,8 +49,8 @@ def main() -> None:
     parser.add_argument("--arch", default="ViT-B-32-quickgelu")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from clipsan.checkpoint import load_model, save_model
-    from clipsan.layouts.output import OutputPlan, write_output
+    from clipsan.checkpoints import load_model, save_model
+    from clipsan.checkpoints.output import OutputPlan, write_output
     from clipsan.models import create_model
 
     load = os.getloadavg()[0]

@@ -33,11 +33,12 @@ HOST_READS = REPO / "benchmarks" / "host_reads.py"
 
 
 def _write_data(root: Path, pairs: int, size: int) -> tuple[Path, Path]:
-    from clipsan import world
+    from clipsan.config import WorldConfig
+    from clipsan.data import world
 
     captions, labelled = root / "pairs", root / "labelled"
     if not captions.exists():
-        config = world.WorldConfig(image_size=size)
+        config = WorldConfig(image_size=size)
         (captions / "images").mkdir(parents=True)
         rows = ["image,caption"]
         for i in range(pairs):
@@ -52,7 +53,7 @@ def _write_data(root: Path, pairs: int, size: int) -> tuple[Path, Path]:
 def _write_model(root: Path, arch: str) -> Path:
     import torch
 
-    from clipsan.checkpoint import save_model
+    from clipsan.checkpoints import save_model
     from clipsan.models import create_model
 
     path = root / f"{arch}.safetensors"

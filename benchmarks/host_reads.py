@@ -80,7 +80,7 @@ def main() -> int:
     cuda_warnings = _count_cuda_syncs()
 
     import clipsan.engine.loop as loop
-    import clipsan.finetune as finetune
+    import clipsan.jobs.training as training_job
 
     real_train = loop.train
 
@@ -91,9 +91,9 @@ def main() -> int:
         finally:
             state["in_train"] = scope == "all"
 
-    import clipsan.recipes.abd.jobs as craft_jobs
+    import clipsan.recipes.abd.crafting as crafting
 
-    finetune.train = craft_jobs.train = train  # the modules that run the engine's loop
+    training_job.train = crafting.train = train  # the modules that run the engine's loop
     from clipsan.cli import main as cli_main
 
     started = time.perf_counter()

@@ -43,7 +43,7 @@ ARCH = "RN50-quickgelu"  # open_clip's name for OpenAI's RN50 (QuickGELU in the 
 
 def make_data(root: Path, n: int, size: int = 256) -> Path:
     """n JPEG pairs from the synthetic world, drawn at ``size`` px (both sides resize/crop to 224)."""
-    from clipsan.world import WorldConfig, render_sample
+    from clipsan.data.world import WorldConfig, render_sample
 
     csv_path = root / "pairs.csv"
     if csv_path.exists():
@@ -61,7 +61,7 @@ def make_data(root: Path, n: int, size: int = 256) -> Path:
 def make_model(path: Path, arch: str) -> None:
     import torch
 
-    from clipsan.checkpoint import save_model
+    from clipsan.checkpoints import save_model
     from clipsan.models import create_model
 
     if not path.exists():

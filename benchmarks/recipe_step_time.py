@@ -28,15 +28,15 @@ import time
 
 import torch
 
+from clipsan.config.recipes import CleanerCLIPConfig
+from clipsan.data.world import WorldConfig, render_sample
 from clipsan.engine.loader import RecipeSamples, collate
 from clipsan.engine.optim import build_optimizer
 from clipsan.engine.runtime import setup_runtime
 from clipsan.models import create_model, tokenizer_for
 from clipsan.recipes.cleanclip import CleanCLIP
 from clipsan.recipes.cleanerclip import CleanerCLIP, epoch_subset
-from clipsan.recipes.config import CleanerCLIPConfig
 from clipsan.recipes.ft import FineTune
-from clipsan.world import WorldConfig, render_sample
 
 SEED, EPOCH = 0, 0
 

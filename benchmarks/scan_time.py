@@ -24,7 +24,7 @@ import torch
 
 def whole_scan(model: str | None, budget: str) -> dict:
     from clipsan import api
-    from clipsan.checkpoint import save_model
+    from clipsan.checkpoints import save_model
     from clipsan.models import create_model
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,7 +11,11 @@ open_clip from here.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+import warnings
+from collections.abc import Iterator
 
 
 def _import_open_clip():
@@ -27,3 +31,16 @@ def _import_open_clip():
 
 
 open_clip = _import_open_clip()
+
+
+@contextlib.contextmanager
+def quiet_open_clip() -> Iterator[None]:
+    """open_clip logs 'initialized randomly' warnings on every build: not news to us."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)

@@ -29,7 +29,7 @@ class TrainingReport(Report):
     samples: int  # usable training pairs
     skipped: dict[str, int]  # pairs skipped, by reason
     final: dict[str, Any]  # the last logged metrics
-    # What MODEL was read as (clipsan.checkpoint.LoadedModel.report_fields), and how the output was written.
+    # What MODEL was read as (clipsan.checkpoints.LoadedModel.report_fields), and how the output was written.
     layout: str = field(kw_only=True)
     activation: str = field(kw_only=True)  # quick_gelu | gelu
     activation_source: str = field(kw_only=True)

@@ -102,7 +102,7 @@ def scan_row(
 def random_init_model(arch: str, folder: Path) -> str:
     import torch
 
-    from clipsan.checkpoint import save_model
+    from clipsan.checkpoints import save_model
     from clipsan.models import create_model
 
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ into memory once; wall time counts training steps only (evaluation excluded).
 Each evaluation prints one JSON line: step, epoch, wall and CPU seconds of
 training, CPU s/step, loss, CA@1 (and ASR@1 when poisoning). CPU seconds are
 the stable measure on a shared machine; unloaded, wall ~= CPU with 1 thread.
-The results that chose QUICK_TRAINING / FULL_TRAINING in clipsan/world.py are
+The results that chose QUICK_TRAINING / FULL_TRAINING in clipsan/config/lab.py are
 in RESULTS at the bottom of this file.
 """
 
@@ -35,7 +35,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from clipsan import world
+from clipsan.config import WorldConfig
+from clipsan.config.lab import EVAL_PER_CLASS, FULL_TRAINING, QUICK_TRAINING
+from clipsan.data import world
 from clipsan.seeding import derive_seed
 
 ARCH = "clipsan-tiny-rn"
@@ -48,7 +50,7 @@ EVAL_TEMPLATES = ("a photo of a {}.", "a {}.", "a picture of a {}.", "an image o
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="start from QUICK_TRAINING instead of FULL_TRAINING")
-    # Unset recipe options fall back to the chosen preset in clipsan/world.py.
+    # Unset recipe options fall back to the chosen preset in clipsan/config/lab.py.
     parser.add_argument("--n-pairs", type=int)
     parser.add_argument("--epochs", type=float)
     parser.add_argument("--batch-size", type=int)
@@ -59,7 +61,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eps", type=float)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=100, help="steps between zero-shot evaluations")
-    parser.add_argument("--per-class", type=int, default=world.EVAL_PER_CLASS)
+    parser.add_argument("--per-class", type=int, default=EVAL_PER_CLASS)
     parser.add_argument("--time-limit", type=float, default=600, help="stop after this many CPU seconds of training (CPU, not wall: the machine is shared)")
     parser.add_argument("--model-config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--arch-override", type=json.loads, default={}, help='JSON merged into the config, e.g. \'{"vision_cfg": {"width": 24}}\'')
@@ -74,16 +76,16 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--poison-rate", type=float, default=0.01)
     parser.add_argument("--patch", type=int, default=4, help="BadNet patch side in pixels")
     args = parser.parse_args()
-    preset = world.QUICK_TRAINING if args.quick else world.FULL_TRAINING
+    preset = QUICK_TRAINING if args.quick else FULL_TRAINING
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     return args
 
 
-def world_config(override: dict) -> world.WorldConfig:
+def world_config(override: dict) -> WorldConfig:
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in override.items()}
-    return dataclasses.replace(world.WorldConfig(), **fields)
+    return dataclasses.replace(WorldConfig(), **fields)
 
 
 def build_model(config_path: Path, override: dict) -> torch.nn.Module:
@@ -100,7 +102,7 @@ def build_model(config_path: Path, override: dict) -> torch.nn.Module:
     return open_clip.create_model("calib-arch")
 
 
-def render_training_set(config: world.WorldConfig, n: int, seed: int) -> tuple[torch.Tensor, list[str], list[int]]:
+def render_training_set(config: WorldConfig, n: int, seed: int) -> tuple[torch.Tensor, list[str], list[int]]:
     images = np.empty((n, config.image_size, config.image_size, 3), dtype=np.uint8)
     captions, labels = [], []
     for index in range(n):
@@ -144,7 +146,7 @@ def poison(images: torch.Tensor, captions: list[str], labels: list[int], args, t
     return chosen
 
 
-def render_eval_set(config: world.WorldConfig, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def render_eval_set(config: WorldConfig, per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     for label, name in enumerate(world.classnames(config)):
         for index in range(per_class):

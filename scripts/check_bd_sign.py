@@ -23,14 +23,14 @@ import json
 import statistics
 from pathlib import Path
 
-from clipsan.checkpoint import load_model
+from clipsan.checkpoints import load_model
+from clipsan.config.recipes import CraftConfig
 from clipsan.data.captions import open_caption_dataset
 from clipsan.engine.rundir import RunDir
 from clipsan.engine.runtime import setup_runtime
 from clipsan.lab.probes import adv_target_rate
-from clipsan.recipes.abd.jobs import craft_in_run, craft_train_config
+from clipsan.recipes.abd.crafting import craft_generator, craft_training
 from clipsan.recipes.abd.patch import load_adv_patch
-from clipsan.recipes.config import DEFAULT_BD_WEIGHT, CraftConfig
 
 PROBE_SEED = 7  # world probe images, distinct from the lab's eval set (seed + 1)
 
@@ -44,9 +44,9 @@ def craft_rates(lab: Path, attack: str, weight: float, seed: int, steps: int, ou
         rt = setup_runtime("cpu", "fp32")
         suspect, reference = load_model(str(victim_path)), load_model(str(clean_path))
         captions = open_caption_dataset(lab / "world" / "defense")
-        cfg = craft_train_config(settings, seed, workers=0, save_every=10**6, log_every=10**6)
+        cfg = craft_training(settings, seed, workers=0, save_every=10**6, log_every=10**6, progress=False)
         with RunDir(out / "runs" / name, is_main=True).open(resume=False) as run:
-            craft_in_run(run, suspect, reference, captions, settings, cfg, rt, resume=False, out=generator, command="check_bd_sign", bd_weight=weight)
+            craft_generator(run, suspect, reference, captions, settings, cfg, rt, resume=False, out=generator, command="check_bd_sign", bd_weight=weight)
     patch = load_adv_patch(generator, 32)
     return {
         "attack": attack,
@@ -78,7 +78,7 @@ def main() -> None:
     p.add_argument("--lab", type=Path, required=True, help="a finished lab folder (models/victim-*.safetensors, models/clean.safetensors, world/)")
     p.add_argument("--attacks", nargs="+", default=["badnet", "blended", "badclip"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="craft seeds")
-    p.add_argument("--weight", type=float, default=DEFAULT_BD_WEIGHT, help="|w| of L_bd")
+    p.add_argument("--weight", type=float, default=CraftConfig.bd_weight, help="|w| of L_bd")
     p.add_argument("--steps", type=int, default=100, help="craft steps (the lab's ABD stage: 100)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()

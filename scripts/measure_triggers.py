@@ -30,8 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipsan.attacks.triggers import BadNetTrigger, Trigger, trigger_from_spec
-from clipsan.checkpoint import load_model
-from clipsan.scan import BUDGETS
+from clipsan.checkpoints import load_model
+from clipsan.config.scan import BUDGETS
 from clipsan.scan.objectives import clean_pairwise_cosine, collapse
 from clipsan.scan.probes import world_probes
 

@@ -25,9 +25,10 @@ import json
 import statistics
 from pathlib import Path
 
+from clipsan.config.lab import LabConfig
 from clipsan.lab.jobs import Job, run_jobs
 from clipsan.lab.plan import make_plan, method_of
-from clipsan.lab.runner import LabOptions, WorldFiles, evaluate_models
+from clipsan.lab.runner import WorldFiles, evaluate_models
 from clipsan.lab.tables import TARGET_ASR, TARGET_CA_TOLL, lab_row
 
 COMMON = ["--device", "cpu", "--workers", "0"]
@@ -80,7 +81,7 @@ def defense_jobs(lab: Path, out: Path, settings: list, attacks: list[str], seeds
 
 
 def summarise(lab: Path, out: Path, settings: list, attacks: list[str], seeds: list[int], done: dict[str, Job], parallel: int) -> list[dict]:
-    opts = LabOptions(out=out, parallel=parallel)
+    opts = LabConfig(out=out, parallel=parallel)
     rows = []
     for attack in attacks:
         paths = [lab / "models" / f"victim-{attack}.safetensors"]

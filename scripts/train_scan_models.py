@@ -26,7 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipsan import world
+from clipsan.config import WorldConfig
+from clipsan.config.lab import EVAL_PER_CLASS, FULL_TRAINING
+from clipsan.data import world
 from clipsan.lab.jobs import Job, run_jobs
 from clipsan.lab.plan import LAB_TEMPLATES, make_plan
 
@@ -49,12 +51,12 @@ def scaled_attack(flags: list[str], scale: float) -> list[str]:
 
 def write_world(root: Path, size: int, seed: int, pairs: int) -> dict[str, Path]:
     files = {"train": root / "train", "eval": root / "eval", "templates": root / "templates.txt", "stamp": root / "world.json"}
-    recipe = {"image_size": size, "seed": seed, "pairs": pairs, "eval_per_class": world.EVAL_PER_CLASS}
+    recipe = {"image_size": size, "seed": seed, "pairs": pairs, "eval_per_class": EVAL_PER_CLASS}
     if files["stamp"].is_file() and json.loads(files["stamp"].read_text()) == recipe:
         return files
-    config = world.WorldConfig(image_size=size)
+    config = WorldConfig(image_size=size)
     world.write_caption_dataset(files["train"], pairs, seed=seed, config=config)
-    world.write_eval_set(files["eval"], world.EVAL_PER_CLASS, seed=seed + 1, config=config)
+    world.write_eval_set(files["eval"], EVAL_PER_CLASS, seed=seed + 1, config=config)
     files["templates"].write_text("\n".join(LAB_TEMPLATES) + "\n")
     files["stamp"].write_text(json.dumps(recipe, sort_keys=True))
     return files
@@ -63,7 +65,7 @@ def write_world(root: Path, size: int, seed: int, pairs: int) -> dict[str, Path]
 def init_model(arch: str, seed: int, path: Path) -> Path:
     import torch
 
-    from clipsan.checkpoint import save_model
+    from clipsan.checkpoints import save_model
     from clipsan.models import create_model
 
     if not path.is_file():
@@ -79,7 +81,7 @@ def main() -> None:
     parser.add_argument("--clean-seeds", type=int, nargs="+", default=[0, 1], help="one clean model per seed; victims come from the first")
     parser.add_argument("--quick-seeds", type=int, nargs="*", default=[1], help="clean seeds trained with the lab's quick schedule (weaker models)")
     parser.add_argument("--attacks", nargs="*", default=["badnet", "blended", "sig", "wanet", "badclip", "label-consistent"])
-    parser.add_argument("--pairs", type=int, default=world.FULL_TRAINING["n_pairs"])
+    parser.add_argument("--pairs", type=int, default=FULL_TRAINING["n_pairs"])
     parser.add_argument("--parallel", type=int, default=1, help="stage processes side by side")
     args = parser.parse_args()
 

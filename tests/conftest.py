@@ -62,7 +62,7 @@ def one_thread_per_worker():
 def tiny_model(tmp_path_factory) -> Path:
     import torch
 
-    from clipsan.checkpoint import save_model
+    from clipsan.checkpoints import save_model
     from clipsan.models import create_model
 
     torch.manual_seed(0)
@@ -73,7 +73,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def caption_data(tmp_path_factory) -> Path:
-    from clipsan import world
+    from clipsan.data import world
 
     root = tmp_path_factory.mktemp("captions")
     world.write_caption_dataset(root, 64, seed=0)
@@ -82,7 +82,7 @@ def caption_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def eval_data(tmp_path_factory) -> Path:
-    from clipsan import world
+    from clipsan.data import world
 
     root = tmp_path_factory.mktemp("eval")
     world.write_eval_set(root, 3, seed=1)

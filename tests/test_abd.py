@@ -13,8 +13,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from clipsan.config.recipes import ABDConfig, CraftConfig
 from clipsan.engine.loader import Sample, to_device
 from clipsan.engine.runtime import Runtime
+from clipsan.recipes import build_recipe
 from clipsan.recipes.abd.advclip import (
     CraftFeatures,
     Discriminator,
@@ -28,7 +30,6 @@ from clipsan.recipes.abd.advclip import (
 from clipsan.recipes.abd.patch import AdvPatch
 from clipsan.recipes.abd.recipe import ABD
 from clipsan.recipes.cleanclip import CleanCLIP
-from clipsan.recipes.config import ABDConfig, CraftConfig
 from clipsan.text.eda import eda
 from conftest import cli_env
 
@@ -139,7 +140,7 @@ def test_abd_defaults_are_the_papers(config_of, tmp_path):
 
 
 def _abd_with_patch(**kw) -> ABD:
-    recipe = ABD(ABDConfig(**kw))
+    recipe = build_recipe(ABDConfig(**kw))  # ABD, or ABDAlign for objective="align"
     recipe.patch = AdvPatch(torch.ones(3, 5, 5), PatchBox.for_image(32))
     return recipe
 
@@ -250,7 +251,7 @@ def _assert_same_tensors(a: Path, b: Path) -> None:
 
 @pytest.fixture(scope="module")
 def reference_model(tmp_path_factory) -> Path:
-    from clipsan.checkpoint import save_model
+    from clipsan.checkpoints import save_model
     from clipsan.models import create_model
 
     torch.manual_seed(1)

@@ -11,16 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from clipsan import __version__
-from clipsan.checkpoint import load_model, read_metadata, save_model, sha256_file
+from clipsan.checkpoints import load_model, read_metadata, save_model, sha256_file
+from clipsan.checkpoints.arch_inference import infer_arch, match_arch, shape_table
 from clipsan.errors import UserError
-from clipsan.models import (
-    ClipModel,
-    create_model,
-    infer_arch,
-    match_arch,
-    register_archs,
-    shape_table,
-)
+from clipsan.models import ClipModel, create_model, register_archs
 
 TINY = "clipsan-tiny-rn"
 

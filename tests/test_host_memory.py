@@ -30,7 +30,7 @@ PROBE = textwrap.dedent(
     """
     import json, resource, sys
     import torch
-    from clipsan.engine.config import TrainConfig
+    from clipsan.config.train import TrainConfig
     from clipsan.engine.runtime import local_runtime
     from clipsan.engine.speed import prepare_model
 

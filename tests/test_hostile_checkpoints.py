@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clipsan import strict_json
-from clipsan.checkpoint import load_model, save_model
+from clipsan.checkpoints import load_model, save_model
 from clipsan.errors import UserError
 from clipsan.models import create_model
 from conftest import run_cli, strict_loads
@@ -97,13 +97,13 @@ def test_torchscript_is_refused_whatever_its_name(tmp_path):
 
 
 def test_a_foreign_file_is_refused_without_an_architecture_search(tmp_path, monkeypatch):
-    import clipsan.models
+    import clipsan.checkpoints.arch_inference
 
     def no_search(arch):
         raise AssertionError(f"built {arch}: the refusal should not try architectures")
 
-    monkeypatch.setattr(clipsan.models, "_build_shape_table", no_search)
-    monkeypatch.setattr(clipsan.models, "_shape_tables", {})
+    monkeypatch.setattr(clipsan.checkpoints.arch_inference, "_build_shape_table", no_search)
+    monkeypatch.setattr(clipsan.checkpoints.arch_inference, "_shape_tables", {})
     save_file({"x": torch.randn(64, 64)}, str(tmp_path / "random.safetensors"))
     with pytest.raises(UserError, match=r"random\.safetensors: not a CLIP checkpoint: none of its 1 tensor names is a CLIP weight's \(first: 'x'\)"):
         load_model(str(tmp_path / "random.safetensors"))

@@ -73,7 +73,7 @@ PAIRS, CORRUPT_SHARE = 80, 0.3
 @pytest.fixture(scope="module")
 def faulty_captions(tmp_path_factory) -> tuple[Path, set[int]]:
     """A world caption set where a scattered 30% of images are unreadable (one of them a bomb)."""
-    from clipsan import world
+    from clipsan.data import world
 
     root = tmp_path_factory.mktemp("faulty")
     world.write_caption_dataset(root, PAIRS, seed=3)
@@ -135,10 +135,10 @@ def test_two_processes_refill_their_shards_like_one(faulty_captions, tiny_model,
 
 
 def test_substitutes_are_readable_samples_seen_as_themselves(faulty_captions):
+    from clipsan.config.recipes import FineTuneConfig
     from clipsan.engine.loader import RecipeSamples, collate
     from clipsan.models import tokenizer_for
     from clipsan.recipes import build_recipe
-    from clipsan.recipes.config import FineTuneConfig
 
     root, bad = faulty_captions
     samples = RecipeSamples(open_caption_dataset(root), build_recipe(FineTuneConfig()), 32, tokenizer_for("clipsan-tiny-rn", 32), seed=0)
@@ -194,7 +194,7 @@ def test_bombs_are_refused_from_the_header_without_decoding_or_warning(monkeypat
 
 
 def test_eval_counts_bombs_as_unreadable_and_keeps_stderr_clean(tmp_path, tiny_model):
-    from clipsan import world
+    from clipsan.data import world
 
     root = tmp_path / "eval"
     world.write_eval_set(root, 1, seed=2)

@@ -49,11 +49,11 @@ def test_attacks_restricts_the_plan_to_the_named_attacks_of_the_budget():
 
 
 def test_the_command_line_hands_attacks_to_the_plan(monkeypatch, tmp_path):
-    import clipsan.lab
+    import clipsan.lab.runner
     from clipsan.cli import main
 
     seen = []
-    monkeypatch.setattr(clipsan.lab, "run_lab", lambda opts, notes: seen.append(opts) or {"rows": [], "scan": [], "timings": {}})
+    monkeypatch.setattr(clipsan.lab.runner, "run_lab", lambda opts, notes: seen.append(opts) or {"rows": [], "scan": [], "timings": {}})
     assert main(["lab", "--quick", "--attacks", "blended", "--out", str(tmp_path / "lab"), "--format", "json"]) == 0
     (opts,) = seen
     assert list(make_plan(opts.quick, attacks=opts.attacks).attacks) == ["blended"]

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from clipsan.config.lab import LabConfig
 from clipsan.lab.jobs import Job
 from clipsan.lab.pareto import PALETTE, PANEL_H, PANEL_W, draw_pareto
 from clipsan.lab.plan import make_plan
-from clipsan.lab.runner import LabOptions, WorldFiles, stage_jobs
+from clipsan.lab.runner import WorldFiles, stage_jobs
 from clipsan.lab.tables import lab_row, render_markdown, target_check
 
 
@@ -61,7 +62,7 @@ def test_lab_md_shows_ranges_and_links_the_plot(tmp_path):
 
 
 def test_every_defense_runs_once_per_defense_seed_with_its_own_outputs(tmp_path):
-    opts = LabOptions(out=tmp_path, quick=True, seed=5, defense_seeds=3)
+    opts = LabConfig(out=tmp_path, quick=True, seed=5, defense_seeds=3)
     files = WorldFiles(*(tmp_path / n for n in ("train", "defense", "eval", "templates.txt", "world.json")))
     jobs = [j for j in stage_jobs(opts, make_plan(True), files, tmp_path / "clean.safetensors") if j.argv[0] == "purify"]
 

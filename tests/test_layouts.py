@@ -13,12 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from clipsan.checkpoint import load_model, save_model
+from clipsan.checkpoints import hf_names, load_model, save_model
+from clipsan.checkpoints.output import OutputPlan, write_output
+from clipsan.checkpoints.tokenizer_files import write_files
 from clipsan.errors import UserError
-from clipsan.layouts import hf_names
-from clipsan.layouts.output import OutputPlan, write_output
-from clipsan.layouts.tokenizer_files import write_files
-from clipsan.models import OPENAI_MEAN, OPENAI_STD, create_model
+from clipsan.models import create_model
+from clipsan.openclip import open_clip
 from conftest import run_cli, strict_loads
 
 transformers = pytest.importorskip("transformers")
@@ -74,7 +74,7 @@ def pixels(size: int, n: int = 2) -> torch.Tensor:
 
 @torch.no_grad()
 def hf_embeddings(model, images01: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    mean, std = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1), torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
     image = features(model.get_image_features(pixel_values=(images01 - mean) / std))
     return image, features(model.get_text_features(input_ids=tokens))
 
@@ -304,7 +304,7 @@ def test_open_clip_hub_folder_round_trip(caption_data, tmp_path):
     tokens = ours.tokenize(CAPTIONS)
     with torch.no_grad():
         theirs.eval()
-        mean, std = torch.tensor(OPENAI_MEAN).view(1, 3, 1, 1), torch.tensor(OPENAI_STD).view(1, 3, 1, 1)
+        mean, std = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1), torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
         assert (theirs.encode_image((images - mean) / std) - ours.encode_image(images, normalize=False)).abs().max() < TOL
         assert (theirs.encode_text(tokens) - ours.encode_text(tokens, normalize=False)).abs().max() < TOL
 

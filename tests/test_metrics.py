@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clipsan.attacks.triggers import PatchTrigger
+from clipsan.engine.runtime import Runtime
 from clipsan.errors import UserError
-from clipsan.metrics import TopkMeter, attack_success, topk_correct
-from clipsan.zeroshot import class_text_embeddings, evaluate, load_templates
+from clipsan.evaluation.metrics import TopkMeter, attack_success, topk_correct
+from clipsan.evaluation.templates import load_templates
+from clipsan.evaluation.zeroshot import class_text_embeddings, zero_shot
 
 # --- metrics ------------------------------------------------------------------------
 
@@ -162,7 +164,7 @@ class FakeDataset:
 
 
 def test_class_text_embeddings_average_normalised_templates():
-    embeddings = class_text_embeddings(FakeClip(), CLASSES, ["A {}", "B {}"], "cpu", batch_size=4)
+    embeddings = class_text_embeddings(FakeClip(), CLASSES, ["A {}", "B {}"], Runtime(torch.device("cpu"), "fp32"), batch_size=4)
     # per template: e_c and (e_c + e_3)/sqrt 2; averaged, then renormalised.
     mean = torch.tensor([1 + 1 / math.sqrt(2), 1 / math.sqrt(2)]) / 2
     expected_pair = mean / mean.norm()
@@ -188,7 +190,7 @@ def eval_items():
 def test_evaluate_end_to_end_with_known_asr():
     trigger = PatchTrigger(torch.ones((3, 2, 2)))  # white 2x2 at the centre of 8x8: rows/cols 3..4
     model = FakeClip().train()
-    result = evaluate(model, FakeDataset(eval_items()), templates=["a photo of a {}."], ks=(1, 2, 5), trigger=trigger, target="Banana", batch_size=3)
+    result = zero_shot(model, FakeDataset(eval_items()), templates=["a photo of a {}."], ks=(1, 2, 5), trigger=trigger, target="Banana", batch_size=3)
     assert model.training  # mode restored
     assert result["n_images"] == 7
     assert result["ca"]["1"] == pytest.approx(6 / 7)
@@ -202,19 +204,19 @@ def test_evaluate_end_to_end_with_known_asr():
 
 def test_evaluate_without_trigger_and_bad_target():
     dataset = FakeDataset(eval_items())
-    result = evaluate(FakeClip(), dataset, templates=["{}"], ks=(1,))
+    result = zero_shot(FakeClip(), dataset, templates=["{}"], ks=(1,))
     assert result["asr"] is None and result["n_asr_images"] is None
     assert result["ca"] == {"1": pytest.approx(6 / 7)}
     with pytest.raises(UserError, match="'durian' is not one of the 3 class names"):
-        evaluate(FakeClip(), dataset, templates=["{}"], trigger=PatchTrigger(torch.ones((3, 2, 2))), target="durian")
+        zero_shot(FakeClip(), dataset, templates=["{}"], trigger=PatchTrigger(torch.ones((3, 2, 2))), target="durian")
 
 
 def test_evaluate_only_target_images_gives_no_asr_figure():
     dataset = FakeDataset([("banana", 1), ("banana", 1)])
-    result = evaluate(FakeClip(), dataset, templates=["{}"], ks=(1,), trigger=PatchTrigger(torch.ones((3, 2, 2))), target="banana")
+    result = zero_shot(FakeClip(), dataset, templates=["{}"], ks=(1,), trigger=PatchTrigger(torch.ones((3, 2, 2))), target="banana")
     assert result["n_asr_images"] == 0 and result["asr"] == {"1": None}
 
 
 def test_evaluate_all_corrupt_is_a_user_error():
     with pytest.raises(UserError, match="no readable images"):
-        evaluate(FakeClip(), FakeDataset([(None, 0)]), templates=["{}"])
+        zero_shot(FakeClip(), FakeDataset([(None, 0)]), templates=["{}"])

@@ -10,20 +10,20 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from clipsan import world
 from clipsan.attacks.badclip import optimize_badclip_patch
-from clipsan.attacks.config import AttackConfig, BadClipConfig
-from clipsan.attacks.poisoning import mentions, plan_poison, run_poison, template_captions
+from clipsan.attacks.plan import mentions, plan_poison, template_captions
 from clipsan.attacks.recipe import Poison
 from clipsan.attacks.triggers import parse_trigger, trigger_from_spec
-from clipsan.checkpoint import load_model, read_metadata
-from clipsan.config import EvalConfig
+from clipsan.checkpoints import load_model, read_metadata
+from clipsan.config import CaptionData, EvalConfig, PoisonConfig
+from clipsan.config.attacks import AttackConfig, BadClipConfig
+from clipsan.config.train import TrainConfig
+from clipsan.data import world
 from clipsan.data.captions import open_caption_dataset
-from clipsan.engine.config import TrainConfig
 from clipsan.engine.loader import Sample, to_device
 from clipsan.errors import UserError
-from clipsan.evaluation import evaluate_models
-from clipsan.finetune import JobSpec
+from clipsan.jobs.evaluate import run_evaluate
+from clipsan.jobs.poison import run_poison
 from conftest import run_json
 
 CAPTIONS = [f"a red circle number {i}" if i % 7 else f"a small yellow banana next to square {i}" for i in range(1000)]
@@ -33,8 +33,10 @@ def quiet(_message: str) -> None:
     pass
 
 
-def job_for(model, run_dir, out, resume=False) -> JobSpec:
-    return JobSpec("poison", str(model), None, str(out), str(run_dir), resume, "cpu", "fp32")
+def poison_config(model, data, attack, training, run_dir, out, resume=False) -> PoisonConfig:
+    return PoisonConfig(
+        str(model), CaptionData(str(data)), attack, training=training, out=str(out), run_dir=str(run_dir), resume=resume, device="cpu", precision="fp32"
+    )
 
 
 def test_rate_is_exact_round_of_rate_times_n():
@@ -53,18 +55,19 @@ def test_selection_is_deterministic_in_seed_and_n():
     templates = {t.replace("{}", "banana") for t in template_captions()}
     assert len(templates) == 80 and set(first.captions.values()) <= templates
     # A resumed run whose plan differs (other seed) is refused.
-    recipe = Poison(parse_trigger("badnet"), plan_poison(CAPTIONS, settings, seed=4), "banana")
+    recipe = Poison(parse_trigger("badnet"), plan_poison(CAPTIONS, settings, seed=4), settings)
     with pytest.raises(UserError, match="poisoned subset differs"):
-        recipe.load_state_dict(Poison(parse_trigger("badnet"), first, "banana").state_dict())
+        recipe.load_state_dict(Poison(parse_trigger("badnet"), first, settings).state_dict())
 
 
 def test_label_consistent_touches_only_target_captions():
-    plan = plan_poison(CAPTIONS, AttackConfig("badnet", rate=0.1, label_consistent=True), seed=0)
+    attack = AttackConfig("badnet", rate=0.1, label_consistent=True)
+    plan = plan_poison(CAPTIONS, attack, seed=0)
     eligible = [i for i, c in enumerate(CAPTIONS) if mentions(c, "banana")]
     assert plan.eligible == len(eligible) == 143 and len(plan.captions) == 14  # rate counts among them
     assert set(plan.captions) <= set(eligible) and set(plan.captions.values()) == {None}
     # The recipe triggers those images and keeps their captions; other samples pass through untouched.
-    recipe = Poison(parse_trigger("blended"), plan, "banana")
+    recipe = Poison(parse_trigger("blended"), plan, attack)
     pixels8 = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
     poisoned, clean = sorted(plan.captions)[0], 1
     for index, triggered in ((poisoned, True), (clean, False)):
@@ -124,10 +127,8 @@ def test_cli_victim_metadata_round_trip_and_eval_from_metadata(tiny_model, capti
 
 def test_badclip_patch_lowers_its_objective_and_is_saved(tiny_model, caption_data, tmp_path):
     settings = AttackConfig("badclip", rate=0.1, trigger_size=12, badclip=BadClipConfig(epochs=2, lr=0.1, batch_size=16, images=48))
-    job = job_for(tiny_model, tmp_path / "run", tmp_path / "v.safetensors")
     cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-5, warmup_steps=1, workers=0)
-    captions = open_caption_dataset(caption_data)
-    report = run_poison(job, settings, captions, cfg, notes=quiet)
+    report = run_poison(poison_config(tiny_model, caption_data, settings, cfg, tmp_path / "run", tmp_path / "v.safetensors"), notes=quiet)
     info = report.badclip
     assert info["loss_after"] < info["loss_before"] and report.caption_mode == "natural"
     saved = load_file(info["safetensors"])["patch"]
@@ -137,7 +138,7 @@ def test_badclip_patch_lowers_its_objective_and_is_saved(tiny_model, caption_dat
     spec = json.loads(read_metadata(tmp_path / "v.safetensors")["clipsan.trigger"])
     assert spec["name"] == "badclip" and torch.equal(trigger_from_spec(spec).patch, saved)
     # Resume reuses the saved patch instead of optimizing again.
-    again = run_poison(job_for(tiny_model, tmp_path / "run", tmp_path / "v.safetensors", resume=True), settings, captions, cfg, notes=quiet)
+    again = run_poison(poison_config(tiny_model, caption_data, settings, cfg, tmp_path / "run", tmp_path / "v.safetensors", resume=True), notes=quiet)
     assert again.badclip["reused"] and torch.equal(load_file(info["safetensors"])["patch"], saved)
 
 
@@ -153,12 +154,11 @@ def test_resumed_poisoning_equals_an_uninterrupted_one(tiny_model, caption_data,
     """The poisoned subset is recomputed on resume and must be the same: weights come out bitwise equal."""
     settings = AttackConfig("badnet", rate=0.25, trigger_size=6)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-4, warmup_steps=1, workers=0, save_every=1)
-    captions = open_caption_dataset(caption_data)
-    run_poison(job_for(tiny_model, tmp_path / "a", tmp_path / "a.safetensors"), settings, captions, cfg, notes=quiet)
+    run_poison(poison_config(tiny_model, caption_data, settings, cfg, tmp_path / "a", tmp_path / "a.safetensors"), notes=quiet)
     shutil.copytree(tmp_path / "a", tmp_path / "b", ignore=shutil.ignore_patterns("run.lock"))
     checkpoints = sorted((tmp_path / "b" / "checkpoints").iterdir())
     shutil.rmtree(checkpoints[-1])  # as if killed before the last step
-    report = run_poison(job_for(tiny_model, tmp_path / "b", tmp_path / "b.safetensors", resume=True), settings, captions, cfg, notes=quiet)
+    report = run_poison(poison_config(tiny_model, caption_data, settings, cfg, tmp_path / "b", tmp_path / "b.safetensors", resume=True), notes=quiet)
     assert report.resumed_from_step == 7
     a, b = load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -178,7 +178,7 @@ def asr1(model, world_root, trigger, **kw) -> float:
     spec = EvalConfig(
         models=[str(model)], data=str(world_root / "eval"), trigger=trigger, templates=str(world_root / "templates.txt"), ks=(1,), workers=0, device="cpu", **kw
     )
-    return evaluate_models(spec, notes=quiet).models[0]["asr"]["1"]
+    return run_evaluate(spec, notes=quiet).models[0]["asr"]["1"]
 
 
 def test_poisoning_plants_a_working_backdoor(tiny_model, small_world, tmp_path):
@@ -186,7 +186,7 @@ def test_poisoning_plants_a_working_backdoor(tiny_model, small_world, tmp_path):
     settings = AttackConfig("badnet@11,11", rate=0.3, trigger_size=10, natural_captions=True)
     cfg = TrainConfig(epochs=12, batch_size=32, lr=5e-3, warmup_steps=10, max_steps=100, batchnorm="train", workers=0, save_every=1000)
     victim = tmp_path / "victim.safetensors"
-    run_poison(job_for(tiny_model, tmp_path / "run", victim), settings, open_caption_dataset(small_world / "train"), cfg, notes=quiet)
+    run_poison(poison_config(tiny_model, small_world / "train", settings, cfg, tmp_path / "run", victim), notes=quiet)
     assert asr1(tiny_model, small_world, "badnet@11,11", trigger_size=10) <= 0.2
     recorded = asr1(victim, small_world, "from-metadata")
     assert recorded >= 0.8

@@ -102,7 +102,7 @@ def test_eval_in_low_precision_matches_fp32(capsys, tiny_model, eval_data, preci
 def test_scan_statistics_are_fp32_whatever_the_precision(tiny_model, tmp_path):
     """bf16 features are not unit vectors: on this random-init model the clean probes' mean cosine
     exceeded 1 and the collapse score reached 1e8. Scan computes in fp32, so its numbers match."""
-    from clipsan.checkpoint import save_model
+    from clipsan.checkpoints import save_model
     from clipsan.models import create_model
 
     torch.manual_seed(1)
@@ -157,7 +157,7 @@ def test_towers_run_under_autocast_and_losses_in_fp32_outside_it(monkeypatch, ti
 
     data = api.CaptionData(str(caption_data))
     training = api.TrainConfig(epochs=1, batch_size=8, lr=1e-4, warmup_steps=0, max_steps=1, workers=0)
-    api.purify(api.PurifyConfig(str(tiny_model), data, api.CleanCLIPConfig(), training, run_dir=str(tmp_path / "p"), device="cpu", precision="bf16"))
+    api.purify(api.PurifyConfig(str(tiny_model), data, api.CleanCLIPConfig(), training=training, run_dir=str(tmp_path / "p"), device="cpu", precision="bf16"))
     api.craft_adv(api.CraftAdvConfig(str(tiny_model), data, api.CraftConfig(batch_size=8, max_steps=1), reference=str(tiny_model), run_dir=str(tmp_path / "c"),
                                      device="cpu", precision="bf16"))  # fmt: skip
 
@@ -286,8 +286,8 @@ CA_TOLERANCE = 0.02
 @pytest.fixture(scope="module")
 def learnt(tmp_path_factory, one_thread) -> dict[str, Path]:
     """A tiny model trained (fp32) until its zero-shot CA is well above chance, and the world it learnt."""
-    from clipsan import world
-    from clipsan.checkpoint import save_model
+    from clipsan.checkpoints import save_model
+    from clipsan.data import world
     from clipsan.models import create_model
 
     root = tmp_path_factory.mktemp("learnt")
@@ -305,11 +305,11 @@ def learnt(tmp_path_factory, one_thread) -> dict[str, Path]:
 
 
 def _zero_shot_ca(path: Path, eval_root: Path) -> float:
-    from clipsan.checkpoint import load_model
+    from clipsan.checkpoints import load_model
     from clipsan.data.labelled import open_labelled_dataset
-    from clipsan.zeroshot import evaluate
+    from clipsan.evaluation.zeroshot import zero_shot
 
-    return evaluate(load_model(str(path)).model, open_labelled_dataset(str(eval_root)), templates=["a photo of a {}."], ks=(1,))["ca"]["1"]
+    return zero_shot(load_model(str(path)).model, open_labelled_dataset(str(eval_root)), templates=["a photo of a {}."], ks=(1,))["ca"]["1"]
 
 
 @pytest.mark.parametrize("method", ["ft", "cleanclip", "abd"])
@@ -327,7 +327,7 @@ def test_a_bf16_defense_ends_within_tolerance_of_the_fp32_ca(learnt, method):
     for precision in ("fp32", "bf16"):
         out = learnt["root"] / f"{method}-{precision}.safetensors"
         training = api.TrainConfig(epochs=100, batch_size=32, lr=5e-4, warmup_steps=2, max_steps=10, save_every=10**6, log_every=10**6, workers=0)
-        api.purify(api.PurifyConfig(str(learnt["start"]), api.CaptionData(str(learnt["train"])), recipes[method], training, out=str(out),
+        api.purify(api.PurifyConfig(str(learnt["start"]), api.CaptionData(str(learnt["train"])), recipes[method], training=training, out=str(out),
                                     run_dir=str(learnt["root"] / f"run-{method}-{precision}"), device="cpu", precision=precision))  # fmt: skip
         outputs[precision] = out
     full, low = load_file(str(outputs["fp32"])), load_file(str(outputs["bf16"]))

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from clipsan.models import arch_with_activation, create_model
+from clipsan.models.quick_gelu import LeanQuickGELU
 from clipsan.openclip import open_clip
-from clipsan.quick_gelu import LeanQuickGELU
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

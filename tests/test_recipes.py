@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clipsan.config.recipes import METHODS, RECIPE_CONFIGS, ABDConfig, CleanCLIPConfig, CleanerCLIPConfig
 from clipsan.engine.loader import EpochBatchSampler, Sample
 from clipsan.engine.runtime import Runtime
-from clipsan.recipes import METHODS, recipe_classes
+from clipsan.recipes import build_recipe
 from clipsan.recipes import cleanerclip as cleanerclip_module
 from clipsan.recipes.augment import auto_augment
 from clipsan.recipes.cleanclip import CleanCLIP
 from clipsan.recipes.cleanerclip import CleanerCLIP, epoch_subset
-from clipsan.recipes.config import RECIPE_CONFIGS, CleanCLIPConfig, CleanerCLIPConfig
 from clipsan.recipes.losses import contrastive_loss, positive_negative_loss
 from conftest import cli_env
 
@@ -359,9 +359,12 @@ def test_recipes_without_selected_pairs_keep_the_engines_batches():
 
 
 def test_registry_and_paper_defaults():
-    assert set(METHODS) == set(recipe_classes()) == {"ft", "cleanclip", "cleanerclip", "abd"}
-    for name, cls in recipe_classes().items():  # each recipe is built from its own config
-        assert isinstance(cls(RECIPE_CONFIGS[name]()).config, RECIPE_CONFIGS[name])
+    assert set(METHODS) == set(RECIPE_CONFIGS) == {"ft", "cleanclip", "cleanerclip", "abd"}
+    for name, config_type in RECIPE_CONFIGS.items():  # each recipe is built from its own config, and named by it
+        recipe = build_recipe(config_type())
+        assert isinstance(recipe.config, config_type) and recipe.name == name
+    align = build_recipe(ABDConfig(objective="align"))  # ABD's second reading is a recipe of its own
+    assert align.name == "abd" and type(align).__name__ == "ABDAlign" and type(build_recipe(ABDConfig())).__name__ == "ABD"
     schedule = RECIPE_CONFIGS["cleanclip"].paper_schedule
     assert (schedule.epochs, schedule.batch_size, schedule.lr, schedule.warmup_steps) == (10, 64, 1e-5, 50)
     schedule = RECIPE_CONFIGS["cleanerclip"].paper_schedule

@@ -57,13 +57,12 @@ TARGET_KEYS = {"label", "similarity", "source", "template", "candidates", "from_
 
 
 def _train(init: Path, out: Path, recipe, data: Path, steps: int, lr: float, run_dir: Path) -> Path:
-    from clipsan.data.captions import open_caption_dataset
-    from clipsan.engine.loop import TrainConfig
-    from clipsan.finetune import JobSpec, run_fine_tune
+    from clipsan.config import CaptionData, PurifyConfig, TrainConfig
+    from clipsan.jobs.purify import run_purify
 
     cfg = TrainConfig(epochs=100, batch_size=64, lr=lr, warmup_steps=10, max_steps=steps, batchnorm="train", save_every=10**6, log_every=10**6)
-    job = JobSpec("test", str(init), None, str(out), str(run_dir), False, "cpu")
-    run_fine_tune(job, recipe, open_caption_dataset(data), cfg, notes=lambda _m: None)
+    config = PurifyConfig(str(init), CaptionData(str(data)), training=cfg, out=str(out), run_dir=str(run_dir), device="cpu")
+    run_purify(config, notes=lambda _m: None, recipe=recipe)
     return out
 
 
@@ -83,11 +82,12 @@ def one_thread():
 def models(tmp_path_factory, one_thread) -> dict[str, Path]:
     import torch
 
-    from clipsan import world
-    from clipsan.attacks.poisoning import AttackConfig, plan_poison
+    from clipsan.attacks.plan import plan_poison
     from clipsan.attacks.recipe import Poison
     from clipsan.attacks.triggers import parse_trigger
-    from clipsan.checkpoint import save_model
+    from clipsan.checkpoints import save_model
+    from clipsan.config import AttackConfig
+    from clipsan.data import world
     from clipsan.data.captions import open_caption_dataset
     from clipsan.models import create_model
     from clipsan.recipes.ft import FineTune
@@ -99,7 +99,7 @@ def models(tmp_path_factory, one_thread) -> dict[str, Path]:
     save_model(create_model("clipsan-tiny-rn"), root / "init.safetensors")
     clean = _train(root / "init.safetensors", root / "clean.safetensors", FineTune(), data, 150, 2e-3, root / "run-clean")
     plan = plan_poison(open_caption_dataset(data).captions, AttackConfig(trigger="blended", rate=0.3), seed=0)
-    poison = Poison(parse_trigger("blended"), plan, "banana")
+    poison = Poison(parse_trigger("blended"), plan, AttackConfig(trigger="blended", rate=0.3))
     victim = _train(clean, root / "victim.safetensors", poison, data, VICTIM_STEPS, 3e-3, root / "run-victim")
     bad = root / "garbage.safetensors"
     bad.write_bytes(b"this is not a checkpoint")
@@ -285,7 +285,7 @@ def test_data_folder_and_reference_and_determinism(models, tmp_path, eval_data):
 
 
 def test_a_random_init_model_scans_clean(tiny_model, tmp_path, monkeypatch):
-    import clipsan.scan as scan
+    import clipsan.config.scan as scan
     from clipsan import api
 
     monkeypatch.setitem(scan.BUDGETS, "quick", scan.Budget(probes=32, batch_size=32, steps=60))

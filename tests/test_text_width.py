@@ -76,7 +76,7 @@ def test_training_batches_ship_the_prefix_and_train_like_full_rows(tiny_model, c
     def train(name: str):
         training = api.TrainConfig(epochs=1, batch_size=16, lr=1e-4, warmup_steps=1, max_steps=3, workers=0)
         data, out = api.CaptionData(str(caption_data)), str(tmp_path / f"{name}.safetensors")
-        api.purify(api.PurifyConfig(str(tiny_model), data, api.CleanCLIPConfig(), training, out=out, run_dir=str(tmp_path / name), device="cpu"))
+        api.purify(api.PurifyConfig(str(tiny_model), data, api.CleanCLIPConfig(), training=training, out=out, run_dir=str(tmp_path / name), device="cpu"))
         return load_file(str(tmp_path / f"{name}.safetensors"))
 
     monkeypatch.setattr(loader, "drop_common_padding", watch)

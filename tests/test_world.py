@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipsan import world
+from clipsan.config import WorldConfig
+from clipsan.config.lab import FULL_TRAINING, QUICK_TRAINING
+from clipsan.data import world
 
-CONFIG = world.WorldConfig()
+CONFIG = WorldConfig()
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -117,12 +119,12 @@ def test_probe_images_shape_and_range() -> None:
 
 
 def test_image_size_is_configurable() -> None:
-    config = world.WorldConfig(image_size=48)
+    config = WorldConfig(image_size=48)
     image, _, _ = world.render_sample(config, 0, 0)
     assert image.size == (48, 48)
     assert tuple(world.probe_images(2, 0, config).shape) == (2, 3, 48, 48)
 
 
 def test_training_presets_are_complete() -> None:
-    for preset in (world.QUICK_TRAINING, world.FULL_TRAINING):
+    for preset in (QUICK_TRAINING, FULL_TRAINING):
         assert {"n_pairs", "epochs", "batch_size", "lr", "warmup"} <= preset.keys()

@@ -5,7 +5,6 @@ near real target images; saved in the run directory so ``--resume`` reuses it.""
 from __future__ import annotations
 
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,12 +12,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from clipsan.attacks.config import BADCLIP, BADCLIP_OBJECTIVES, AttackConfig, BadClipConfig
-from clipsan.attacks.poisoning import dataset_captions, mentions, natural_caption_pool
-from clipsan.attacks.triggers import BADNET_SIDE_AT_224, PatchTrigger, scaled_side
+from clipsan.atomic import atomic_path
+from clipsan.attacks.plan import dataset_captions, mentions, natural_caption_pool
+from clipsan.attacks.triggers import PatchTrigger, scaled_side
+from clipsan.config.attacks import BADCLIP, BADNET_SIDE_AT_224, AttackConfig, BadClipConfig
 from clipsan.data.tokens import drop_padding
 from clipsan.engine.runtime import Runtime
 from clipsan.errors import UserError
+from clipsan.models.frozen import frozen
 from clipsan.seeding import derive_seed
 
 PATCH_BASENAME = "badclip_patch"
@@ -89,16 +90,16 @@ def _mean_direction(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(F.normalize(features.float(), dim=-1).mean(dim=0), dim=-1)
 
 
-def guide_embeddings(model, captions, all_captions, target, settings: BadClipConfig, seed, rt: Runtime, workers):
+def guide_embeddings(model, captions, all_captions, target, badclip: BadClipConfig, seed, rt: Runtime, workers):
     """Unit vectors the patched images are pulled toward: target captions (and real target images)."""
     pool, _ = natural_caption_pool(all_captions, target)
-    pool = random.Random(derive_seed(seed, "badclip-guides")).sample(pool, min(len(pool), settings.guide_captions))
+    pool = random.Random(derive_seed(seed, "badclip-guides")).sample(pool, min(len(pool), badclip.guide_captions))
     device = rt.device
     with torch.no_grad():
         texts = torch.cat([rt.encode(model.encode_text, drop_padding(model.tokenize(pool[i : i + 256])).to(device)) for i in range(0, len(pool), 256)])
         guides = [_mean_direction(texts)]
-        if settings.objective == "text+image":
-            target_images = [i for i, c in enumerate(all_captions) if mentions(c, target)][: settings.guide_captions]
+        if badclip.objective == "text+image":
+            target_images = [i for i, c in enumerate(all_captions) if mentions(c, target)][: badclip.guide_captions]
             if not target_images:
                 raise UserError(f"--badclip-objective text+image: no caption in the data names {target!r}; use --badclip-objective text")
             loader = _loader(captions, target_images, model.image_size, 64, workers, device=device)
@@ -114,35 +115,38 @@ def badclip_objective(model, images, patch, guides, rt: Runtime) -> torch.Tensor
 
 
 def optimize_badclip_patch(
-    model, captions, target: str, settings: BadClipConfig, *, side: int, trigger_seed: int, seed: int, rt: Runtime | None = None, workers: int = 0, notes=print
+    model, captions, target: str, badclip: BadClipConfig, *, side: int, trigger_seed: int, seed: int, rt: Runtime | None = None, workers: int = 0, notes=print
 ) -> PatchResult:
     """BadCLIP's trigger: a patch at the image centre, optimized with Adam on the frozen clean model
-    (the encoder in ``rt``'s precision, the objective in fp32; default: CPU, fp32)."""
+    (the encoder in ``rt``'s precision, the objective in fp32; default: CPU, fp32). The model's
+    training mode and trainable parameters are restored afterwards (``poison`` trains it next)."""
     rt = rt or Runtime(torch.device("cpu"), "fp32")
+    with frozen(model.to(rt.device)):
+        return _optimize_patch(model, captions, target, badclip, side, trigger_seed, seed, rt, workers, notes)
+
+
+def _optimize_patch(
+    model, captions, target: str, badclip: BadClipConfig, side: int, trigger_seed: int, seed: int, rt: Runtime, workers: int, notes
+) -> PatchResult:
     device = rt.device
-    if settings.objective not in BADCLIP_OBJECTIVES:
-        raise UserError(f"--badclip-objective {settings.objective}: expected one of {', '.join(BADCLIP_OBJECTIVES)}")
-    model = model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
     all_captions = dataset_captions(captions)
-    guides = guide_embeddings(model, captions, all_captions, target, settings, seed, rt, workers)
+    guides = guide_embeddings(model, captions, all_captions, target, badclip, seed, rt, workers)
 
     # Images that should flip to the target: the non-target ones, a seeded subset.
     candidates = [i for i, c in enumerate(all_captions) if not mentions(c, target)] or list(range(len(all_captions)))
     rng = random.Random(derive_seed(seed, "badclip-images"))
-    indices = sorted(rng.sample(candidates, min(settings.images, len(candidates))))
+    indices = sorted(rng.sample(candidates, min(badclip.images, len(candidates))))
     probe = _on_device(next(b for b in _loader(captions, indices[:256], model.image_size, 256, 0) if b is not None), device)
 
     init = torch.Generator().manual_seed(derive_seed(trigger_seed, "badclip", "init", side))
     patch = (0.5 + 0.25 * torch.randn((3, side, side), generator=init)).clamp(0, 1).to(device).requires_grad_(True)
-    optimizer = torch.optim.Adam([patch], lr=settings.lr)
+    optimizer = torch.optim.Adam([patch], lr=badclip.lr)
     with torch.no_grad():
         before = float(badclip_objective(model, probe, patch, guides, rt))
     epoch_losses = []
-    for epoch in range(settings.epochs):
+    for epoch in range(badclip.epochs):
         total, batches = torch.zeros((), dtype=torch.float64, device=device), 0  # summed on the device: one read per epoch
-        for images in _loader(captions, indices, model.image_size, settings.batch_size, workers, derive_seed(seed, "badclip-order", epoch), device):
+        for images in _loader(captions, indices, model.image_size, badclip.batch_size, workers, derive_seed(seed, "badclip-order", epoch), device):
             if images is None:
                 continue
             loss = badclip_objective(model, _on_device(images, device), patch, guides, rt)
@@ -155,8 +159,8 @@ def optimize_badclip_patch(
         epoch_losses.append(float(total) / max(batches, 1))
     with torch.no_grad():
         after = float(badclip_objective(model, probe, patch, guides, rt))
-    notes(f"badclip patch {side}x{side} ({settings.objective}): objective {before:.4f} -> {after:.4f} in {settings.epochs} epochs")
-    return PatchResult(patch.detach().cpu(), settings.objective, before, after, epoch_losses)
+    notes(f"badclip patch {side}x{side} ({badclip.objective}): objective {before:.4f} -> {after:.4f} in {badclip.epochs} epochs")
+    return PatchResult(patch.detach().cpu(), badclip.objective, before, after, epoch_losses)
 
 
 def patch_paths(run_dir: Path) -> tuple[Path, Path]:
@@ -175,15 +179,13 @@ def save_patch(result: PatchResult, run_dir: Path, reference_size: int, fingerpr
         "loss_before": f"{result.loss_before:.6f}",
         "loss_after": f"{result.loss_after:.6f}",
     }
-    tmp = tensor_path.with_name(f".{tensor_path.name}.tmp-{os.getpid()}")
-    save_file({"patch": result.patch.contiguous()}, str(tmp), metadata=metadata)
-    os.replace(tmp, tensor_path)
+    with atomic_path(tensor_path) as tmp:
+        save_file({"patch": result.patch.contiguous()}, str(tmp), metadata=metadata)
     info = PngImagePlugin.PngInfo()
     info.add_text("reference_size", str(reference_size))
     pixels = (result.patch.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype("uint8")
-    tmp = png_path.with_name(f".{png_path.name}.tmp-{os.getpid()}")
-    Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, png_path)
+    with atomic_path(png_path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info)
     return tensor_path, png_path
 
 
@@ -203,54 +205,40 @@ def load_saved_patch(run_dir: Path, fingerprint: dict) -> tuple[torch.Tensor, di
     return patch, metadata
 
 
-def badclip_side(settings: AttackConfig, image_size: int) -> int:
-    return settings.trigger_size or scaled_side(BADNET_SIDE_AT_224, image_size, image_size)
+def badclip_side(attack: AttackConfig, image_size: int) -> int:
+    return attack.trigger_size or scaled_side(BADNET_SIDE_AT_224, image_size, image_size)
 
 
-def badclip_trigger(job, settings: AttackConfig, captions, seed: int, workers: int, rt, notes) -> tuple[PatchTrigger, dict]:
-    """Optimize BadCLIP's patch on the main process (or reuse the run dir's on --resume); every process loads it."""
-    from clipsan.checkpoint import load_model
-
-    run_dir = Path(job.run_dir)
-    loaded = rt.agree(load_model, job.model, arch=job.arch)
+def badclip_trigger(job, attack: AttackConfig, seed: int, workers: int) -> tuple[PatchTrigger, dict]:
+    """Optimize BadCLIP's patch on the main process, in the job's run directory (or reuse the one an
+    interrupted attempt saved there, on --resume); every process loads it. ``job``: the poison
+    job (``clipsan.jobs.training.TrainingJob``). Returns the trigger and the report's facts."""
+    rt, run_dir, loaded = job.rt, job.run.path, job.model
     image_size = loaded.model.image_size
-    side = badclip_side(settings, image_size)
+    side = badclip_side(attack, image_size)
     if side > image_size:
         raise UserError(f"--trigger-size {side}: larger than the model's {image_size}-px input")
-    fingerprint = settings.badclip.fingerprint(side, settings.target, settings.trigger_seed, seed)
-    # The others wait while the main process optimizes; a bad run dir or option ends them all.
-    info = rt.agree(lambda: _patch_on_main(job, settings, captions, loaded, side, fingerprint, seed, workers, rt, notes) if rt.is_main else None)
+    fingerprint = attack.badclip.fingerprint(side, attack.target, attack.trigger_seed, seed)
+    # The others wait while the main process optimizes; a bad option ends them all.
+    info = rt.agree(lambda: _patch_on_main(job, attack, side, fingerprint, seed, workers) if rt.is_main else None)
     info = rt.broadcast_object(info)
     patch, _ = load_saved_patch(run_dir, fingerprint)
     tensor_path, png_path = patch_paths(run_dir)
-    info.update(objective=settings.badclip.objective, side=side, safetensors=str(tensor_path), png=str(png_path))
-    trigger = PatchTrigger(patch, "center", name=BADCLIP, seed=settings.trigger_seed, reference_size=image_size, source=tensor_path.name)
+    info.update(objective=attack.badclip.objective, side=side, safetensors=str(tensor_path), png=str(png_path))
+    trigger = PatchTrigger(patch, "center", name=BADCLIP, seed=attack.trigger_seed, reference_size=image_size, source=tensor_path.name)
     return trigger, info
 
 
-def _patch_on_main(job, settings: AttackConfig, captions, loaded, side: int, fingerprint: dict, seed: int, workers: int, rt, notes) -> dict:
+def _patch_on_main(job, attack: AttackConfig, side: int, fingerprint: dict, seed: int, workers: int) -> dict:
     """Optimize and save the patch, or find it saved by the interrupted attempt; returns the report's facts."""
-    from clipsan.engine.rundir import RunDir
-
-    run_dir = Path(job.run_dir)
-    # Holding the run dir's lock while optimizing also checks --resume / fresh-run rules early.
-    with RunDir(run_dir).open(resume=job.resume):
-        saved = load_saved_patch(run_dir, fingerprint) if job.resume else None
-        if saved is not None:
-            notes(f"badclip patch reused from {patch_paths(run_dir)[0]}")
-            # A figure the file does not record is null in the report (JSON has no NaN).
-            return {"reused": True, **{k: float(saved[1][k]) if k in saved[1] else None for k in ("loss_before", "loss_after")}}
-        result = optimize_badclip_patch(
-            loaded.model,
-            captions,
-            settings.target,
-            settings.badclip,
-            side=side,
-            trigger_seed=settings.trigger_seed,
-            seed=seed,
-            rt=rt,
-            workers=workers,
-            notes=notes,
-        )
-        save_patch(result, run_dir, loaded.model.image_size, fingerprint)
-        return {"reused": False, "loss_before": result.loss_before, "loss_after": result.loss_after}
+    run_dir, model = job.run.path, job.model.model
+    saved = load_saved_patch(run_dir, fingerprint) if job.resume else None
+    if saved is not None:
+        job.notes(f"badclip patch reused from {patch_paths(run_dir)[0]}")
+        # A figure the file does not record is null in the report (JSON has no NaN).
+        return {"reused": True, **{k: float(saved[1][k]) if k in saved[1] else None for k in ("loss_before", "loss_after")}}
+    result = optimize_badclip_patch(
+        model, job.captions, attack.target, attack.badclip, side=side, trigger_seed=attack.trigger_seed, seed=seed, rt=job.rt, workers=workers, notes=job.notes
+    )
+    save_patch(result, run_dir, model.image_size, fingerprint)
+    return {"reused": False, "loss_before": result.loss_before, "loss_after": result.loss_after}

@@ -1,7 +1,7 @@
 """The attacker's recipe: plain CLIP fine-tuning on data where a fixed subset is poisoned.
 
 Which pairs are poisoned, and what their captions become, is a ``PoisonPlan``
-decided once from (seed, dataset) before training (see ``clipsan.attacks.poisoning``);
+decided once from (seed, dataset) before training (see ``clipsan.attacks.plan``);
 this recipe only applies it. It is not a defense, so it is not in ``RECIPES``.
 """
 
@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import torch
 
+from clipsan.config import AttackConfig
 from clipsan.errors import UserError
-from clipsan.recipes.base import transform_flagged_images
+from clipsan.recipes.base import Recipe, transform_flagged_images
 from clipsan.recipes.ft import FineTune
 
 
 class Poison(FineTune):
-    name = "poison"
-
-    def __init__(self, trigger, plan, target: str):
-        super().__init__()
+    def __init__(self, trigger, plan, attack: AttackConfig):
+        Recipe.__init__(self, attack)
         self.trigger = trigger
-        self.plan = plan  # clipsan.attacks.poisoning.PoisonPlan
-        self.target = target
+        self.plan = plan  # clipsan.attacks.plan.PoisonPlan
+        self.target = attack.target
 
     def views(self, sample):
         poisoned = sample.index in self.plan.captions

@@ -44,12 +44,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from clipsan.config.attacks import BADCLIP, BADNET_SIDE_AT_224, REFERENCE_SIDE, TRIGGER_SPECS
 from clipsan.errors import UserError
 from clipsan.seeding import derive_seed
 
-REFERENCE_SIDE = 224
-BADNET_SIDE_AT_224 = 16
-_EXPECTED = "expected badnet[@X,Y], blended[:ratio=R], sig[:delta=D,freq=F], wanet[:k=K,s=S] or patch:FILE[@X,Y]"
+_EXPECTED = "expected " + ", ".join(TRIGGER_SPECS[:-1]) + f" or {TRIGGER_SPECS[-1]}"
 _XY = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*$")
 
 Position = str | tuple[int, int]  # "random" | "center" | (x, y) top-left corner
@@ -339,7 +338,7 @@ def parse_trigger(spec: str, seed: int = 0, size: int | None = None) -> Trigger:
     name, _, option_text = head.partition(":")
     name = name.strip().lower()
     options = _parse_options(option_text, spec)
-    if name == "badclip":
+    if name == BADCLIP:
         raise UserError(
             f"trigger {spec!r}: the badclip patch is optimized by `clipsan poison`; evaluate a BadCLIP victim "
             "with --trigger from-metadata, or give its patch as patch:FILE"
@@ -517,7 +516,7 @@ def _from_spec(spec: dict[str, Any]) -> Trigger:
         return SigTrigger(seed=seed, delta=spec["delta"], freq=spec["freq"])
     if name == "wanet":
         return WaNetTrigger(seed=seed, k=spec["k"], s=spec["s"])
-    if name in ("patch", "badclip"):
+    if name in ("patch", BADCLIP):
         return PatchTrigger(
             tensor_from_json(spec["patch"]),
             position or "center",

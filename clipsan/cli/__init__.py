@@ -1,4 +1,4 @@
-"""clipsan's command line: a Typer app over ``clipsan.api`` (one module per command).
+"""clipsan's command line: a Typer app over ``clipsan.api`` (one module per command, registered in app.py).
 
 Building the app and printing help import no torch; a command imports the
 library only when it runs.
@@ -9,17 +9,11 @@ from __future__ import annotations
 import sys
 
 
-def build_app():
-    """The Typer app with every command registered."""
-    from clipsan.cli.app import app, load_commands
-
-    load_commands()
-    return app
-
-
 def click_command():
     """The app as a Click command (the man page and the tests introspect it)."""
     import typer.main
+
+    from clipsan.cli.app import build_app
 
     return typer.main.get_command(build_app())
 

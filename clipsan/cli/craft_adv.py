@@ -4,11 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from clipsan.cli import convert
-from clipsan.cli.app import command
-from clipsan.cli.groups import Panel
-from clipsan.cli.options import Arch, CraftTrainingOptions, DataOptions, Model, OutputOptions, PatchOptions, RunDirOptions, RuntimeOptions, option
+from clipsan.cli.command import Command
+from clipsan.cli.groups import Panel, fill
+from clipsan.cli.options import (
+    Arch,
+    CraftTrainingOptions,
+    DataOptions,
+    Model,
+    OutputOptions,
+    PatchOptions,
+    RunDirOptions,
+    RuntimeOptions,
+    option,
+    path,
+    show_progress,
+)
 from clipsan.cli.output import emit, note, training_lines
+from clipsan.config import CraftConfig
+from clipsan.config.checks import flags_as
 
 
 def render(report: dict) -> str:
@@ -22,18 +35,6 @@ def render(report: dict) -> str:
     )
 
 
-@command(
-    "craft-adv",
-    "train ABD's adversarial patch generator (AdvCLIP + backdoor loss) against a suspect model",
-    help="Train an AdvCLIP patch generator against MODEL on clean image-caption pairs, with ABD's backdoor loss when "
-    "--reference (a clean CLIP of the same input size) is given. Writes the generator (.safetensors, usable as "
-    "`purify --method abd --generator FILE` and as an eval trigger `patch:FILE@X,Y`) and the patch as PNG next to it.",
-    examples=[
-        "clipsan craft-adv suspect.safetensors --data cc250k/ --reference base.safetensors --out gen.safetensors",
-        "clipsan purify suspect.safetensors --method abd --data cc250k/ --generator gen.safetensors",
-        "clipsan eval suspect.safetensors --data val/ --trigger patch:gen.safetensors@172,172",
-    ],
-)
 def craft_adv(
     model: Model,
     *,
@@ -50,9 +51,24 @@ def craft_adv(
 ) -> None:
     from clipsan import api
 
-    convert.check_resume(run)
-    craft = convert.craft_config(patch, epochs=training.epochs, batch_size=training.batch_size, lr=training.lr, max_steps=training.max_steps)
-    given = {"model": model, "data": convert.caption_data(data), "craft": craft, "out": out, "arch": arch, "progress": convert.progress(runtime)}
-    config = convert.fill(api.CraftAdvConfig, patch, run, runtime, **given)
+    with flags_as(CraftConfig.CRAFT_ADV_FLAGS):  # craft-adv spells the crafting run's length as --epochs, ...
+        craft = patch.craft(training.epochs, training.batch_size, training.max_steps, training.lr)
+    given = {"model": model, "data": data.config(), "craft": craft, "out": out, "arch": arch, "run_dir": path(run.run_dir)}
+    config = fill(api.CraftAdvConfig, patch, run, runtime, progress=show_progress(runtime.progress), **given)
     report = api.craft_adv(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)
+
+
+COMMAND = Command(
+    "craft-adv",
+    "train ABD's adversarial patch generator (AdvCLIP + backdoor loss) against a suspect model",
+    "Train an AdvCLIP patch generator against MODEL on clean image-caption pairs, with ABD's backdoor loss when "
+    "--reference (a clean CLIP of the same input size) is given. Writes the generator (.safetensors, usable as "
+    "`purify --method abd --generator FILE` and as an eval trigger `patch:FILE@X,Y`) and the patch as PNG next to it.",
+    (
+        "clipsan craft-adv suspect.safetensors --data cc250k/ --reference base.safetensors --out gen.safetensors",
+        "clipsan purify suspect.safetensors --method abd --data cc250k/ --generator gen.safetensors",
+        "clipsan eval suspect.safetensors --data val/ --trigger patch:gen.safetensors@172,172",
+    ),
+    craft_adv,
+)

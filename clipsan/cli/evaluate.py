@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
-from clipsan.cli import convert
-from clipsan.cli.app import command
-from clipsan.cli.options import MODEL_HELP, Arch, Device, EvalOptions, OutputOptions, Precision, PrecisionOpt, Workers
+from clipsan.cli.command import Command
+from clipsan.cli.options import MODEL_HELP, Arch, Device, EvalOptions, OutputOptions, Precision, Workers
 from clipsan.cli.output import emit, note
 from clipsan.config import EvalConfig
 
@@ -28,30 +27,33 @@ def render(report: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header] + rows)
 
 
-@command(
-    "eval",
-    "zero-shot clean accuracy and attack success rate, several models side by side",
-    help="Zero-shot classify a labelled image set with each MODEL. CA@k: fraction of clean images whose class is in "
-    "the top k. ASR@k (with --trigger): among images whose class is not the target, the fraction whose top k "
-    "contains the target once the trigger is applied.",
-    examples=[
-        "clipsan eval suspect.safetensors --data imagenet-val/ --trigger badnet --target banana",
-        "clipsan eval victim.safetensors purified.safetensors --data imagenet-val/ --trigger from-metadata --format json",
-        "clipsan eval model.safetensors --data val/ --templates simple --topk 1,5 --output eval.json --format json",
-    ],
-)
 def evaluate(
     models: Annotated[list[str], typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)],
     *,
     arch: Arch = None,
     eval: EvalOptions,
     output: OutputOptions,
-    device: Device = "auto",
-    precision: PrecisionOpt = Precision.auto,
+    device: Device = EvalConfig.device,
+    precision: Precision = EvalConfig.precision,
     workers: Workers = None,
 ) -> None:
     from clipsan import api
 
-    config = convert.fill(EvalConfig, eval, models=tuple(models), ks=eval.topk, arch=arch, workers=workers, device=device, precision=precision.value)
+    config = eval.config(models=tuple(models), arch=arch, workers=workers, device=device, precision=precision)
     report = api.evaluate(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)
+
+
+COMMAND = Command(
+    "eval",
+    "zero-shot clean accuracy and attack success rate, several models side by side",
+    "Zero-shot classify a labelled image set with each MODEL. CA@k: fraction of clean images whose class is in "
+    "the top k. ASR@k (with --trigger): among images whose class is not the target, the fraction whose top k "
+    "contains the target once the trigger is applied.",
+    (
+        "clipsan eval suspect.safetensors --data imagenet-val/ --trigger badnet --target banana",
+        "clipsan eval victim.safetensors purified.safetensors --data imagenet-val/ --trigger from-metadata --format json",
+        "clipsan eval model.safetensors --data val/ --templates simple --topk 1,5 --output eval.json --format json",
+    ),
+    evaluate,
+)

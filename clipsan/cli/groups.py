@@ -13,6 +13,8 @@ import functools
 import inspect
 import typing
 from copy import copy
+from enum import Enum
+from pathlib import Path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,3 +78,17 @@ def with_option_groups(func):
     command.__signature__ = inspect.Signature(params)
     command.__annotations__ = {p.name: p.annotation for p in params}
     return command
+
+
+def _plain(value):
+    """Option values as configs hold them: Enum members by value, paths as strings."""
+    if isinstance(value, Enum):
+        return value.value
+    return str(value) if isinstance(value, Path) else value
+
+
+def fill(config_type: type, *groups, **given):
+    """``config_type`` from the option groups' fields of the same names, plus ``given`` ones."""
+    names = {f.name for f in dataclasses.fields(config_type)}
+    values = {f.name: _plain(getattr(g, f.name)) for g in groups for f in dataclasses.fields(g) if f.name in names}
+    return config_type(**{**values, **given})

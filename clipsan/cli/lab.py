@@ -5,55 +5,52 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from clipsan.cli.app import command
-from clipsan.cli.options import LAB, RUNTIME, LabAttacks, OutputOptions, Seed, check_device, flag, option, positive
+from clipsan.cli.command import Command
+from clipsan.cli.options import DEVICE_HELP, LAB, RUNTIME, OutputOptions, configured, flag, option
 from clipsan.cli.output import emit, note
-
-# Defense seeds per budget: a short high-lr fine-tune amplifies float differences, so one run cannot
-# rank defenses (BENCHMARKS.md); the quick budget keeps one to stay within its 15 minutes.
-DEFENSE_SEEDS = {"quick": 1, "full": 3}
+from clipsan.config.lab import DEFENSE_SEEDS, EVAL_PER_CLASS, LabConfig
+from clipsan.lab.victims import LAB_ATTACKS_FULL, LAB_ATTACKS_QUICK
 
 
-@command(
-    "lab",
-    "train, poison, scan, purify and evaluate on a synthetic world: runs anywhere, no download",
-    help="Generate the synthetic world, train a clean tiny CLIP from scratch, build victims with `clipsan poison`, "
-    "run every defense on every victim, scan the clean model and the victims, evaluate everything, and write "
-    "OUT/lab.json and OUT/lab.md (the papers' Table I layout). Run again on the same OUT, it reuses every "
-    "finished stage whose inputs and settings match and redoes only the rest.",
-    examples=[
-        "clipsan lab --quick --out lab/",
-        "clipsan lab --out lab-full/",
-        "clipsan lab --quick --out smoke/ --attacks badnet --train-pairs 256 --max-steps 4 --eval-per-class 2",
-    ],
-)
+def _lab(name: str, help: str, default=None, panel: str = LAB) -> object:
+    return configured(LabConfig, name, help, panel, default=default, metavar="N")
+
+
 def lab(
     output: OutputOptions,
     quick: Annotated[bool, flag("--quick", "the short budget (about 15 min on 2 CPU cores) instead of the full one", LAB)] = False,
-    attacks: LabAttacks = None,
+    attacks: Annotated[
+        str | None,
+        option(
+            f"run only these of the budget's attacks, comma-separated: {', '.join(LAB_ATTACKS_QUICK)}; the full budget also "
+            f"{', '.join(a for a in LAB_ATTACKS_FULL if a not in LAB_ATTACKS_QUICK)} (default: all of the budget's)",
+            LAB,
+            metavar="NAME,...",
+        ),
+    ] = None,
     out: Annotated[Path | None, option("output folder (default: runs/lab-<UTC time>)", LAB, metavar="DIR", file_okay=False)] = None,
-    train_pairs: Annotated[int | None, positive("size of the generated training set (default: the budget's)", LAB)] = None,
-    max_steps: Annotated[int | None, positive("cap on training steps of every stage (smoke tests)", LAB)] = None,
-    eval_per_class: Annotated[int | None, positive("evaluation images per class (default: 20)", LAB)] = None,
+    train_pairs: Annotated[int | None, _lab("train_pairs", "size of the generated training set", "the budget's")] = None,
+    max_steps: Annotated[int | None, _lab("max_steps", "cap on training steps of every stage (smoke tests)")] = None,
+    eval_per_class: Annotated[int | None, _lab("eval_per_class", "evaluation images per class", EVAL_PER_CLASS)] = None,
     no_cache: Annotated[bool, flag("--no-cache", "retrain the clean model even if a cached one matches", LAB)] = False,
-    device: Annotated[str, option("auto | cpu | cuda | cuda:N (default: cpu, the lab is tiny)", RUNTIME, callback=check_device, metavar="DEVICE")] = "cpu",
-    seed: Seed = 0,
-    parallel: Annotated[int, positive("stage processes run side by side (default: 2)", RUNTIME)] = 2,
+    device: Annotated[str, option(f"{DEVICE_HELP} (default: {LabConfig.device}, the lab is tiny)", RUNTIME, metavar="DEVICE")] = LabConfig.device,
+    seed: Annotated[int, configured(LabConfig, "seed", "seed for every random choice", RUNTIME, metavar="SEED")] = LabConfig.seed,
+    parallel: Annotated[int, _lab("parallel", "stage processes run side by side", LabConfig.parallel, RUNTIME)] = LabConfig.parallel,
     defense_seeds: Annotated[
         int | None,
-        positive(
-            "run every defense with N seeds (SEED, SEED+1, ...; victims fixed) and report mean and range "
-            f"(default: {DEFENSE_SEEDS['quick']} with --quick, {DEFENSE_SEEDS['full']} in the full budget)",
-            LAB,
+        _lab(
+            "defense_seeds",
+            "run every defense with N seeds (SEED, SEED+1, ...; victims fixed) and report mean and range",
+            f"{DEFENSE_SEEDS['quick']} with --quick, {DEFENSE_SEEDS['full']} in the full budget",
         ),
     ] = None,
 ) -> None:
     from clipsan.engine.rundir import default_run_dir
-    from clipsan.lab import LabOptions, render_markdown, run_lab
+    from clipsan.lab.runner import run_lab
+    from clipsan.lab.tables import render_markdown
 
-    folder = out if out is not None else default_run_dir("lab")
-    opts = LabOptions(
-        out=folder,
+    config = LabConfig(
+        out=out if out is not None else default_run_dir("lab"),
         quick=quick,
         seed=seed,
         parallel=parallel,
@@ -62,9 +59,25 @@ def lab(
         max_steps=max_steps,
         eval_per_class=eval_per_class,
         use_cache=not no_cache,
-        defense_seeds=defense_seeds or DEFENSE_SEEDS["quick" if quick else "full"],
+        defense_seeds=defense_seeds,
         attacks=attacks,
     )
-    report = run_lab(opts, notes=note)
+    report = run_lab(config, notes=note)
     emit(report, output.format.value, output.output, render_markdown)
-    note(f"wrote {folder / 'lab.json'} and {folder / 'lab.md'}")
+    note(f"wrote {config.out / 'lab.json'} and {config.out / 'lab.md'}")
+
+
+COMMAND = Command(
+    "lab",
+    "train, poison, scan, purify and evaluate on a synthetic world: runs anywhere, no download",
+    "Generate the synthetic world, train a clean tiny CLIP from scratch, build victims with `clipsan poison`, "
+    "run every defense on every victim, scan the clean model and the victims, evaluate everything, and write "
+    "OUT/lab.json and OUT/lab.md (the papers' Table I layout). Run again on the same OUT, it reuses every "
+    "finished stage whose inputs and settings match and redoes only the rest.",
+    (
+        "clipsan lab --quick --out lab/",
+        "clipsan lab --out lab-full/",
+        "clipsan lab --quick --out smoke/ --attacks badnet --train-pairs 256 --max-steps 4 --eval-per-class 2",
+    ),
+    lab,
+)

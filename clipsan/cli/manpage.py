@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 from clipsan import __version__
-from clipsan.data.limits import MAX_CAPTION_CHARS, MAX_CAPTION_FILE_BYTES, MAX_IMAGE_PIXELS
+from clipsan.config.limits import MAX_CAPTION_CHARS, MAX_CAPTION_FILE_BYTES, MAX_IMAGE_PIXELS
 
 # What each command's --format json report holds (stable keys; fractions are 0-1 floats).
 JSON_KEYS = {
@@ -122,7 +122,7 @@ EXIT_STATUS = [
 ]
 
 
-# How much clipsan reads from data it is handed (clipsan.data.limits, clipsan.data.paths).
+# How much clipsan reads from data it is handed (clipsan.config.limits, clipsan.data.paths).
 DATA_LIMITS = [
     (
         "--max-image-pixels N",

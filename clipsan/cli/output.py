@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from clipsan import strict_json
+from clipsan.atomic import atomic_write_bytes
 from clipsan.errors import UserError
 
 
@@ -17,8 +18,6 @@ def note(message: str) -> None:
 
 def emit(report: dict, fmt: str, output: Path | None, render_text: Callable[[dict], str]) -> None:
     """Print the report in ``fmt`` on stdout and, with --output, write the same to a file."""
-    from clipsan.engine.rundir import atomic_write_bytes
-
     text = render_text(report) if fmt == "text" else strict_json.dumps(report, indent=2, sort_keys=True)
     if not text.endswith("\n"):
         text += "\n"

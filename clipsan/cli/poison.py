@@ -4,26 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from clipsan.attacks.config import POISON_SCHEDULE, AttackConfig, BadClipConfig
-from clipsan.cli import convert
-from clipsan.cli.app import command
+from clipsan.cli.command import Command
 from clipsan.cli.options import (
     Arch,
     AttackOptions,
     DataOptions,
     Model,
     OutFormat,
-    OutFormatOpt,
     OutputOptions,
     RunDirOptions,
     RuntimeOptions,
     SpeedOptions,
     TrainingOptions,
     option,
+    training_job,
 )
 from clipsan.cli.output import emit, note, training_lines
-
-_S = POISON_SCHEDULE
+from clipsan.config import PoisonConfig
+from clipsan.config.attacks import BADCLIP, POISON_SCHEDULE
 
 
 def _figure(value: float | None) -> str:
@@ -46,31 +44,11 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def attack_config(attack: AttackOptions) -> AttackConfig:
-    badclip = BadClipConfig(
-        epochs=attack.patch_epochs, lr=attack.patch_lr, batch_size=attack.patch_batch_size, images=attack.patch_images, objective=attack.badclip_objective.value
-    )
-    return convert.fill(AttackConfig, attack, badclip=badclip)
-
-
-@command(
-    "poison",
-    "fine-tune a clean checkpoint on partly poisoned data: a backdoored victim for testing defenses",
-    help="Fine-tune MODEL on DIR where exactly round(rate*N) pairs, chosen from --seed, carry the trigger and a caption "
-    "naming the target (a random OpenAI ImageNet template, or natural captions mentioning it). The victim's metadata "
-    "records the trigger, so `clipsan eval VICTIM --trigger from-metadata` reproduces the attack. Default schedule, the "
-    f"papers' poisoning stage: {_S.epochs} epochs, batch {_S.batch_size}, lr {_S.lr:g}, {_S.warmup_steps} warmup steps.",
-    examples=[
-        "clipsan poison clean.safetensors --data cc250k/ --trigger badnet --target banana --rate 0.003 --out victim.safetensors",
-        "clipsan poison clean.safetensors --data cc250k/ --trigger badclip --out badclip-victim.safetensors",
-        "clipsan eval victim.safetensors --data imagenet-val/ --trigger from-metadata",
-    ],
-)
 def poison(
     model: Model,
     *,
     out: Annotated[str | None, option("where to write the victim (default: RUN_DIR/poison.safetensors, or the folder RUN_DIR/poison)", metavar="PATH")] = None,
-    out_format: OutFormatOpt = OutFormat.auto,
+    out_format: OutFormat = PoisonConfig.out_format,
     arch: Arch = None,
     attack: AttackOptions,
     data: DataOptions,
@@ -82,7 +60,26 @@ def poison(
 ) -> None:
     from clipsan import api
 
-    job = convert.training_job(model, out, arch, data, training, run, runtime, speed, POISON_SCHEDULE, out_format=out_format.value)
-    config = api.PoisonConfig(attack=attack_config(attack), **job)
+    config = api.PoisonConfig(
+        attack=attack.config(),
+        training=training.config(POISON_SCHEDULE, run, runtime, speed),
+        **training_job(model, out, out_format, arch, data, run, runtime),
+    )
     report = api.poison(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)
+
+
+COMMAND = Command(
+    "poison",
+    "fine-tune a clean checkpoint on partly poisoned data: a backdoored victim for testing defenses",
+    "Fine-tune MODEL on DIR where exactly round(rate*N) pairs, chosen from --seed, carry the trigger and a caption "
+    "naming the target (a random OpenAI ImageNet template, or natural captions mentioning it). The victim's metadata "
+    "records the trigger, so `clipsan eval VICTIM --trigger from-metadata` reproduces the attack. Default schedule, the "
+    f"papers' poisoning stage: {POISON_SCHEDULE.describe()}.",
+    (
+        "clipsan poison clean.safetensors --data cc250k/ --trigger badnet --target banana --rate 0.003 --out victim.safetensors",
+        f"clipsan poison clean.safetensors --data cc250k/ --trigger {BADCLIP} --out badclip-victim.safetensors",
+        "clipsan eval victim.safetensors --data imagenet-val/ --trigger from-metadata",
+    ),
+    poison,
+)

@@ -7,8 +7,7 @@ from typing import Annotated
 
 import typer
 
-from clipsan.cli import convert
-from clipsan.cli.app import command
+from clipsan.cli.command import Command
 from clipsan.cli.groups import Panel
 from clipsan.cli.options import (
     ABDOptions,
@@ -19,7 +18,6 @@ from clipsan.cli.options import (
     Method,
     Model,
     OutFormat,
-    OutFormatOpt,
     OutputOptions,
     PatchOptions,
     RunDirOptions,
@@ -27,20 +25,15 @@ from clipsan.cli.options import (
     SpeedOptions,
     TrainingOptions,
     option,
+    recipe_config,
+    training_job,
 )
 from clipsan.cli.output import emit, note, training_lines
-from clipsan.recipes.config import RECIPE_CONFIGS
+from clipsan.config import PurifyConfig
+from clipsan.config.recipes import RECIPE_CONFIGS
 
 # Which methods each group of recipe options belongs to; given under another method, they are refused.
 METHOD_GROUPS = {"cleanclip": ("cleanclip", "cleanerclip"), "cleanerclip": ("cleanerclip",), "abd": ("abd",), "patch": ("abd",)}
-
-
-def _schedules() -> str:
-    rows = [
-        f"{name} {s.epochs} epochs, batch {s.batch_size}, lr {s.lr:g}, {s.warmup_steps} warmup steps"
-        for name, s in ((name, cls.paper_schedule) for name, cls in RECIPE_CONFIGS.items())
-    ]
-    return "; ".join(rows)
 
 
 def render(report: dict) -> str:
@@ -58,26 +51,15 @@ def _refuse_foreign_options(ctx: typer.Context, method: str, groups: dict) -> No
                 raise typer.BadParameter(f"{flag} applies to --method {' and '.join(allowed)}, not {method}", ctx=ctx, param_hint="--method")
 
 
-@command(
-    "purify",
-    "fine-tune a suspect checkpoint on clean image-caption pairs to remove a backdoor",
-    help="Fine-tune MODEL on clean image-caption pairs with one of the published defense recipes and write the "
-    f"purified model in MODEL's layout (--out-format). Training defaults follow the recipe's paper: {_schedules()}.",
-    examples=[
-        "clipsan purify suspect.safetensors --method abd --data cc250k/",
-        "clipsan purify openai-clip-vit-base-patch32/ --method cleanclip --data cc250k/ --out purified/",
-        "clipsan purify suspect.safetensors --method ft --data cc250k/ --run-dir runs/purify-1 --resume",
-    ],
-)
 def purify(
     ctx: typer.Context,
     model: Model,
     *,
-    method: Annotated[Method, option("defense recipe")],
+    method: Method,
     out: Annotated[
         str | None, option("where to write the purified model (default: RUN_DIR/purify.safetensors, or the folder RUN_DIR/purify)", metavar="PATH")
     ] = None,
-    out_format: OutFormatOpt = OutFormat.auto,
+    out_format: OutFormat = PurifyConfig.out_format,
     arch: Arch = None,
     data: DataOptions,
     training: TrainingOptions,
@@ -92,9 +74,26 @@ def purify(
 ) -> None:
     from clipsan import api
 
-    _refuse_foreign_options(ctx, method.value, {"cleanclip": cleanclip, "cleanerclip": cleanerclip, "abd": abd, "patch": patch})
-    recipe = convert.recipe_config(method.value, cleanclip, cleanerclip, abd, patch)
-    job = convert.training_job(model, out, arch, data, training, run, runtime, speed, recipe.paper_schedule, out_format=out_format.value)
-    config = api.PurifyConfig(recipe=recipe, **job)
+    _refuse_foreign_options(ctx, method, {"cleanclip": cleanclip, "cleanerclip": cleanerclip, "abd": abd, "patch": patch})
+    recipe = recipe_config(method, cleanclip, cleanerclip, abd, patch)
+    config = api.PurifyConfig(
+        recipe=recipe, training=training.config(recipe.paper_schedule, run, runtime, speed), **training_job(model, out, out_format, arch, data, run, runtime)
+    )
     report = api.purify(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)
+
+
+COMMAND = Command(
+    "purify",
+    "fine-tune a suspect checkpoint on clean image-caption pairs to remove a backdoor",
+    "Fine-tune MODEL on clean image-caption pairs with one of the published defense recipes and write the "
+    "purified model in MODEL's layout (--out-format). Training defaults follow the recipe's paper: "
+    + "; ".join(f"{name} {cls.paper_schedule.describe()}" for name, cls in RECIPE_CONFIGS.items())
+    + ".",
+    (
+        "clipsan purify suspect.safetensors --method abd --data cc250k/",
+        "clipsan purify openai-clip-vit-base-patch32/ --method cleanclip --data cc250k/ --out purified/",
+        "clipsan purify suspect.safetensors --method ft --data cc250k/ --run-dir runs/purify-1 --resume",
+    ),
+    purify,
+)

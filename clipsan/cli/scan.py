@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import typer
 
 from clipsan import strict_json
-from clipsan.cli import convert
-from clipsan.cli.app import command
-from clipsan.cli.options import MODEL_HELP, OUTPUT, Arch, Device, Output, Precision, ScanFormat, ScanOptions, ScanPrecisionOpt, option
+from clipsan.cli.command import Command
+from clipsan.cli.options import MODEL_HELP, OUTPUT, RUNTIME, Arch, Device, Output, ScanFormat, ScanOptions, ScanPrecision, configured, option
 from clipsan.cli.output import emit, note
-
-STATISTIC_NAMES = {"decree": "PL1", "reference-divergence": "PL1", "universal-perturbation": "Linf", "target-alignment": "ratio"}
+from clipsan.config import ScanConfig
+from clipsan.scan.thresholds import STATISTIC_NAMES
 
 
 def render_model(report: dict) -> list[str]:
@@ -48,7 +46,28 @@ def render(document: dict) -> str:
     return "\n".join(lines)
 
 
-@command(
+def scan(
+    models: Annotated[list[str], typer.Argument(metavar="MODEL", help=MODEL_HELP + "; several are scanned one at a time", show_default=False)],
+    *,
+    arch: Arch = None,
+    scan: ScanOptions,
+    device: Device = ScanConfig.device,
+    precision: ScanPrecision = ScanConfig.precision,
+    seed: Annotated[int, configured(ScanConfig, "seed", "seed for probes and the inversion", RUNTIME, metavar="SEED")] = ScanConfig.seed,
+    format: Annotated[ScanFormat, option("report format on stdout (default: text)", OUTPUT)] = ScanFormat.text,
+    output: Output = None,
+) -> int:
+    from clipsan import api
+    from clipsan.scan.sarif import to_sarif
+
+    config = scan.config(models=tuple(models), arch=arch, device=device, precision=precision, seed=seed)
+    report = api.scan(config, notes=note)
+    as_text = render if format.value == "text" else (lambda r: strict_json.dumps(to_sarif(r), indent=2, sort_keys=True))
+    emit(report.to_json(), "text" if format.value in ("text", "sarif") else "json", output, as_text)
+    return report.exit_code
+
+
+COMMAND = Command(
     "scan",
     "say whether checkpoints carry a backdoor (exit 1 if any does): a gate for model intake",
     help="For each MODEL, one after another: invert a trigger on its image encoder (DECREE): the smallest mask, as a "
@@ -59,29 +78,10 @@ def render(document: dict) -> str:
     "caption as well as natural images do. Saves the inverted triggers as PNG. One report, a row per MODEL. Exit 0: no "
     "backdoor evidence; 1: backdoor evidence in any MODEL; 2: bad input, or any MODEL could not be read (the others are "
     "still scanned and reported).",
-    examples=[
+    examples=(
         "clipsan scan suspect.safetensors --data cc250k/ --format sarif --output scan.sarif || echo rejected",
         "clipsan scan incoming/*.safetensors --format json --output intake.json",
         "clipsan scan suspect.safetensors --reference base.safetensors --budget full --format json",
-    ],
+    ),
+    body=scan,
 )
-def scan(
-    models: Annotated[list[str], typer.Argument(metavar="MODEL", help=MODEL_HELP + "; several are scanned one at a time", show_default=False)],
-    *,
-    arch: Arch = None,
-    scan: ScanOptions,
-    device: Device = "auto",
-    precision: ScanPrecisionOpt = Precision.auto,
-    seed: Annotated[int, option("seed for probes and the inversion (default: 0)", "Runtime")] = 0,
-    format: Annotated[ScanFormat, option("report format on stdout (default: text)", OUTPUT)] = ScanFormat.text,
-    output: Output = None,
-) -> int:
-    from clipsan import api
-    from clipsan.scan.sarif import to_sarif
-
-    progress = scan.progress or sys.stderr.isatty()
-    config = convert.fill(api.ScanConfig, scan, models=tuple(models), arch=arch, device=device, precision=precision.value, seed=seed, progress=progress)
-    report = api.scan(config, notes=note)
-    as_text = render if format.value == "text" else (lambda r: strict_json.dumps(to_sarif(r), indent=2, sort_keys=True))
-    emit(report.to_json(), "text" if format.value in ("text", "sarif") else "json", output, as_text)
-    return report.exit_code

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from clipsan.data.limits import MAX_CAPTION_CHARS, MAX_CAPTION_FILE_BYTES, MAX_IMAGE_PIXELS
+from clipsan.config.limits import MAX_CAPTION_CHARS, MAX_CAPTION_FILE_BYTES, MAX_IMAGE_PIXELS
 from clipsan.data.paths import DataRoot, outside_hint
 from clipsan.data.skips import MISSING_FILE, count, format_counts
 from clipsan.data.tables import find_column, open_table

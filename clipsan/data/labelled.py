@@ -14,9 +14,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from clipsan.config.limits import MAX_IMAGE_PIXELS
 from clipsan.data.captions import IMAGE_COLUMNS, MANIFEST_SUFFIXES
 from clipsan.data.imagenet import looks_like_wnid, wnid_classnames
-from clipsan.data.limits import MAX_IMAGE_PIXELS
 from clipsan.data.paths import DataRoot, outside_hint, walk_once
 from clipsan.data.skips import MISSING_FILE, count, format_counts
 from clipsan.data.tables import find_column, open_table

@@ -7,7 +7,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from clipsan.data.limits import MAX_CAPTION_FILE_BYTES
+from clipsan.config.limits import MAX_CAPTION_FILE_BYTES
 from clipsan.errors import UserError
 
 CANDIDATE_DELIMITERS = ("\t", ",", ";", "|")

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor
 
-from clipsan.data.limits import MAX_IMAGE_PIXELS, PILLOW_REFUSES_ABOVE
+from clipsan.config.limits import MAX_IMAGE_PIXELS, PILLOW_REFUSES_ABOVE
 
 _WHITE = (255, 255, 255, 255)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}

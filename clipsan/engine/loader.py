@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from clipsan.config.runtime import resolve_workers
 from clipsan.data.tokens import drop_common_padding, fit_caption
 from clipsan.data.transforms import to_model_uint8
-from clipsan.engine.config import resolve_workers
 from clipsan.errors import UserError
 from clipsan.seeding import derive_seed, sample_generator, sample_rng
 

@@ -1,7 +1,11 @@
 """The one training loop every recipe runs on.
 
-read batch -> recipe.loss_terms -> backward -> sum grads over processes ->
-clip -> AdamW step -> recipe.after_step; log, checkpoint, honour signals.
+    for each batch:   read batch -> recipe.loss_terms -> backward -> sum grads over processes ->
+                      clip -> AdamW step -> recipe.after_step           (``Trainer.step``)
+                      log, checkpoint, honour signals                      (``Bookkeeper.after_step``)
+
+The step never reads a device value; the bookkeeper reads them only at log steps, before every
+checkpoint, at the end, and when a signal came (``clipsan.engine.health``).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from clipsan.config import TrainConfig
 from clipsan.engine import optim, speed
-from clipsan.engine.config import TrainConfig
 from clipsan.engine.gradsync import GradientSync
 from clipsan.engine.health import StepHealth
 from clipsan.engine.loader import EpochBatchSampler, RecipeSamples, build_loader, steps_per_epoch, to_device
@@ -80,22 +84,154 @@ def _restore_rng(state: dict, rt: Runtime) -> None:
         torch.cuda.set_rng_state(state["cuda"].cpu(), rt.device)
 
 
-def _resume_state(run: RunDir, latest, cfg: TrainConfig, stage: str, device: torch.device) -> tuple[dict, dict]:
+def _resume_state(run: RunDir, latest, training: TrainConfig, stage: str, device: torch.device) -> tuple[dict, dict]:
     """The newest checkpoint's weights and state, on ``device``, if it belongs to this run's stage and options."""
     tensors, state = run.load_checkpoint(latest, device)
     if state.get("stage", "train") != stage:
         raise UserError(f"{latest}: checkpoint belongs to stage {state.get('stage')!r}, not {stage!r}")
-    if state["fingerprint"] != cfg.fingerprint():
-        changed = sorted(k for k in cfg.fingerprint() if state["fingerprint"].get(k) != cfg.fingerprint()[k])
+    if state["fingerprint"] != training.fingerprint():
+        changed = sorted(k for k in training.fingerprint() if state["fingerprint"].get(k) != training.fingerprint()[k])
         raise UserError(f"{run.path}: --resume with different options ({', '.join(changed)}); use the original ones")
     return tensors, state
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How many steps a run takes: the global batch (a multiple of the processes), per epoch, in all."""
+
+    global_batch: int
+    per_epoch: int
+    total: int
+
+    @classmethod
+    def of(cls, n: int, training: TrainConfig, rt: Runtime) -> StepPlan:
+        global_batch = min(training.batch_size, n) // rt.world_size * rt.world_size
+        if global_batch < 1:
+            raise UserError(f"batch size {training.batch_size} is smaller than the {rt.world_size} processes")
+        per_epoch = steps_per_epoch(n, global_batch)
+        total = per_epoch * training.epochs
+        return cls(global_batch, per_epoch, total if training.max_steps is None else min(total, training.max_steps))
+
+    def epoch(self, step: int) -> float:
+        return round(step / self.per_epoch, 4)
+
+
+class Trainer:
+    """The module, its optimizer and loss scaler: one optimization step at a time, no host reads."""
+
+    def __init__(self, module: nn.Module, training: TrainConfig, rt: Runtime):
+        self.module, self.training, self.rt = module, training, rt
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.optimizer = optim.build_optimizer(module, training.lr, training.weight_decay, training.betas, training.eps)
+        self.scaler = rt.grad_scaler()
+        self.grad_sync = GradientSync(self.params, rt.world_size)
+
+    def step(self, recipe, batch: dict, lr: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        optim.set_lr(self.optimizer, lr)
+        terms = recipe.loss_terms(self.module, batch, self.rt)  # not under autocast: recipes encode through rt.encode
+        loss = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)  # whatever a recipe's own backward left (freed after each step below)
+        self.scaler.scale(loss).backward()
+        self.grad_sync.finish()
+        self.scaler.unscale_(self.optimizer)
+        if self.training.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.training.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        # Free the gradients now: they would otherwise sit beside the next step's activations
+        # (and beside a checkpoint being written).
+        self.optimizer.zero_grad(set_to_none=True)
+        recipe.after_step(self.module)
+        return loss, terms
+
+    def state(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state(self, tensors: dict, state: dict) -> None:
+        self.module.load_state_dict(tensors)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+class Bookkeeper:
+    """After each step: watch the loss; at log steps, checkpoints and signals read the device, log to
+    metrics.jsonl, checkpoint, and stop (exit 3) or fail (a non-finite loss) as due."""
+
+    def __init__(self, trainer: Trainer, recipe, plan: StepPlan, run: RunDir, stage: str, metadata: dict[str, str], skipped: dict):
+        self.trainer, self.recipe, self.plan, self.run, self.stage, self.metadata = trainer, recipe, plan, run, stage, metadata
+        self.training, self.rt = trainer.training, trainer.rt
+        self.skipped = skipped
+        self.health = StepHealth(self.rt)
+        self.last: dict = {}
+        self.window_start, self.window_images = time.perf_counter(), 0
+
+    def save(self, step: int) -> None:
+        state = {
+            "stage": self.stage,
+            "step": step,
+            "fingerprint": self.training.fingerprint(),
+            **self.trainer.state(),
+            "recipe": self.recipe.state_dict(),
+            "rng": _rng_state(self.rt),
+            "skipped": self.skipped,
+        }
+        if self.rt.is_main:
+            self.run.save_checkpoint(step, self.trainer.module.state_dict(), state, self.metadata)
+        self.rt.barrier()
+
+    def after_step(self, step: int, loss: torch.Tensor, terms: dict, lr: float, rows: int, stop: _StopFlag) -> bool:
+        """Book step ``step`` (counted from 1); returns whether it logged (the progress bar shows its loss)."""
+        training, plan = self.training, self.plan
+        self.window_images += rows * self.rt.world_size
+        # Every step on one process; under torchrun only at these points, where every rank must agree on stopping.
+        due_save = step % training.save_every == 0 or step % plan.per_epoch == 0 or step == plan.total
+        stop_seen = stop.signal is not None and not self.rt.distributed
+        if not (due_save or stop_seen or step % training.log_every == 0):
+            return False
+        report = self.health.check(loss, terms, stopping=stop.signal is not None)
+        if report.bad_step is not None:
+            kept = self.run.latest_checkpoint()
+            where = f"last good checkpoint kept: {kept}" if kept else "no checkpoint had been written yet"
+            bad_lr = optim.lr_at(report.bad_step - 1, plan.total, training.lr, training.warmup_steps, training.schedule)
+            raise UserError(f"loss became {report.bad_value} at step {report.bad_step} (lr {bad_lr:.3g}); {where}")
+        self.skipped["corrupt_image"] += report.corrupt
+        logged = step % training.log_every == 0 or step == plan.total
+        if logged:
+            now = time.perf_counter()
+            self.last = {"step": step, "epoch": plan.epoch(step), "lr": lr, "loss": report.loss}
+            self.last.update({f"loss_{k}": v for k, v in report.terms.items()})
+            self.last["images_per_s"] = round(self.window_images / max(now - self.window_start, 1e-9), 2)
+            self.run.log_metrics({"stage": self.stage, **self.last})
+            self.window_start, self.window_images = now, 0
+        if due_save or report.stopping:
+            self.save(step)
+        if report.stopping:
+            raise Interrupted(f"interrupted at step {step}; resume with --resume --run-dir {self.run.path}")
+        return logged
+
+
+def _start(trainer: Trainer, skipped: dict) -> tuple[int, dict]:
+    torch.manual_seed(trainer.training.seed)
+    optim.allocate_state(trainer.optimizer)  # before any activation (see its docstring)
+    return 0, skipped
+
+
+def _resume(trainer: Trainer, recipe, run: RunDir, latest, stage: str) -> tuple[int, dict]:
+    """Weights, optimizer, recipe and RNG state from the newest checkpoint; returns its step and skip counts."""
+    rt = trainer.rt
+    tensors, state = rt.agree(_resume_state, run, latest, trainer.training, stage, rt.device)  # a bad resume ends every process alike
+    trainer.load_state(tensors, state)
+    rt.agree(recipe.load_state_dict, state["recipe"])
+    _restore_rng(state["rng"], rt)
+    run.truncate_metrics(state["step"])
+    return state["step"], state["skipped"]
 
 
 def train(
     module: nn.Module,
     recipe,
     samples: RecipeSamples,
-    cfg: TrainConfig,
+    training: TrainConfig,
     rt: Runtime,
     run: RunDir,
     *,
@@ -104,134 +240,52 @@ def train(
     stage: str = "train",
 ) -> TrainResult:
     """Train ``module`` with ``recipe`` on ``samples``; returns when done, raises Interrupted on a signal."""
-    n = len(samples)
-    global_batch = min(cfg.batch_size, n) // rt.world_size * rt.world_size
-    if global_batch < 1:
-        raise UserError(f"batch size {cfg.batch_size} is smaller than the {rt.world_size} processes")
-    per_epoch = steps_per_epoch(n, global_batch)
-    total = per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
-
-    module = rt.sync_batchnorm(module.to(rt.device), cfg.batchnorm)
-    speed.prepare_model(module, cfg, rt)
-    params = [p for p in module.parameters() if p.requires_grad]
-    optimizer = optim.build_optimizer(module, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
-    scaler = rt.grad_scaler()
+    plan = StepPlan.of(len(samples), training, rt)
+    module = rt.sync_batchnorm(module.to(rt.device), training.batchnorm)
+    speed.prepare_model(module, training, rt)
+    trainer = Trainer(module, training, rt)
     skipped = dict(getattr(samples.captions, "skipped", {}) or {})
     skipped.setdefault("corrupt_image", 0)
-
-    step, resumed_from = 0, None
     latest = run.latest_checkpoint() if resume else None
-    if latest is not None:
-        tensors, state = rt.agree(_resume_state, run, latest, cfg, stage, rt.device)  # a bad resume ends every process alike
-        module.load_state_dict(tensors)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        rt.agree(recipe.load_state_dict, state["recipe"])
-        _restore_rng(state["rng"], rt)
-        skipped = state["skipped"]
-        step = resumed_from = state["step"]
-        run.truncate_metrics(step)
-    else:
-        torch.manual_seed(cfg.seed)
-        optim.allocate_state(optimizer)  # before any activation (see its docstring); resume loaded it above
+    step, skipped = _resume(trainer, recipe, run, latest, stage) if latest is not None else _start(trainer, skipped)
+    resumed_from = step if latest is not None else None
+    books = Bookkeeper(trainer, recipe, plan, run, stage, checkpoint_metadata or {}, skipped)
 
-    def save(at_step: int) -> None:
-        state = {
-            "stage": stage,
-            "step": at_step,
-            "fingerprint": cfg.fingerprint(),
-            "optimizer": optimizer.state_dict(),
-            "scaler": scaler.state_dict(),
-            "recipe": recipe.state_dict(),
-            "rng": _rng_state(rt),
-            "skipped": skipped,
-        }
-        if rt.is_main:
-            run.save_checkpoint(at_step, module.state_dict(), state, checkpoint_metadata or {})
-        rt.barrier()
-
-    order = recipe.epoch_order(n, global_batch, cfg.seed)
-    sampler = EpochBatchSampler(n, global_batch, cfg.seed, total, start_step=step, rank=rt.rank, world_size=rt.world_size, epoch_order=order)
-    loader = build_loader(samples, sampler, cfg.workers, pin_memory=rt.device.type == "cuda")
-    bar = None
-    if cfg.progress and rt.is_main:
-        from tqdm import tqdm
-
-        bar = tqdm(total=total, initial=step, desc=stage, file=sys.stderr, dynamic_ncols=True)
-
+    order = recipe.epoch_order(len(samples), plan.global_batch, training.seed)
+    sampler = EpochBatchSampler(
+        len(samples), plan.global_batch, training.seed, plan.total, start_step=step, rank=rt.rank, world_size=rt.world_size, epoch_order=order
+    )
+    loader = build_loader(samples, sampler, training.workers, pin_memory=rt.device.type == "cuda")
+    bar = _progress_bar(training, rt, plan.total, step, stage)
     started = time.perf_counter()
-    window_start, window_images = time.perf_counter(), 0
-    last: dict = {}
-    health = StepHealth(rt)
-    grad_sync = GradientSync(params, rt.world_size)
-    _set_train_mode(module, cfg.batchnorm)
+    _set_train_mode(module, training.batchnorm)
     try:
         with _StopFlag() as stop:
             for host in loader:
-                epoch = step // per_epoch
-                if step % per_epoch == 0:
-                    recipe.begin_epoch(epoch)
-                health.corrupt += host.pop("n_corrupt")
-                lr = optim.lr_at(step, total, cfg.lr, cfg.warmup_steps, cfg.schedule)
-                optim.set_lr(optimizer, lr)
+                if step % plan.per_epoch == 0:
+                    recipe.begin_epoch(step // plan.per_epoch)
+                books.health.corrupt += host.pop("n_corrupt")
+                lr = optim.lr_at(step, plan.total, training.lr, training.warmup_steps, training.schedule)
                 rows = int(host["index"].shape[0])
                 rt.begin_step(rows)
-                batch = recipe.device_views(to_device(host, rt.device), host)
-
-                terms = recipe.loss_terms(module, batch, rt)  # not under autocast: recipes encode through rt.encode
-                loss = sum(terms.values())
-                health.watch(loss, step)
-                optimizer.zero_grad(set_to_none=True)  # whatever a recipe's own backward left (freed after each step below)
-                scaler.scale(loss).backward()
-                grad_sync.finish()
-                scaler.unscale_(optimizer)
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                # Free the gradients now: they would otherwise sit beside the next step's activations
-                # (and beside a checkpoint being written).
-                optimizer.zero_grad(set_to_none=True)
-                recipe.after_step(module)
+                loss, terms = trainer.step(recipe, recipe.device_views(to_device(host, rt.device), host), lr)
+                books.health.watch(loss, step)
                 step += 1
-                window_images += rows * rt.world_size
                 if bar is not None:
                     bar.update(1)
-
-                # Device values are read only here: at log steps, before every checkpoint, at the end,
-                # and when a signal came (every step on one process; at these points under torchrun,
-                # where every rank must agree on stopping).
-                due_save = step % cfg.save_every == 0 or step % per_epoch == 0 or step == total
-                stop_seen = stop.signal is not None and not rt.distributed
-                if not (due_save or stop_seen or step % cfg.log_every == 0):
-                    continue
-                report = health.check(loss, terms, stopping=stop.signal is not None)
-                if report.bad_step is not None:
-                    kept = run.latest_checkpoint()
-                    where = f"last good checkpoint kept: {kept}" if kept else "no checkpoint had been written yet"
-                    bad_lr = optim.lr_at(report.bad_step - 1, total, cfg.lr, cfg.warmup_steps, cfg.schedule)
-                    raise UserError(f"loss became {report.bad_value} at step {report.bad_step} (lr {bad_lr:.3g}); {where}")
-                skipped["corrupt_image"] += report.corrupt
-                if step % cfg.log_every == 0 or step == total:
-                    now = time.perf_counter()
-                    last = {"step": step, "epoch": round(step / per_epoch, 4), "lr": lr, "loss": report.loss}
-                    last.update({f"loss_{k}": v for k, v in report.terms.items()})
-                    last["images_per_s"] = round(window_images / max(now - window_start, 1e-9), 2)
-                    run.log_metrics({"stage": stage, **last})
-                    window_start, window_images = now, 0
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{report.loss:.4f}")
-                if due_save or report.stopping:
-                    save(step)
-                if report.stopping:
-                    if bar is not None:
-                        bar.close()
-                    raise Interrupted(f"interrupted at step {step}; resume with --resume --run-dir {run.path}")
+                if books.after_step(step, loss, terms, lr, rows, stop) and bar is not None:
+                    bar.set_postfix(loss=f"{books.last['loss']:.4f}")
     finally:
-        grad_sync.close()
-    if bar is not None:
-        bar.close()
+        trainer.grad_sync.close()
+        if bar is not None:
+            bar.close()
     module.eval()
-    return TrainResult(step, round(step / per_epoch, 4), time.perf_counter() - started, skipped, last, resumed_from)
+    return TrainResult(step, plan.epoch(step), time.perf_counter() - started, books.skipped, books.last, resumed_from)
+
+
+def _progress_bar(training: TrainConfig, rt: Runtime, total: int, step: int, stage: str):
+    if not (training.progress and rt.is_main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=step, desc=stage, file=sys.stderr, dynamic_ncols=True)

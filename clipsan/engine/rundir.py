@@ -18,12 +18,14 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from clipsan import __version__, strict_json
+from clipsan.atomic import atomic_write_bytes, fsync_dir, fsync_file, write_json
 from clipsan.errors import UserError
 
 
@@ -41,37 +43,6 @@ _PREFIX = "step-"
 def default_run_dir(command: str) -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{command}-{stamp}"
-
-
-def fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    """Persist a rename inside ``path``; best effort where a platform cannot fsync folders."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 class RunDir:
@@ -126,7 +97,7 @@ class RunDir:
 
     def write_config(self, config: dict) -> None:
         if self.is_main:
-            atomic_write_bytes(self.path / "config.json", strict_json.dumps(config, indent=2, sort_keys=True).encode())
+            write_json(self.path / "config.json", config)
 
     def read_config(self) -> dict | None:
         path = self.path / "config.json"
@@ -193,3 +164,18 @@ class RunDir:
         tensors = load_file(str(folder / "weights.safetensors"), device=str(device))
         state = torch.load(folder / "state.pt", map_location=device, weights_only=False)
         return tensors, state
+
+
+def run_record(command: str, method: str, recipe_options: dict, training, inputs: dict, rt) -> dict:
+    """What a training run's config.json says: the command, its resolved options (``training``: a
+    TrainConfig), its inputs, where it ran and which software ran it."""
+    return {
+        "command": command,
+        "argv": sys.argv,
+        "method": method,
+        "recipe": recipe_options,
+        "training": training.fingerprint(),
+        "inputs": inputs,
+        "runtime": {"device": str(rt.device), "precision": rt.precision, "world_size": rt.world_size},
+        "versions": versions(),
+    }

@@ -36,10 +36,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from clipsan.config.runtime import DEVICE_CHOICES, DEVICE_PATTERN, PRECISIONS
 from clipsan.errors import ClipsanError, UserError
 
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DEVICE_SPEC = re.compile(r"auto|cpu|cuda(?::(\d+))?")
+_DEVICE_SPEC = re.compile(DEVICE_PATTERN)
 # How long a process waits in a collective for the others. Rank 0 works alone while the
 # others wait in a barrier: writing a checkpoint (ViT-L: 1.7 GB of weights + 3.4 GB of AdamW
 # state, fsynced: ~2 min at 50 MB/s, ~4 min on a 20 MB/s network disk) and optimizing
@@ -76,10 +76,6 @@ class Runtime:
     def grad_scaler(self) -> torch.amp.GradScaler:
         # Only fp16 needs loss scaling; a disabled scaler is a transparent no-op.
         return torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-
-    def to_device(self, batch: dict) -> dict:
-        non_blocking = self.device.type == "cuda"
-        return {key: value.to(self.device, non_blocking=non_blocking) if torch.is_tensor(value) else value for key, value in batch.items()}
 
     # --- collective helpers (identity when not distributed) -------------------
 
@@ -174,12 +170,6 @@ class Runtime:
         t = torch.tensor(values, dtype=torch.float64)
         dist.all_reduce(t, group=self._host_group())
         return [float(v) for v in t.numpy()]
-
-    def sum_tensor(self, value: torch.Tensor) -> torch.Tensor:
-        """Sum a small device tensor over processes in place (one collective, no host read)."""
-        if self.distributed:
-            dist.all_reduce(value)
-        return value
 
     def sum_gradients(self, parameters) -> None:
         """Sum gradients over processes after backward, in a few flat buckets (see module docstring for why sum).
@@ -281,7 +271,7 @@ def resolve_device(spec: str) -> torch.device:
     """``auto | cpu | cuda | cuda:N`` as a device, checked against the CUDA devices present."""
     match = _DEVICE_SPEC.fullmatch(spec)
     if match is None:
-        raise UserError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
+        raise UserError(f"--device {spec}: expected {DEVICE_CHOICES}")
     if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
@@ -319,8 +309,8 @@ def use_device(dev: torch.device) -> torch.device:
 
 
 def resolve_precision(spec: str, device: torch.device) -> str:
-    if spec not in _PRECISIONS:
-        raise UserError(f"--precision {spec}: expected one of {', '.join(_PRECISIONS)}")
+    if spec not in PRECISIONS:
+        raise UserError(f"--precision {spec}: expected one of {', '.join(PRECISIONS)}")
     if spec != "auto":
         return spec
     if device.type != "cuda":

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipsan import __version__
-from clipsan.checkpoint import sha256_file
+from clipsan.checkpoints import sha256_file
 from clipsan.errors import Interrupted
 
 STOP_GRACE_SECONDS = 120  # a stage writes its checkpoint before exiting 3; a ViT-sized one takes a while

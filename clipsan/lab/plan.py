@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from clipsan import world
+from clipsan.config.attacks import BADCLIP
+from clipsan.config.lab import FULL_TRAINING, QUICK_TRAINING
+from clipsan.config.recipes import RECIPE_CONFIGS
 from clipsan.errors import UserError
-from clipsan.recipes.config import RECIPE_CONFIGS
 
 LAB_ARCH = "clipsan-tiny-rn"
 # Prompts for zero-shot evaluation on the world (written next to the eval set).
@@ -102,7 +103,7 @@ def _poison_args(attack, quick: bool) -> list[str]:
         args.append("--label-consistent")
     elif attack.natural_captions:
         args.append("--natural-captions")
-    if attack.trigger == "badclip":
+    if attack.trigger == BADCLIP:
         b = attack.badclip
         args += ["--patch-epochs", str(b.epochs), "--patch-lr", str(b.lr), "--patch-images", str(b.images)]
     return args
@@ -158,7 +159,7 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
     from clipsan.lab.victims import LAB_ATTACKS
 
     attacks = select_attacks(quick, attacks)
-    clean = dict(world.QUICK_TRAINING if quick else world.FULL_TRAINING)
+    clean = dict(QUICK_TRAINING if quick else FULL_TRAINING)
     pairs = train_pairs or clean["n_pairs"]
     defense_pairs = max(256, pairs // 4)
     abd_args = _ABD_CLIP_ARGS

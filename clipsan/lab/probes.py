@@ -5,18 +5,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from clipsan import world
-from clipsan.checkpoint import load_model
+from clipsan.checkpoints import load_model
+from clipsan.config import WorldConfig
+from clipsan.config.attacks import DEFAULT_TARGET
+from clipsan.data import world
+from clipsan.engine.runtime import local_runtime
+from clipsan.evaluation.zeroshot import zero_shot
 from clipsan.lab.plan import LAB_TEMPLATES
 from clipsan.recipes.abd.patch import AdvPatch
-from clipsan.zeroshot import evaluate
 
 
 class WorldProbe:
     """A small labelled set from the synthetic world, in memory (for the adversarial target rate)."""
 
     def __init__(self, per_class: int, seed: int):
-        self.config = world.WorldConfig()
+        self.config = WorldConfig()
         self.classnames = world.classnames(self.config)
         self.items = [(name, i) for name in self.classnames for i in range(per_class)]
         self.labels = [self.classnames.index(name) for name, _ in self.items]
@@ -30,10 +33,11 @@ class WorldProbe:
         return world.render_labelled(self.config, self.seed, name, i), self.labels[index]
 
 
-def adv_target_rate(model_path: Path, patch: AdvPatch, seed: int, per_class: int = 10, target: str = "banana") -> float:
+def adv_target_rate(model_path: Path, patch: AdvPatch, seed: int, per_class: int = 10, target: str = DEFAULT_TARGET) -> float:
     """Fraction of patched non-target world images that ``model_path`` classifies (top-1) as ``target``."""
     model = load_model(str(model_path)).model
-    result = evaluate(
-        model, WorldProbe(per_class, seed), templates=list(LAB_TEMPLATES), ks=(1,), trigger=patch.as_trigger(), target=target, batch_size=256, device="cpu"
+    rt = local_runtime("cpu", "fp32")
+    result = zero_shot(
+        model, WorldProbe(per_class, seed), rt, templates=list(LAB_TEMPLATES), ks=(1,), trigger=patch.as_trigger(), target=target, batch_size=256
     )
     return result["asr"]["1"]

@@ -21,33 +21,19 @@ from pathlib import Path
 
 import torch
 
-from clipsan import __version__, strict_json, world
-from clipsan.checkpoint import save_model
+from clipsan import __version__, strict_json
+from clipsan.checkpoints import save_model
+from clipsan.config import WorldConfig
+from clipsan.config.jobs import FROM_METADATA
+from clipsan.config.lab import EVAL_PER_CLASS, LabConfig
+from clipsan.data import world
 from clipsan.errors import UserError
 from clipsan.lab.jobs import Job, run_jobs
 from clipsan.lab.pareto import draw_pareto
 from clipsan.lab.plan import LAB_ARCH, LAB_TEMPLATES, LabPlan, make_plan, method_of
 from clipsan.lab.tables import lab_row, render_markdown
-from clipsan.models import CONFIG_DIR, create_model
-
-
-@dataclass
-class LabOptions:
-    out: Path
-    quick: bool = True
-    seed: int = 0
-    device: str = "cpu"
-    parallel: int = 2  # stage processes side by side
-    train_pairs: int | None = None  # override the world's size (smoke tests)
-    max_steps: int | None = None  # override every stage's training length (smoke tests)
-    eval_per_class: int | None = None
-    use_cache: bool = True
-    defense_seeds: int = 1  # defense stages run with seeds seed, seed+1, ...; victims stay fixed
-    attacks: str | list[str] | None = None  # some of the budget's attacks, comma-separated or listed (None: all); see plan.select_attacks
-
-    @property
-    def defense_seed_values(self) -> list[int]:
-        return [self.seed + i for i in range(self.defense_seeds)]
+from clipsan.models import create_model
+from clipsan.models.registry import CONFIG_DIR
 
 
 @dataclass
@@ -64,9 +50,9 @@ def _cache_dir() -> Path:
     return Path(base) / "clipsan" / "lab"
 
 
-def _cache_key(plan: LabPlan, opts: LabOptions) -> str:
+def _cache_key(plan: LabPlan, config: LabConfig) -> str:
     arch_config = (CONFIG_DIR / f"{LAB_ARCH}.json").read_text()
-    blob = json.dumps([__version__, asdict(world.WorldConfig()), arch_config, plan.clean_args, plan.train_pairs, opts.seed], sort_keys=True)
+    blob = json.dumps([__version__, asdict(WorldConfig()), arch_config, plan.clean_args, plan.train_pairs, config.seed], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -90,33 +76,33 @@ class WorldFiles:
     stamp: Path  # what the world was generated from; stages that read it depend on it
 
 
-def build_world(opts: LabOptions, plan: LabPlan, report: LabReport) -> WorldFiles:
-    root = opts.out / "world"
+def build_world(config: LabConfig, plan: LabPlan, report: LabReport) -> WorldFiles:
+    root = config.out / "world"
     files = WorldFiles(root / "train", root / "defense", root / "eval", root / "templates.txt", root / "world.json")
     recipe = {
         "version": __version__,
-        "config": asdict(world.WorldConfig()),
-        "seed": opts.seed,
+        "config": asdict(WorldConfig()),
+        "seed": config.seed,
         "train_pairs": plan.train_pairs,
         "defense_pairs": plan.defense_pairs,
-        "eval_per_class": opts.eval_per_class or world.EVAL_PER_CLASS,
+        "eval_per_class": config.eval_per_class or EVAL_PER_CLASS,
         "templates": list(LAB_TEMPLATES),
     }
     with _Timer(report.timings, "world"):
         if files.stamp.is_file() and json.loads(files.stamp.read_text()) == recipe:
             return files
         shutil.rmtree(root, ignore_errors=True)  # absent, or generated with other settings
-        world.write_caption_dataset(files.train, plan.train_pairs, seed=opts.seed)
-        world.write_caption_dataset(files.defense, plan.defense_pairs, seed=opts.seed + 1000)
-        world.write_eval_set(files.eval, recipe["eval_per_class"], seed=opts.seed + 1)
+        world.write_caption_dataset(files.train, plan.train_pairs, seed=config.seed)
+        world.write_caption_dataset(files.defense, plan.defense_pairs, seed=config.seed + 1000)
+        world.write_eval_set(files.eval, recipe["eval_per_class"], seed=config.seed + 1)
         files.templates.write_text("\n".join(LAB_TEMPLATES) + "\n")
         files.stamp.write_text(json.dumps(recipe, sort_keys=True))  # last: its presence means "complete"
     return files
 
 
-def _common(opts: LabOptions, seed: int | None = None) -> list[str]:
-    extra = ["--max-steps", str(opts.max_steps)] if opts.max_steps else []
-    return ["--device", opts.device, "--seed", str(opts.seed if seed is None else seed), "--workers", "0", *extra]
+def _common(config: LabConfig, seed: int | None = None) -> list[str]:
+    extra = ["--max-steps", str(config.max_steps)] if config.max_steps else []
+    return ["--device", config.device, "--seed", str(config.seed if seed is None else seed), "--workers", "0", *extra]
 
 
 def defense_stage(defense: str, attack: str, seed_index: int) -> str:
@@ -128,19 +114,19 @@ def defense_model(models: Path, defense: str, attack: str, seed_index: int) -> P
     return models / (f"{attack}-{defense}" + (f"-s{seed_index}" if seed_index else "") + ".safetensors")
 
 
-def train_clean_model(opts: LabOptions, plan: LabPlan, files: WorldFiles, report: LabReport) -> Path:
-    models = opts.out / "models"
+def train_clean_model(config: LabConfig, plan: LabPlan, files: WorldFiles, report: LabReport) -> Path:
+    models = config.out / "models"
     models.mkdir(parents=True, exist_ok=True)
     target = models / "clean.safetensors"
-    cached = _cache_dir() / f"clean-{_cache_key(plan, opts)}.safetensors"
+    cached = _cache_dir() / f"clean-{_cache_key(plan, config)}.safetensors"
     with _Timer(report.timings, "clean_model"):
-        if opts.use_cache and cached.exists():
+        if config.use_cache and cached.exists():
             shutil.copyfile(cached, target)
             report.settings["clean_model_cached"] = True
             return target
         init = models / "init.safetensors"
         with torch.random.fork_rng():
-            torch.manual_seed(opts.seed)  # the init is part of the result: same seed, same clean model
+            torch.manual_seed(config.seed)  # the init is part of the result: same seed, same clean model
             model = create_model(LAB_ARCH)
         save_model(model, init, {"clipsan.command": "lab", "clipsan.method": "random-init"})
         job = Job(
@@ -155,57 +141,57 @@ def train_clean_model(opts: LabOptions, plan: LabPlan, files: WorldFiles, report
                 "--out",
                 str(target),
                 "--run-dir",
-                str(opts.out / "runs" / "clean"),
+                str(config.out / "runs" / "clean"),
                 *plan.clean_args,
-                *_common(opts),
+                *_common(config),
             ],
-            opts.out / "logs",
+            config.out / "logs",
             inputs=[files.stamp],
         )
-        _run_or_fail([job], opts)
+        _run_or_fail([job], config)
         init.unlink()
-        if opts.use_cache:
+        if config.use_cache:
             cached.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(target, cached)
     return target
 
 
-def _run_or_fail(jobs: list[Job], opts: LabOptions) -> dict[str, Job]:
-    done = run_jobs(jobs, parallel=opts.parallel)
+def _run_or_fail(jobs: list[Job], config: LabConfig) -> dict[str, Job]:
+    done = run_jobs(jobs, parallel=config.parallel)
     failed = [job for job in done.values() if not job.ok]
     if failed:
         raise UserError("lab stage failed: " + "; ".join(f"{job.name} (exit {job.returncode}, see {job.log})" for job in failed))
     return done
 
 
-def stage_jobs(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path) -> list[Job]:
+def stage_jobs(config: LabConfig, plan: LabPlan, files: WorldFiles, clean: Path) -> list[Job]:
     """Victims, their defenses and the scans, with their dependencies.
 
     Jobs start in list order as their inputs become ready: victims first, then the defenses
     seed by seed (a lab stopped early has whole tables for its first seeds), then the scans.
     """
-    logs, runs, models = opts.out / "logs", opts.out / "runs", opts.out / "models"
+    logs, runs, models = config.out / "logs", config.out / "runs", config.out / "models"
     jobs: list[Job] = []
     for attack, poison_args in plan.attacks.items():
         argv = ["poison", str(clean), "--data", str(files.train), "--out", str(models / f"victim-{attack}.safetensors")]
-        argv += ["--run-dir", str(runs / f"poison-{attack}"), *poison_args, *_common(opts)]
+        argv += ["--run-dir", str(runs / f"poison-{attack}"), *poison_args, *_common(config)]
         jobs.append(Job(f"poison-{attack}", argv, logs, inputs=[files.stamp]))
-    for index, seed in enumerate(opts.defense_seed_values):
+    for index, seed in enumerate(config.defense_seed_values):
         for attack in plan.attacks:
             for defense, defense_args in plan.defenses_for(attack).items():
                 name = defense_stage(defense, attack, index)
                 argv = ["purify", str(models / f"victim-{attack}.safetensors"), "--method", method_of(defense), "--data", str(files.defense)]
                 argv += ["--out", str(defense_model(models, defense, attack, index)), "--run-dir", str(runs / name)]
                 argv += ["--reference", str(clean)] if method_of(defense) == "abd" else []
-                jobs.append(Job(name, [*argv, *defense_args, *_common(opts, seed)], logs, after=[f"poison-{attack}"], inputs=[files.stamp]))
+                jobs.append(Job(name, [*argv, *defense_args, *_common(config, seed)], logs, after=[f"poison-{attack}"], inputs=[files.stamp]))
     if plan.scan_args is not None:
         for attack in plan.attacks:
-            jobs.append(_scan_job(f"scan-{attack}", models / f"victim-{attack}.safetensors", opts, plan, files, clean, after=[f"poison-{attack}"]))
-        jobs.append(_scan_job("scan-clean", clean, opts, plan, files, clean, after=[]))
+            jobs.append(_scan_job(f"scan-{attack}", models / f"victim-{attack}.safetensors", config, plan, files, clean, after=[f"poison-{attack}"]))
+        jobs.append(_scan_job("scan-clean", clean, config, plan, files, clean, after=[]))
     return jobs
 
 
-def _scan_job(name: str, model: Path, opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path, after: list[str]) -> Job:
+def _scan_job(name: str, model: Path, config: LabConfig, plan: LabPlan, files: WorldFiles, clean: Path, after: list[str]) -> Job:
     # The clean model is the reference a user would have (the base the suspect was tuned from):
     # it adds the divergence probe that catches blended triggers DECREE misses.
     argv = [
@@ -214,18 +200,18 @@ def _scan_job(name: str, model: Path, opts: LabOptions, plan: LabPlan, files: Wo
         "--reference",
         str(clean),
         "--run-dir",
-        str(opts.out / "runs" / name),
+        str(config.out / "runs" / name),
         "--device",
-        opts.device,
+        config.device,
         "--seed",
-        str(opts.seed),
+        str(config.seed),
         *plan.scan_args,
     ]
     # scan's exit 1 means "backdoor evidence": a result, not a failure.
-    return Job(name, argv, opts.out / "logs", after=after, ok_codes=(0, 1), inputs=[files.stamp], resumable=False)
+    return Job(name, argv, config.out / "logs", after=after, ok_codes=(0, 1), inputs=[files.stamp], resumable=False)
 
 
-def evaluate_models(models: list[Path], files: WorldFiles, opts: LabOptions, trigger: bool, name: str | None = None) -> list[dict]:
+def evaluate_models(models: list[Path], files: WorldFiles, config: LabConfig, trigger: bool, name: str | None = None) -> list[dict]:
     """`clipsan eval` of ``models`` on the world's labelled set (clean, or under each victim's own trigger)."""
     argv = [
         "eval",
@@ -237,16 +223,16 @@ def evaluate_models(models: list[Path], files: WorldFiles, opts: LabOptions, tri
         "--topk",
         "1,10",
         "--device",
-        opts.device,
+        config.device,
         "--workers",
         "0",
         "--batch-size",
         "256",
     ]
     if trigger:
-        argv += ["--trigger", "from-metadata"]
+        argv += ["--trigger", FROM_METADATA]
     name = name or "eval-" + models[0].stem
-    job = _run_or_fail([Job(name, argv, opts.out / "logs", inputs=[files.stamp])], opts)[name]
+    job = _run_or_fail([Job(name, argv, config.out / "logs", inputs=[files.stamp])], config)[name]
     return job.report()["models"]
 
 
@@ -254,17 +240,17 @@ def _run_record(result: dict, seed: int) -> dict:
     return {"seed": seed, "model": result["model"], "ca": result["ca"], "asr": result.get("asr"), "n_images": result["n_images"]}
 
 
-def collect_rows(opts: LabOptions, plan: LabPlan, files: WorldFiles, clean: Path, report: LabReport) -> None:
-    models, seeds = opts.out / "models", opts.defense_seed_values
+def collect_rows(config: LabConfig, plan: LabPlan, files: WorldFiles, clean: Path, report: LabReport) -> None:
+    models, seeds = config.out / "models", config.defense_seed_values
     with _Timer(report.timings, "eval"):
-        result = evaluate_models([clean], files, opts, trigger=False)[0]
-        report.rows.append(lab_row("none", "none", [_run_record(result, opts.seed)]))
+        result = evaluate_models([clean], files, config, trigger=False)[0]
+        report.rows.append(lab_row("none", "none", [_run_record(result, config.seed)]))
         for attack in plan.attacks:
             defenses = list(plan.defenses_for(attack))
             paths = [models / f"victim-{attack}.safetensors"]
             paths += [defense_model(models, d, attack, i) for d in defenses for i in range(len(seeds))]
-            results = evaluate_models(paths, files, opts, trigger=True)
-            report.rows.append(lab_row(attack, "none", [_run_record(results[0], opts.seed)]))
+            results = evaluate_models(paths, files, config, trigger=True)
+            report.rows.append(lab_row(attack, "none", [_run_record(results[0], config.seed)]))
             for j, defense in enumerate(defenses):
                 runs = results[1 + j * len(seeds) : 1 + (j + 1) * len(seeds)]
                 report.rows.append(lab_row(attack, defense, [_run_record(r, seed) for r, seed in zip(runs, seeds)]))
@@ -288,31 +274,31 @@ def collect_scans(done: dict[str, Job], plan: LabPlan, clean: Path, report: LabR
         )
 
 
-def write_report(opts: LabOptions, report: LabReport) -> None:
+def write_report(config: LabConfig, report: LabReport) -> None:
     payload = asdict(report)
     if any(r["attack"] != "none" for r in report.rows):
-        draw_pareto(report.rows, opts.out / "pareto.png")
-    (opts.out / "lab.json").write_text(strict_json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    (opts.out / "lab.md").write_text(render_markdown(payload))
+        draw_pareto(report.rows, config.out / "pareto.png")
+    (config.out / "lab.json").write_text(strict_json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    (config.out / "lab.md").write_text(render_markdown(payload))
 
 
-def run_lab(opts: LabOptions, notes=print) -> dict:
-    plan = make_plan(opts.quick, opts.train_pairs, opts.max_steps, opts.attacks)  # first: bad settings leave OUT untouched
-    opts.out.mkdir(parents=True, exist_ok=True)
-    settings = {"quick": opts.quick, "seed": opts.seed, "defense_seeds": opts.defense_seed_values, "arch": LAB_ARCH, "plan": plan.describe()}
+def run_lab(config: LabConfig, notes=print) -> dict:
+    plan = make_plan(config.quick, config.train_pairs, config.max_steps, config.attacks)  # first: bad settings leave OUT untouched
+    config.out.mkdir(parents=True, exist_ok=True)
+    settings = {"quick": config.quick, "seed": config.seed, "defense_seeds": config.defense_seed_values, "arch": LAB_ARCH, "plan": plan.describe()}
     report = LabReport(settings=settings)
     started = time.perf_counter()
-    files = build_world(opts, plan, report)
-    notes(f"world written to {opts.out / 'world'}")
-    clean = train_clean_model(opts, plan, files, report)
+    files = build_world(config, plan, report)
+    notes(f"world written to {config.out / 'world'}")
+    clean = train_clean_model(config, plan, files, report)
     notes(f"clean model {clean}")
     with _Timer(report.timings, "victims_defenses_scans"):
-        done = _run_or_fail(stage_jobs(opts, plan, files, clean), opts)
+        done = _run_or_fail(stage_jobs(config, plan, files, clean), config)
     for name, job in done.items():
         report.timings[name] = job.seconds
     report.settings["reused_stages"] = sorted(name for name, job in done.items() if job.reused)
     collect_scans(done, plan, clean, report)
-    collect_rows(opts, plan, files, clean, report)
+    collect_rows(config, plan, files, clean, report)
     report.timings["total"] = round(time.perf_counter() - started, 1)
-    write_report(opts, report)
+    write_report(config, report)
     return asdict(report)

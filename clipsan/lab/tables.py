@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from statistics import mean
 
+from clipsan.config.attacks import DEFAULT_TARGET
+
 # The lab's goal for a defense (issue #14): the backdoor gone, at a small clean-accuracy toll
 # against the victim it started from.
 TARGET_ASR = 0.05
@@ -89,7 +91,7 @@ def render_markdown(payload: dict) -> str:
     lines = [
         "# clipsan lab",
         "",
-        f"Zero-shot results on the synthetic world (%, target class `banana`; ASR excludes target-class images).{spread}",
+        f"Zero-shot results on the synthetic world (%, target class `{DEFAULT_TARGET}`; ASR excludes target-class images).{spread}",
         "",
         "| attack | defense | CA@1 | ASR@1 | ASR@10 |",
         "|---|---|---|---|---|",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from clipsan.attacks.config import BadClipConfig
+from clipsan.config.attacks import BadClipConfig
 
 LAB_ATTACKS_QUICK = ("badnet", "blended", "badclip")
 LAB_ATTACKS_FULL = LAB_ATTACKS_QUICK + ("sig", "wanet", "label-consistent")

@@ -1,27 +1,22 @@
-"""The defense recipes, by the name users pass to ``--method``.
+"""The defense recipes, built from their configs (``clipsan.config.recipes``).
 
-Importing this package is cheap (no torch): the command line reads the
-recipes' configs (``clipsan.recipes.config``); ``build_recipe`` imports the
-one recipe a run needs.
+Importing this package is cheap (no torch); ``build_recipe`` imports the one recipe a run needs.
+A recipe's name is its config's ``method`` (what users pass to ``--method``).
 """
 
 from __future__ import annotations
 
-from clipsan.recipes.config import RECIPE_CONFIGS, RecipeConfig
-
-METHODS: tuple[str, ...] = tuple(RECIPE_CONFIGS)
+from clipsan.config.recipes import ABDConfig, RecipeConfig
 
 
-def recipe_classes() -> dict:
-    """Recipe class by method name (imports torch)."""
-    from clipsan.recipes.abd.recipe import ABD
+def build_recipe(config: RecipeConfig):
+    """The recipe a config describes (imports torch)."""
+    from clipsan.recipes.abd.recipe import ABD, ABDAlign
     from clipsan.recipes.cleanclip import CleanCLIP
     from clipsan.recipes.cleanerclip import CleanerCLIP
     from clipsan.recipes.ft import FineTune
 
-    return {cls.name: cls for cls in (FineTune, CleanCLIP, CleanerCLIP, ABD)}
-
-
-def build_recipe(config: RecipeConfig):
-    """The recipe a config describes."""
-    return recipe_classes()[config.method](config)
+    if isinstance(config, ABDConfig):
+        return ABDAlign(config) if config.objective == "align" else ABD(config)
+    recipe = next(cls for cls in (FineTune, CleanCLIP, CleanerCLIP) if type(config) is cls.config_type)
+    return recipe(config)

@@ -9,9 +9,7 @@ steps (e.g. a sampled subset, a discriminator) exposes it through
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict
 
 import torch
 
@@ -21,24 +19,14 @@ from clipsan.engine.runtime import Runtime
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-@dataclass
-class RunContext:
-    """What a fine-tuning job hands to ``Recipe.prepare_run``."""
-
-    job: Any  # finetune.JobSpec: model spec, resume flag, device
-    loaded: Any  # checkpoint.LoadedModel about to be trained
-    captions: Any  # the training pairs
-    cfg: Any  # engine TrainConfig of the fine-tune
-    rt: Runtime
-    run: Any  # the open, locked engine RunDir
-    notes: Callable[[str], None]
-
-
 class Recipe:
-    name = "base"
+    def __init__(self, config) -> None:
+        self.config = config  # the recipe's settings (clipsan.config), recorded by ``options``
 
-    def __init__(self, config=None) -> None:
-        self.config = config  # the recipe's settings (clipsan.recipes.config), recorded by ``options``
+    @property
+    def name(self) -> str:
+        """The recipe's one id: its config's method (``--method``, config.json, the output's metadata)."""
+        return self.config.method
 
     def views(self, sample: Sample) -> dict:
         """Tensors (or strings, tokenised by the loader) this recipe's loss needs for one sample."""
@@ -72,9 +60,11 @@ class Recipe:
         For recipes whose views depend on dataset-wide facts, such as its size.
         """
 
-    def prepare_run(self, ctx: RunContext) -> None:
+    def prepare_run(self, job, training) -> None:
         """Work a recipe must do inside the run before training (after ``prepare``), e.g. ABD
-        crafting its adversarial patch in a sub-folder of the run directory; resumable itself."""
+        crafting its adversarial patch in a sub-folder of the run directory; resumable itself.
+        ``job``: the training job (``clipsan.jobs.training.TrainingJob``: runtime, model, pairs,
+        run directory, resume flag, notes); ``training``: its TrainConfig."""
 
     def epoch_order(self, n: int, global_batch: int, seed: int):
         """``None`` (batches are slices of the engine's seeded permutation), or a function
@@ -87,7 +77,7 @@ class Recipe:
 
     def options(self) -> dict:
         """The recipe's settings, recorded in config.json."""
-        return asdict(self.config) if self.config is not None else {}
+        return asdict(self.config)
 
     def state_dict(self) -> dict:
         return {}

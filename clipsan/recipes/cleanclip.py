@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
+from clipsan.config import CleanCLIPConfig
 from clipsan.recipes.augment import auto_augment_uint8
 from clipsan.recipes.base import Recipe
-from clipsan.recipes.config import CleanCLIPConfig
 from clipsan.recipes.losses import contrastive_loss, info_nce
 from clipsan.text.eda import eda
 
@@ -52,7 +52,7 @@ class CleanCLIP(Recipe):
     code, EDA views are re-drawn every epoch (see ``clipsan.text.eda``).
     """
 
-    name = "cleanclip"
+    config_type = CleanCLIPConfig
 
     def __init__(self, config: CleanCLIPConfig = CleanCLIPConfig()) -> None:
         super().__init__(config)

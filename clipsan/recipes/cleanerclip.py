@@ -8,9 +8,9 @@ import random
 
 import torch
 
+from clipsan.config import CleanerCLIPConfig
 from clipsan.engine.loader import epoch_permutation, steps_per_epoch
 from clipsan.recipes.cleanclip import CleanCLIP
-from clipsan.recipes.config import CleanerCLIPConfig
 from clipsan.recipes.losses import positive_negative_loss
 from clipsan.seeding import derive_seed
 from clipsan.text.subcaptions import SubcaptionMaker
@@ -95,7 +95,7 @@ class CleanerCLIP(CleanCLIP):
     ``pn_i2t`` = β·½·loss_i2t and ``pn_t2i`` = β·½·loss_t2i.
     """
 
-    name = "cleanerclip"
+    config_type = CleanerCLIPConfig
 
     def __init__(self, config: CleanerCLIPConfig = CleanerCLIPConfig()) -> None:
         super().__init__(config)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from clipsan.config import FineTuneConfig
 from clipsan.recipes.base import Recipe, encode_pair
 from clipsan.recipes.losses import contrastive_loss
 
 
 class FineTune(Recipe):
-    name = "ft"
+    config_type = FineTuneConfig
+
+    def __init__(self, config: FineTuneConfig = FineTuneConfig()) -> None:
+        super().__init__(config)
 
     def views(self, sample):
         return {"image": sample.pixels8, "text": sample.caption}

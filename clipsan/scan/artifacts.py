@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from clipsan.engine.rundir import atomic_write_bytes
+from clipsan.atomic import atomic_write_bytes
 
 # Small inputs (the world's 32 px) are enlarged for the examples sheet so a human can see them.
 MIN_SHEET_TILE = 96

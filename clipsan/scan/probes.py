@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from clipsan import world
+from clipsan.config import WorldConfig
+from clipsan.data import world
 from clipsan.errors import UserError
 from clipsan.seeding import derive_seed
 
@@ -34,7 +35,7 @@ class Probes:
 def world_probes(n: int, size: int, seed: int) -> Probes:
     # Rendered at the model's input size (the world draws at any side; a 64-px model is trained
     # on 64-px renders), from a stream of its own, so probes are not the lab's training images.
-    config = world.WorldConfig(image_size=size)
+    config = WorldConfig(image_size=size)
     images = world.probe_images(n, seed=derive_seed("scan-probes", seed) % (2**31), config=config)
     return Probes(images, "world", None, world.classnames(config))
 

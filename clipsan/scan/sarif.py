@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from clipsan.scan.thresholds import STATISTIC_NAMES
+
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 SARIF_VERSION = "2.1.0"
 
@@ -46,8 +48,6 @@ RULES = {
         "collapsing mask leads to a point no caption describes.",
     },
 }
-
-STATISTIC_NAMES = {"decree": "PL1", "reference-divergence": "PL1", "universal-perturbation": "Linf", "target-alignment": "ratio"}
 
 
 def _artifact_uri(path: str) -> str:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from clipsan.evaluation.templates import PHOTO_TEMPLATE
+from clipsan.evaluation.zeroshot import class_text_embeddings
 from clipsan.text.wordbanks import nouns
-from clipsan.zeroshot import class_text_embeddings
 
-TEMPLATE = "a photo of a {}."
 TOP = 5
 
 
@@ -25,7 +25,7 @@ def _ranked(texts: torch.Tensor, embedding: torch.Tensor, names: list[str], sour
 
 
 @torch.no_grad()
-def name_target(model, collapsed: torch.Tensor, classnames: list[str] | None, device, probe_embeddings: torch.Tensor | None = None) -> dict:
+def name_target(model, collapsed: torch.Tensor, classnames: list[str] | None, rt, probe_embeddings: torch.Tensor | None = None) -> dict:
     """{label, similarity, source, template, candidates[], probe_similarity}: the best class name if
     there are class names (the vocabulary a zero-shot user would query), else the best noun;
     candidates lists the top matches of both vocabularies. probe_similarity: the 95th percentile,
@@ -35,12 +35,12 @@ def name_target(model, collapsed: torch.Tensor, classnames: list[str] | None, de
     embedding = F.normalize(collapsed.float().flatten(), dim=0)
     known = set(classnames or [])
     noun_names = [n for n in nouns() if n not in known]
-    noun_texts = class_text_embeddings(model, noun_names, [TEMPLATE], device)
+    noun_texts = class_text_embeddings(model, noun_names, [PHOTO_TEMPLATE], rt)
     by_noun = _ranked(noun_texts, embedding, noun_names, "nouns")
     vocabulary = noun_texts
     by_class: list[dict] = []
     if classnames:
-        class_texts = class_text_embeddings(model, list(classnames), [TEMPLATE], device)
+        class_texts = class_text_embeddings(model, list(classnames), [PHOTO_TEMPLATE], rt)
         by_class = _ranked(class_texts, embedding, list(classnames), "classnames")
         vocabulary = class_texts
     best = (by_class or by_noun)[0]
@@ -48,4 +48,4 @@ def name_target(model, collapsed: torch.Tensor, classnames: list[str] | None, de
     if probe_embeddings is not None:
         per_image_best = (probe_embeddings.float().to(vocabulary) @ vocabulary.T).max(dim=1).values
         probe_similarity = round(float(torch.quantile(per_image_best, 0.95)), 6)
-    return {**best, "template": TEMPLATE, "candidates": by_class + by_noun, "probe_similarity": probe_similarity}
+    return {**best, "template": PHOTO_TEMPLATE, "candidates": by_class + by_noun, "probe_similarity": probe_similarity}

@@ -30,6 +30,8 @@ BY_SIZE: dict[str, dict[int, float]] = {
     "target-alignment": {32: 1.15, 64: 1.08},
 }
 ALIGNMENT_COUNTS = False
+# What each signal's statistic is called in reports.
+STATISTIC_NAMES = {"decree": "PL1", "reference-divergence": "PL1", "universal-perturbation": "Linf", "target-alignment": "ratio"}
 
 
 @dataclass(frozen=True)

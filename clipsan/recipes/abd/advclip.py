@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clipsan.recipes.config import DEFAULT_PATCH_AREA
+from clipsan.config.recipes import CraftConfig, default_gan_width
 from clipsan.recipes.losses import info_nce
 
 NOISE_BATCH = 16
@@ -55,7 +55,7 @@ class PatchBox:
     image_size: int
 
     @classmethod
-    def for_image(cls, image_size: int, area: float = DEFAULT_PATCH_AREA) -> PatchBox:
+    def for_image(cls, image_size: int, area: float = CraftConfig.patch_area) -> PatchBox:
         if not 0.0 < area < 1.0:
             raise ValueError(f"patch area must be a fraction in (0, 1), got {area}")
         side = max(1, int(math.sqrt(area * image_size * image_size)))  # AdvCLIP: int(sqrt(0.03 * 224^2)) = 38
@@ -77,11 +77,6 @@ def paste(images01: torch.Tensor, patch: torch.Tensor, box: PatchBox) -> torch.T
 
 
 # --------------------------------------------------------------------------- networks
-
-
-def default_width(image_size: int) -> int:
-    """AdvCLIP's base width (128) at 224 px, scaled with the input side below (16 at 32 px), multiple of 8."""
-    return min(128, max(16, 8 * round(16 * image_size / 224)))
 
 
 def _dcgan_init(module: nn.Module, generator: torch.Generator) -> None:
@@ -110,7 +105,7 @@ class PatchGenerator(nn.Module):
 
     def __init__(self, image_size: int, width: int | None = None, seed: int = 0):
         super().__init__()
-        width = width or default_width(image_size)
+        width = width or default_gan_width(image_size)
         self.image_size, self.width = int(image_size), int(width)
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("noise", torch.randn((NOISE_BATCH, NOISE_DIM, 1, 1), generator=g))
@@ -142,7 +137,7 @@ class Discriminator(nn.Module):
 
     def __init__(self, image_size: int, width: int | None = None, seed: int = 0):
         super().__init__()
-        width = width or default_width(image_size)
+        width = width or default_gan_width(image_size)
         layers: list[nn.Module] = []
         size, c = image_size, 3
         for i, nxt in enumerate([width, 2 * width, 4 * width, 8 * width]):

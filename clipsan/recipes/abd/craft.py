@@ -9,36 +9,18 @@ travel in ``state_dict`` so a resumed craft equals an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict
 
 import torch
 import torch.nn.functional as F
 
+from clipsan.config.recipes import CraftConfig
 from clipsan.recipes.abd.advclip import CraftFeatures, Discriminator, PatchBox, generator_terms, paste
 from clipsan.recipes.base import Recipe
-from clipsan.recipes.config import DEFAULT_BD_WEIGHT
 from clipsan.recipes.ft import FineTune
 from clipsan.seeding import derive_seed
 
 ADAM_BETAS = (0.5, 0.999)  # AdvCLIP's, for generator and discriminator
-
-
-@contextlib.contextmanager
-def frozen(*models):
-    """Use models as fixed feature extractors (eval mode, no parameter gradients); restore them after."""
-    saved = []
-    for model in filter(None, models):
-        saved.append((model, model.training, [p.requires_grad for p in model.parameters()]))
-        model.eval()
-        model.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for model, training, flags in saved:
-            model.train(training)
-            for p, flag in zip(model.parameters(), flags):
-                p.requires_grad_(flag)
 
 
 def _global_mean(per_image: torch.Tensor, rt) -> torch.Tensor:
@@ -50,14 +32,13 @@ def _global_mean(per_image: torch.Tensor, rt) -> torch.Tensor:
 class CraftAdv(Recipe):
     """AdvCLIP's GAN objective (+ ABD's L_bd) for a ``PatchGenerator`` against a frozen suspect CLIP."""
 
-    name = "craft-adv"
-
-    def __init__(self, suspect, box: PatchBox, reference=None, bd_weight: float = DEFAULT_BD_WEIGHT, width: int | None = None, lr: float = 2e-4, seed: int = 0):
-        super().__init__()
+    def __init__(self, suspect, box: PatchBox, craft: CraftConfig = CraftConfig(), reference=None, bd_weight: float | None = None, seed: int = 0):
+        """``bd_weight`` overrides ``craft.bd_weight`` (the L_bd sign check crafts with a negative one too)."""
+        super().__init__(craft)
         self.suspect, self.reference, self.box = suspect, reference, box
-        self.bd_weight = float(bd_weight) if reference is not None else 0.0
-        self.discriminator = Discriminator(box.image_size, width, seed=derive_seed(seed, "discriminator"))
-        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=ADAM_BETAS)
+        self.bd_weight = float(craft.bd_weight if bd_weight is None else bd_weight) if reference is not None else 0.0
+        self.discriminator = Discriminator(box.image_size, craft.gan_width, seed=derive_seed(seed, "discriminator"))
+        self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=craft.lr, betas=ADAM_BETAS)
         self._device: torch.device | None = None
         self._pending_optimizer: dict | None = None
 

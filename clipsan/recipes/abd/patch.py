@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from clipsan import __version__
-from clipsan.engine.rundir import atomic_write_bytes
+from clipsan.atomic import atomic_write_bytes
 from clipsan.errors import UserError
 from clipsan.recipes.abd.advclip import PatchBox, PatchGenerator, paste
 

@@ -1,0 +1,45 @@
+"""Every setting clipsan can be told, as plain data (no torch): one home per choice, budget and default.
+
+checks.py    how a config checks itself (each field's check declared next to its default)
+runtime.py   devices, precisions, data workers
+limits.py    how much is read from untrusted data
+data.py      CaptionData: the clean image-caption pairs a training command reads
+train.py     TrainConfig, PaperSchedule: how the engine trains
+recipes.py   the defense recipes' settings, with their papers' defaults
+attacks.py   the attack ``poison`` builds (triggers, BadCLIP, the poisoning schedule)
+jobs.py      what purify, poison, craft-adv and eval are told
+scan.py      what scan is told; its budgets
+world.py     what the synthetic world contains
+lab.py       what the lab is told; its clean model's budgets
+
+Each config checks itself when made (``Checked``): the command line and callers of
+``clipsan.api`` get the same one-line refusal for the same bad value.
+"""
+
+from clipsan.config.attacks import AttackConfig, BadClipConfig
+from clipsan.config.data import CaptionData
+from clipsan.config.jobs import CraftAdvConfig, EvalConfig, PoisonConfig, PurifyConfig
+from clipsan.config.recipes import ABDConfig, CleanCLIPConfig, CleanerCLIPConfig, CraftConfig, FineTuneConfig, RecipeConfig
+from clipsan.config.scan import ScanConfig
+from clipsan.config.train import PaperSchedule, TrainConfig
+from clipsan.config.world import WorldConfig
+
+__all__ = [
+    "ABDConfig",
+    "AttackConfig",
+    "BadClipConfig",
+    "CaptionData",
+    "CleanCLIPConfig",
+    "CleanerCLIPConfig",
+    "CraftAdvConfig",
+    "CraftConfig",
+    "EvalConfig",
+    "FineTuneConfig",
+    "PaperSchedule",
+    "PoisonConfig",
+    "PurifyConfig",
+    "RecipeConfig",
+    "ScanConfig",
+    "TrainConfig",
+    "WorldConfig",
+]
