@@ -59,11 +59,19 @@ class Checkpoint:
     warnings: list[str] = field(default_factory=list)
 
 
+def read_text(path: Path) -> str:
+    """A layout's text file (merges.txt), or a one-line UserError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not readable UTF-8 text ({str(err).splitlines()[0]})") from None
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A layout's JSON file (config, index, tokenizer): an object, or a one-line UserError naming it."""
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        value = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({str(err).splitlines()[0]})") from None
     if not isinstance(value, dict):
         raise UserError(f"{path}: expected a JSON object")

@@ -39,6 +39,6 @@ def _is_torchscript(path: Path) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False  # a damaged zip: torch.load will say what is wrong with it
+    except Exception:  # zipfile raises many kinds on a damaged archive (UnicodeDecodeError on a name, ...)
+        return False  # torch.load will say what is wrong with it
     return any("/code/" in name or name.endswith("/constants.pkl") for name in names)

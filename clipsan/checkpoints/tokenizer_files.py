@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clipsan.checkpoints.base import read_json
+from clipsan.checkpoints.base import read_json, read_text
 from clipsan.errors import UserError
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
@@ -45,23 +45,33 @@ def check_folder(folder: Path) -> str | None:
         _same_vocab(vocab_file, read_json(vocab_file))
         found.append(vocab_file.name)
     if merges_file.is_file():
-        lines = [line for line in merges_file.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#version")]
+        lines = [line for line in read_text(merges_file).splitlines() if line and not line.startswith("#version")]
         _same_merges(merges_file, lines)
         found.append(merges_file.name)
     if fast_file.is_file():
-        model = read_json(fast_file).get("model") or {}
-        if model.get("type") != "BPE":
-            raise UserError(f"{fast_file}: a {model.get('type')} tokenizer, not CLIP's BPE; the text tower was trained on other tokens")
-        _same_vocab(fast_file, model.get("vocab") or {})
-        _same_merges(fast_file, [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []])
+        model = read_json(fast_file).get("model")
+        kind = model.get("type") if isinstance(model, dict) else None
+        if kind != "BPE":
+            raise UserError(f"{fast_file}: a {kind} tokenizer, not CLIP's BPE; the text tower was trained on other tokens")
+        _same_vocab(fast_file, model.get("vocab"))
+        _same_merges(fast_file, _merge_lines(model.get("merges")))
         found.append(fast_file.name)
     return f"tokenizer: {folder}/{' + '.join(found)} hold CLIP's BPE, which clipsan tokenises with" if found else None
 
 
-def _same_vocab(path: Path, vocab: dict[str, Any]) -> None:
+def _merge_lines(merges: Any) -> list[str]:
+    """tokenizer.json's merges ("a b" or ["a", "b"]) as merges.txt lines; anything else compares unequal."""
+    if not isinstance(merges, list):
+        return []
+    return [m if isinstance(m, str) else " ".join(map(str, m)) if isinstance(m, list) else repr(m) for m in merges]
+
+
+def _same_vocab(path: Path, vocab: Any) -> None:
     expected, _ = clip_bpe()
     if vocab == expected:
         return
+    if not isinstance(vocab, dict):
+        raise UserError(f"{path}: expected the vocabulary as a JSON object (token -> id), found {type(vocab).__name__}")
     differing = [token for token, index in expected.items() if vocab.get(token) != index]
     first = f"first {differing[0]!r}" if differing else f"{len(vocab) - len(expected)} extra"
     raise UserError(

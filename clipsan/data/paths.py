@@ -32,6 +32,8 @@ class DataRoot:
         once, and only a file that is itself a link is resolved on its own. A path
         outside the folder is not even looked at.
         """
+        if "\0" in path:  # no file has such a name (and the OS calls below would raise on it)
+            return path, MISSING_FILE
         directory, separator, name = path.rpartition(os.sep)  # os.path.split's result, at a third of its cost
         if name in ("", os.curdir, os.pardir):
             candidate = os.path.realpath(path)
