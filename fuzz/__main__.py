@@ -9,6 +9,7 @@ Defaults added unless given: -timeout=20 (an input that takes longer is a hang) 
 from __future__ import annotations
 
 import sys
+import warnings
 
 import atheris
 
@@ -47,6 +48,7 @@ def main(argv: list[str]) -> None:
     def one_input(data: bytes) -> None:
         targets.run_one(target, data)
 
+    warnings.simplefilter("ignore")  # Pillow warns on most corrupt images: millions of lines, no finding
     atheris.Setup(args, one_input)
     try:
         atheris.Fuzz()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipsan.atomic import fsync_dir, write_json
+from clipsan.atomic import fsync_dir, temporary_name, write_errors, write_json
 from clipsan.checkpoints import hf, hf_config, hf_names, open_clip_dir, tokenizer_files
 from clipsan.checkpoints.base import OPEN_CLIP, TRANSFORMERS, TRANSFORMERS_FILE, Checkpoint
 from clipsan.checkpoints.tensors import read_metadata
@@ -112,7 +112,8 @@ def _carry(source_folder: Path | None, folder: Path) -> set[str]:
     carried = set()
     for name in CARRIED if source_folder is not None else ():
         if (source_folder / name).is_file():
-            shutil.copyfile(source_folder / name, folder / name)
+            with write_errors(folder / name):
+                shutil.copyfile(source_folder / name, folder / name)
             carried.add(name)
     return carried
 
@@ -137,25 +138,38 @@ def _image_processor(model) -> dict[str, Any]:
 
 
 class _folder_swap:
-    """Write into a hidden sibling folder; on success rename it to OUT (replacing an earlier output)."""
+    """Write into a hidden sibling folder; on success rename it to OUT (replacing an earlier output).
+
+    A failed write removes the hidden folder and leaves an earlier OUT as it was; its message names
+    the file under OUT, where the user will look for it."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        self.old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        self.tmp = temporary_name(path)
+        self.old = temporary_name(path, "old")
 
     def __enter__(self) -> Path:
         shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
+        with write_errors(self.path):
+            self.tmp.mkdir(parents=True)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if isinstance(exc, UserError):
+                raise UserError(str(exc).replace(str(self.tmp), str(self.path))) from None
             return
-        fsync_dir(self.tmp)
-        if self.path.exists():
-            os.replace(self.path, self.old)
-        os.replace(self.tmp, self.path)
+        with write_errors(self.path):
+            fsync_dir(self.tmp)
+            if self.path.exists():
+                os.replace(self.path, self.old)
+            try:
+                os.replace(self.tmp, self.path)
+            except OSError:
+                if self.old.exists():
+                    os.replace(self.old, self.path)  # the earlier output stays
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
         shutil.rmtree(self.old, ignore_errors=True)
         fsync_dir(self.path.parent)

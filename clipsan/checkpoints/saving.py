@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from clipsan import __version__
-from clipsan.atomic import atomic_path
+from clipsan.atomic import atomic_path, write_errors
 from clipsan.checkpoints.resolve import META_ACTIVATION, META_ARCH, META_MODEL_CFG, META_PREPROCESS_CFG, activation_name
 from clipsan.models import ClipModel
 from clipsan.models.registry import uses_quick_gelu
@@ -52,7 +52,8 @@ def save_model(model: ClipModel, path: str | os.PathLike[str], metadata: Mapping
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[str], header: dict[str, str]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with write_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=header)
     return path

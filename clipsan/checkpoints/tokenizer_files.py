@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clipsan.atomic import atomic_write_bytes
 from clipsan.checkpoints.base import read_json, read_text
 from clipsan.errors import UserError
 
@@ -92,9 +93,13 @@ def _same_merges(path: Path, merges: list[str]) -> None:
 def write_files(folder: Path, context_length: int) -> None:
     """CLIP's BPE as a transformers CLIPTokenizer reads it."""
     vocab, merges = clip_bpe()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (folder / "merges.txt").write_text("\n".join((MERGES_HEADER, *merges)) + "\n", encoding="utf-8")
     special = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS, "pad_token": EOS}
     config = {"tokenizer_class": "CLIPTokenizer", **special, "model_max_length": int(context_length), "do_lower_case": True, "errors": "replace"}
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n", encoding="utf-8")
+    files = {
+        "vocab.json": json.dumps(vocab, ensure_ascii=False),
+        "merges.txt": "\n".join((MERGES_HEADER, *merges)) + "\n",
+        "tokenizer_config.json": json.dumps(config, indent=2) + "\n",
+        "special_tokens_map.json": json.dumps(special, indent=2) + "\n",
+    }
+    for name, text in files.items():
+        atomic_write_bytes(folder / name, text.encode("utf-8"))

@@ -45,7 +45,7 @@ def read_image(source: bytes | str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -
         raise
     except UnidentifiedImageError:
         raise UnreadableImage("not an image in a format Pillow reads") from None
-    except (OSError, ValueError, SyntaxError, MemoryError) as err:
+    except Exception as err:  # Pillow's decoders raise many kinds on a hostile file (TypeError on a TIFF's text offsets, ...)
         raise UnreadableImage(f"cannot be decoded ({type(err).__name__}: {err})") from None
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipsan.atomic import removed_on_failure, write_errors
 from clipsan.config.attacks import DEFAULT_TARGET
 from clipsan.config.world import WorldConfig
 from clipsan.seeding import derive_seed
@@ -301,17 +302,24 @@ def render_labelled(config: WorldConfig, seed: int, classname: str, index: int) 
 def write_caption_dataset(out_dir: str | Path, n: int, seed: int, config: WorldConfig = WorldConfig()) -> Path:
     """Write ``out_dir/images/NNNNNNN.png`` and ``out_dir/captions.csv`` (image,caption); returns the CSV."""
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    with write_errors(out / "images"):
+        (out / "images").mkdir(parents=True, exist_ok=True)
     csv_path = out / "captions.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
+    with removed_on_failure(csv_path), open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["image", "caption"])
         for index in range(n):
             image, caption, _ = render_sample(config, seed, index)
             relative = f"images/{index:07d}.png"
-            image.save(out / relative, compress_level=1)
+            _save_png(image, out / relative)
             writer.writerow([relative, caption])
     return csv_path
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    # Not atomic (thousands of files): a world is complete once its writer's caller stamps it (the lab).
+    with removed_on_failure(path):
+        image.save(path, compress_level=1)
 
 
 def write_eval_set(out_dir: str | Path, per_class: int, seed: int, config: WorldConfig = WorldConfig()) -> Path:
@@ -319,9 +327,10 @@ def write_eval_set(out_dir: str | Path, per_class: int, seed: int, config: World
     out = Path(out_dir)
     for name in classnames(config):
         folder = out / class_folder_name(name)
-        folder.mkdir(parents=True, exist_ok=True)
+        with write_errors(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         for index in range(per_class):
-            render_labelled(config, seed, name, index).save(folder / f"{index:04d}.png", compress_level=1)
+            _save_png(render_labelled(config, seed, name, index), folder / f"{index:04d}.png")
     return out
 
 

@@ -175,9 +175,13 @@ class Bookkeeper:
             "rng": _rng_state(self.rt),
             "skipped": self.skipped,
         }
+        # A write that fails (a full disk) ends every process alike, with the main process's line.
+        self.rt.agree(self._write_checkpoint, step, state)
+        self.rt.barrier()
+
+    def _write_checkpoint(self, step: int, state: dict) -> None:
         if self.rt.is_main:
             self.run.save_checkpoint(step, self.trainer.module.state_dict(), state, self.metadata)
-        self.rt.barrier()
 
     def after_step(self, step: int, loss: torch.Tensor, terms: dict, lr: float, rows: int, stop: _StopFlag) -> bool:
         """Book step ``step`` (counted from 1); returns whether it logged (the progress bar shows its loss)."""

@@ -8,7 +8,10 @@ Layout::
     RUN/run.lock               held (flock) while a process works in RUN
 
 A checkpoint is written into a hidden temporary folder, fsynced, then renamed:
-a folder named ``step-*`` is always complete. The last two are kept.
+a folder named ``step-*`` is always complete. The last two are kept. A write that fails
+(``clipsan.atomic.write_errors``) removes its temporary folder and leaves the earlier
+checkpoints as they were; what a killed process left behind is removed when the run
+directory is next opened.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from clipsan import __version__, strict_json
-from clipsan.atomic import atomic_write_bytes, fsync_dir, fsync_file, write_json
+from clipsan.atomic import append_line, atomic_write_bytes, fsync_dir, fsync_file, is_temporary, open_for_writer, temporary_name, write_errors, write_json
 from clipsan.errors import UserError
 
 
@@ -38,6 +41,7 @@ def versions() -> dict:
 
 KEEP_CHECKPOINTS = 2
 _PREFIX = "step-"
+WEIGHTS, STATE = "weights.safetensors", "state.pt"
 
 
 def default_run_dir(command: str) -> Path:
@@ -61,25 +65,36 @@ class RunDir:
         if resume and not self.path.is_dir():
             raise UserError(f"{self.path}: --resume needs an existing run directory")
         if self.is_main:
-            self.path.mkdir(parents=True, exist_ok=True)
+            with write_errors(self.path):
+                self.path.mkdir(parents=True, exist_ok=True)
             self._take_lock()
             if not resume and self.latest_checkpoint() is not None:
                 raise UserError(f"{self.path}: run directory already holds checkpoints; pass --resume to continue it or choose another --run-dir")
-        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True) if self.is_main else None
+            with write_errors(self.checkpoint_root):
+                self.checkpoint_root.mkdir(parents=True, exist_ok=True)
+            self._remove_leftovers()
         return self
 
+    def _remove_leftovers(self) -> None:
+        """Temporary checkpoint folders a killed process left (we hold the lock: nobody is writing them)."""
+        for entry in self.checkpoint_root.iterdir():
+            if is_temporary(entry.name):
+                shutil.rmtree(entry, ignore_errors=True)
+
     def _take_lock(self) -> None:
-        self._lock_fh = open(self.path / "run.lock", "a+")  # noqa: SIM115 - held for the run, closed by close()
+        with write_errors(self.path / "run.lock"):
+            self._lock_fh = open(self.path / "run.lock", "a+")  # noqa: SIM115 - held for the run, closed by close()
         try:
             fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_fh.close()
             self._lock_fh = None
             raise UserError(f"{self.path}: run directory is in use by another clipsan process") from None
-        self._lock_fh.seek(0)
-        self._lock_fh.truncate()
-        self._lock_fh.write(f"{os.getpid()}\n")
-        self._lock_fh.flush()
+        with write_errors(self.path / "run.lock"):  # the pid, for a person wondering who holds it
+            self._lock_fh.seek(0)
+            self._lock_fh.truncate()
+            self._lock_fh.write(f"{os.getpid()}\n")
+            self._lock_fh.flush()
 
     def close(self) -> None:
         if self._lock_fh is not None:
@@ -107,16 +122,16 @@ class RunDir:
 
     def log_metrics(self, record: dict) -> None:
         if self.is_main:
-            with open(self.path / "metrics.jsonl", "a") as fh:
-                fh.write(strict_json.dumps(record, sort_keys=True) + "\n")
+            append_line(self.path / "metrics.jsonl", strict_json.dumps(record, sort_keys=True))
 
     def truncate_metrics(self, after_step: int) -> None:
-        """Drop log lines past the resumed checkpoint, so a resumed log reads like an uninterrupted one."""
+        """Drop log lines past the resumed checkpoint (and a line a kill cut short), so a resumed log
+        reads like an uninterrupted one."""
         path = self.path / "metrics.jsonl"
         if not self.is_main or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= after_step]
-        atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
+        kept = [line for line in map(_logged, path.read_text(errors="replace").splitlines()) if line and line[1].get("step", 0) <= after_step]
+        atomic_write_bytes(path, "".join(text + "\n" for text, _ in kept).encode())
 
     # --- checkpoints --------------------------------------------------------------
 
@@ -140,15 +155,21 @@ class RunDir:
         final = self.checkpoint_root / f"{_PREFIX}{step:09d}"
         if final.exists():
             return final
-        tmp = self.checkpoint_root / f".tmp-{_PREFIX}{step:09d}-{os.getpid()}"
+        tmp = temporary_name(final)
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "weights.safetensors"), metadata=metadata)
-        torch.save(state, tmp / "state.pt")
-        for name in ("weights.safetensors", "state.pt"):
-            fsync_file(tmp / name)
-        fsync_dir(tmp)
-        os.replace(tmp, final)
+        try:
+            with write_errors(final / WEIGHTS):
+                tmp.mkdir(parents=True)
+                save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS), metadata=metadata)
+            with write_errors(final / STATE), open_for_writer(tmp / STATE) as fh:
+                torch.save(state, fh)
+            with write_errors(final):
+                for name in (WEIGHTS, STATE):
+                    fsync_file(tmp / name)
+                fsync_dir(tmp)
+                os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; removed if a write failed
         fsync_dir(self.checkpoint_root)
         for old in self.checkpoints()[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
@@ -161,9 +182,18 @@ class RunDir:
         folder = folder.resolve()
         if self.checkpoint_root.resolve() not in folder.parents:
             raise UserError(f"{folder}: not a checkpoint of run directory {self.path}")
-        tensors = load_file(str(folder / "weights.safetensors"), device=str(device))
-        state = torch.load(folder / "state.pt", map_location=device, weights_only=False)
+        tensors = load_file(str(folder / WEIGHTS), device=str(device))
+        state = torch.load(folder / STATE, map_location=device, weights_only=False)
         return tensors, state
+
+
+def _logged(line: str) -> tuple[str, dict] | None:
+    """A metrics.jsonl line and its record; None for a blank line or one a kill cut short."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return (line, record) if isinstance(record, dict) else None
 
 
 def run_record(command: str, method: str, recipe_options: dict, training, inputs: dict, rt) -> dict:

@@ -3,11 +3,14 @@
 A stage that finished in an earlier run of the same lab folder is reused when
 its command line and the files it reads are unchanged (``Job.fingerprint``);
 one that was interrupted is continued with ``--resume``; anything else starts
-over in a clean run directory.
+over in a clean run directory. A stage outlives no lab: if the lab is killed, each
+running stage gets SIGTERM (it checkpoints and exits 3), so the next run finds no
+stray process holding a run directory.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -20,10 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clipsan import __version__
+from clipsan.atomic import atomic_write_bytes, write_errors
 from clipsan.checkpoints import sha256_file
 from clipsan.errors import Interrupted
 
 STOP_GRACE_SECONDS = 120  # a stage writes its checkpoint before exiting 3; a ViT-sized one takes a while
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 @dataclass
@@ -57,6 +62,15 @@ class Job:
 
     def report(self) -> dict:
         return json.loads(self.report_path.read_text())
+
+    def last_error(self) -> str:
+        """The stage's own one-line error from its log (": clipsan CMD: FILE: cause"), or ""."""
+        try:
+            lines = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        said = [line for line in lines if line.startswith("clipsan ") and ": " in line]
+        return f": {said[-1]}" if said else ""
 
     def _flag(self, name: str) -> Path | None:
         return Path(self.argv[self.argv.index(name) + 1]) if name in self.argv else None
@@ -108,23 +122,41 @@ class Job:
                 argv.append("--resume")  # the same stage, interrupted: continue it
             else:
                 shutil.rmtree(run_dir)  # left by other settings: start over
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self.record_path.write_text(json.dumps({"fingerprint": fingerprint, "returncode": None}))
+        with write_errors(self.log_dir):
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._write_record({"fingerprint": fingerprint, "returncode": None})
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         cmd = self.command(argv)
-        log = open(self.log, "w")  # noqa: SIM115 - the child writes it; closed when this process exits
-        log.write(" ".join(cmd) + "\n\n")
-        log.flush()
+        with write_errors(self.log):
+            log = open(self.log, "w")  # noqa: SIM115 - the child writes it; closed when this process exits
+            log.write(" ".join(cmd) + "\n\n")
+            log.flush()
         # A session of its own: a Ctrl-C at the terminal reaches the lab alone, which then stops
         # each stage with exactly one SIGTERM (a second signal would make a stage skip its checkpoint).
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True, preexec_fn=_stop_with(os.getpid()))
 
     def command(self, argv: list[str]) -> list[str]:
         return [sys.executable, "-m", "clipsan", *argv, "--format", "json", "--output", str(self.report_path)]
 
     def finish(self, fingerprint: str, returncode: int, seconds: float) -> None:
         self.returncode, self.seconds = returncode, seconds
-        self.record_path.write_text(json.dumps({"fingerprint": fingerprint, "returncode": returncode, "seconds": seconds}))
+        self._write_record({"fingerprint": fingerprint, "returncode": returncode, "seconds": seconds})
+
+    def _write_record(self, record: dict) -> None:
+        atomic_write_bytes(self.record_path, json.dumps(record).encode())
+
+
+def _stop_with(lab_pid: int):
+    """What a stage runs before its program (Linux): SIGTERM it when the lab dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def stop_with_lab() -> None:
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != lab_pid:  # the lab died before the line above: no one will resume this stage's result
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return stop_with_lab
 
 
 def run_jobs(jobs: list[Job], parallel: int = 2) -> dict[str, Job]:

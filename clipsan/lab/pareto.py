@@ -8,11 +8,13 @@ coloured dot at its mean with whiskers over its seeds' range, and the target reg
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from clipsan.atomic import atomic_write_bytes
 from clipsan.lab.tables import TARGET_ASR, TARGET_CA_TOLL, attacks_of
 
 PANEL_W, PANEL_H, COLUMNS = 420, 330, 3
@@ -115,6 +117,7 @@ def draw_pareto(rows: list[dict], path: Path) -> Path:
         else:
             draw.ellipse([x, y, x + 10, y + 10], fill=colour, outline="black")
         draw.text((x + 16, y + 5), name, fill="black", font=font, anchor="lm")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
     return path

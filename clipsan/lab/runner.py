@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from clipsan import __version__, strict_json
+from clipsan import __version__
+from clipsan.atomic import atomic_path, atomic_write_bytes, write_errors, write_json
 from clipsan.checkpoints import save_model
 from clipsan.config import WorldConfig
 from clipsan.config.jobs import FROM_METADATA
@@ -91,12 +92,12 @@ def build_world(config: LabConfig, plan: LabPlan, report: LabReport) -> WorldFil
     with _Timer(report.timings, "world"):
         if files.stamp.is_file() and json.loads(files.stamp.read_text()) == recipe:
             return files
-        shutil.rmtree(root, ignore_errors=True)  # absent, or generated with other settings
+        shutil.rmtree(root, ignore_errors=True)  # absent, half written, or generated with other settings
         world.write_caption_dataset(files.train, plan.train_pairs, seed=config.seed)
         world.write_caption_dataset(files.defense, plan.defense_pairs, seed=config.seed + 1000)
         world.write_eval_set(files.eval, recipe["eval_per_class"], seed=config.seed + 1)
-        files.templates.write_text("\n".join(LAB_TEMPLATES) + "\n")
-        files.stamp.write_text(json.dumps(recipe, sort_keys=True))  # last: its presence means "complete"
+        atomic_write_bytes(files.templates, ("\n".join(LAB_TEMPLATES) + "\n").encode())
+        atomic_write_bytes(files.stamp, json.dumps(recipe, sort_keys=True).encode())  # last: its presence means "complete"
     return files
 
 
@@ -116,12 +117,13 @@ def defense_model(models: Path, defense: str, attack: str, seed_index: int) -> P
 
 def train_clean_model(config: LabConfig, plan: LabPlan, files: WorldFiles, report: LabReport) -> Path:
     models = config.out / "models"
-    models.mkdir(parents=True, exist_ok=True)
+    with write_errors(models):
+        models.mkdir(parents=True, exist_ok=True)
     target = models / "clean.safetensors"
     cached = _cache_dir() / f"clean-{_cache_key(plan, config)}.safetensors"
     with _Timer(report.timings, "clean_model"):
         if config.use_cache and cached.exists():
-            shutil.copyfile(cached, target)
+            _copy(cached, target)
             report.settings["clean_model_cached"] = True
             return target
         init = models / "init.safetensors"
@@ -151,16 +153,23 @@ def train_clean_model(config: LabConfig, plan: LabPlan, files: WorldFiles, repor
         _run_or_fail([job], config)
         init.unlink()
         if config.use_cache:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(target, cached)
+            with write_errors(cached.parent):
+                cached.parent.mkdir(parents=True, exist_ok=True)
+            _copy(target, cached)
     return target
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Atomically: a lab killed while copying leaves no truncated model (or cache entry) behind."""
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def _run_or_fail(jobs: list[Job], config: LabConfig) -> dict[str, Job]:
     done = run_jobs(jobs, parallel=config.parallel)
     failed = [job for job in done.values() if not job.ok]
     if failed:
-        raise UserError("lab stage failed: " + "; ".join(f"{job.name} (exit {job.returncode}, see {job.log})" for job in failed))
+        raise UserError("lab stage failed: " + "; ".join(f"{job.name} (exit {job.returncode}{job.last_error()}, see {job.log})" for job in failed))
     return done
 
 
@@ -278,13 +287,14 @@ def write_report(config: LabConfig, report: LabReport) -> None:
     payload = asdict(report)
     if any(r["attack"] != "none" for r in report.rows):
         draw_pareto(report.rows, config.out / "pareto.png")
-    (config.out / "lab.json").write_text(strict_json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    (config.out / "lab.md").write_text(render_markdown(payload))
+    write_json(config.out / "lab.json", payload)
+    atomic_write_bytes(config.out / "lab.md", render_markdown(payload).encode())
 
 
 def run_lab(config: LabConfig, notes=print) -> dict:
     plan = make_plan(config.quick, config.train_pairs, config.max_steps, config.attacks)  # first: bad settings leave OUT untouched
-    config.out.mkdir(parents=True, exist_ok=True)
+    with write_errors(config.out):
+        config.out.mkdir(parents=True, exist_ok=True)
     settings = {"quick": config.quick, "seed": config.seed, "defense_seeds": config.defense_seed_values, "arch": LAB_ARCH, "plan": plan.describe()}
     report = LabReport(settings=settings)
     started = time.perf_counter()

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from clipsan.atomic import write_errors
 from clipsan.errors import UserError
 from clipsan.openclip import open_clip
 
@@ -64,7 +65,8 @@ def register_model_config(name: str, cfg: Mapping[str, Any]) -> str:
     name = _unique_name(_safe_arch_name(name))
     # open_clip only registers configs from files: keep ours in a private temp dir.
     config_file = _private_config_dir() / f"{name}.json"
-    config_file.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    with write_errors(config_file):
+        config_file.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
     open_clip.add_model_config(config_file)
     _local_archs.add(name)
     return name

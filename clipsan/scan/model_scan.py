@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from clipsan.atomic import write_json
+from clipsan.atomic import write_errors, write_json
 from clipsan.reports import ScanReport
 from clipsan.scan import artifacts
 from clipsan.scan.inversion import Inversion
@@ -24,7 +24,8 @@ def scan_model(session: Session, loaded, run_dir: Path) -> ScanReport:
     """Scan one loaded model; writes its artifacts and scan.json into run_dir and returns its report."""
     started = time.perf_counter()
     subject = Subject.of(session, loaded)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    with write_errors(run_dir):  # before the signals: a run dir that cannot be written fails at once
+        run_dir.mkdir(parents=True, exist_ok=True)
     signals, inversions = [], {}
     for signal in (decree, universal_perturbation) + ((reference_divergence,) if session.reference is not None else ()):
         entry, inversion = signal(subject)

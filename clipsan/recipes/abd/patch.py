@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from clipsan import __version__
-from clipsan.atomic import atomic_write_bytes
+from clipsan.atomic import atomic_write_bytes, write_errors
 from clipsan.errors import UserError
 from clipsan.recipes.abd.advclip import PatchBox, PatchGenerator, paste
 
@@ -70,7 +70,8 @@ def save_generator(generator: PatchGenerator, box: PatchBox, path: Path, metadat
         "clipsan.patch_box": json.dumps([box.x, box.y, box.side]),
         "clipsan.gan_width": str(generator.width),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with write_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     png = path.with_suffix(".png")
     atomic_write_bytes(png, _png_bytes(patch, box.image_size))
     atomic_write_bytes(path, safetensors_bytes(tensors, metadata=header))  # last: its presence means "done"
