@@ -62,8 +62,8 @@ class RunDir:
     def open(self, *, resume: bool) -> RunDir:
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"{self.path}: --run-dir exists and is not a directory")
-        if resume and not self.path.is_dir():
-            raise UserError(f"{self.path}: --resume needs an existing run directory")
+        # --resume where no run directory was made yet (the first attempt was killed while starting)
+        # starts the run: "the same command again, with --resume" works whenever the kill came.
         if self.is_main:
             with write_errors(self.path):
                 self.path.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from clipsan.atomic import atomic_write_bytes
+from clipsan.atomic import atomic_write_bytes, write_errors
 from clipsan.lab.tables import TARGET_ASR, TARGET_CA_TOLL, attacks_of
 
 PANEL_W, PANEL_H, COLUMNS = 420, 330, 3
@@ -119,5 +119,7 @@ def draw_pareto(rows: list[dict], path: Path) -> Path:
         draw.text((x + 16, y + 5), name, fill="black", font=font, anchor="lm")
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
+    with write_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
     return path
