@@ -1,15 +1,22 @@
-"""``python -m fuzz TARGET [CORPUS_DIR...] [-libfuzzer_flag=value...]``: run one target under atheris.
+"""Run fuzz targets under atheris (libFuzzer), clipsan's modules instrumented for coverage.
 
-clipsan's modules (and the Python parsers it relies on: PIL's image plugins, torch's
-weights_only unpickler) are instrumented, so libFuzzer's coverage guides the inputs.
-Defaults added unless given: -timeout=20 (an input that takes longer is a hang) and
--rss_limit_mb=4096 (a reader that allocates more is a memory bomb).
+    python -m fuzz TARGET [CORPUS_DIR...] [-libfuzzer_flag=value...]   one target, as long as asked
+    python -m fuzz --each OUT_DIR [-libfuzzer_flag=value...]           every target in turn (CI: with
+        -max_total_time=N), from its committed seeds, new inputs and findings under OUT_DIR/TARGET;
+        the instrumented imports are paid once and each target runs in a forked child
+
+clipsan's modules (and Python parsers it relies on: PIL's image plugins, torch's weights_only
+unpickler) are instrumented, so libFuzzer's coverage guides the inputs. Defaults added unless
+given: -timeout=20 (an input that takes longer is a hang) and -rss_limit_mb=4096 (a reader that
+allocates more is a memory bomb).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
+from pathlib import Path
 
 import atheris
 
@@ -17,6 +24,7 @@ import atheris
 # would be too slow); torch's weights_only unpickler, the pickle gate itself, is instrumented by function.
 INSTRUMENTED = ["clipsan", "fuzz", "PIL"]
 DEFAULTS = {"-timeout": "20", "-rss_limit_mb": "4096"}
+SEEDS = Path(__file__).resolve().parent / "corpus"
 
 
 def _instrument_pickle_gate() -> None:
@@ -26,10 +34,7 @@ def _instrument_pickle_gate() -> None:
         atheris.instrument_func(func)
 
 
-def main(argv: list[str]) -> None:
-    if len(argv) < 2 or argv[1].startswith("-"):
-        raise SystemExit("usage: python -m fuzz TARGET [CORPUS_DIR...] [-libfuzzer_flag=value...]")
-    name = argv[1]
+def _import_targets():
     with atheris.instrument_imports(include=INSTRUMENTED):
         import PIL.Image
 
@@ -37,10 +42,13 @@ def main(argv: list[str]) -> None:
 
         PIL.Image.init()  # image plugins load lazily: load them here, instrumented
     _instrument_pickle_gate()
-    if name not in targets.TARGETS:
-        raise SystemExit(f"unknown target {name!r}: one of {', '.join(targets.TARGETS)}")
+    warnings.simplefilter("ignore")  # Pillow warns on most corrupt images: millions of lines, no finding
+    return targets
+
+
+def _fuzz(targets, name: str, args: list[str]) -> None:
+    """Fuzz one target; libFuzzer exits the process when done (0) or on a finding (non-zero)."""
     target = targets.TARGETS[name]
-    args = [argv[0], *argv[2:]]
     for flag, value in DEFAULTS.items():
         if not any(arg.startswith(flag + "=") for arg in args):
             args.append(f"{flag}={value}")
@@ -48,12 +56,41 @@ def main(argv: list[str]) -> None:
     def one_input(data: bytes) -> None:
         targets.run_one(target, data)
 
-    warnings.simplefilter("ignore")  # Pillow warns on most corrupt images: millions of lines, no finding
     atheris.Setup(args, one_input)
     try:
         atheris.Fuzz()
     finally:
         targets.cleanup()
+
+
+def _each(targets, out: Path, flags: list[str]) -> int:
+    failed = []
+    for name in targets.TARGETS:
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        pid = os.fork()
+        if pid == 0:
+            _fuzz(targets, name, [sys.argv[0], str(folder), str(SEEDS / name), f"-artifact_prefix={folder}/", *flags])
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        print(f"fuzz {name}: exit {code}", file=sys.stderr, flush=True)
+        if code != 0:
+            failed.append(name)
+    if failed:
+        print(f"fuzz: findings in {', '.join(failed)} (inputs under {out}/TARGET/crash-*)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) < 2 or (argv[1].startswith("-") and argv[1] != "--each"):
+        raise SystemExit("usage: python -m fuzz TARGET [CORPUS_DIR...] [-flag=value...] | --each OUT_DIR [-flag=value...]")
+    if argv[1] == "--each":
+        raise SystemExit(_each(_import_targets(), Path(argv[2]), argv[3:]))
+    targets = _import_targets()
+    if argv[1] not in targets.TARGETS:
+        raise SystemExit(f"unknown target {argv[1]!r}: one of {', '.join(targets.TARGETS)}")
+    _fuzz(targets, argv[1], [argv[0], *argv[2:]])
 
 
 if __name__ == "__main__":
