@@ -15,7 +15,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 from collections.abc import Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import BinaryIO
 
@@ -93,8 +95,28 @@ def fsync_dir(path: Path) -> None:
 
 
 def temporary_name(path: Path, kind: str = "tmp") -> Path:
-    """The hidden sibling a write goes to before it is renamed into place (never a final name)."""
+    """The hidden sibling a write goes to before it is renamed into place (never a final name).
+
+    Those a killed process left for the same final name are removed first: a model-sized file
+    must not stay behind each time a run is killed while writing its output."""
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.{kind}-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
     return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def is_temporary(name: str) -> bool:

@@ -262,6 +262,19 @@ def same_tensors(a: Path, b: Path) -> list[str]:
     return [k for k in wa if not torch.equal(wa[k], wb[k])]
 
 
+def scan_report(path: Path, root: Path) -> dict:
+    """A scan.json without what differs from one run to the next (times, the run's own folder)."""
+
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("seconds", "started_utc", "run_dir")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value.replace(str(root), "ROOT") if isinstance(value, str) else value
+
+    return strip(json.loads(path.read_text()))
+
+
 def sweep_points(total: int, seed: int, full: bool, count: int) -> list[int]:
     """Which writes to fail: every one (a full sweep) or ``count`` seeded ones, always the first and last."""
     if full or total <= count:

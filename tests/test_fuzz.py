@@ -16,7 +16,7 @@ from conftest import REPO, cli_env
 
 FUZZ = REPO / "fuzz"
 TARGETS = sorted(p.name for p in (FUZZ / "corpus").iterdir())
-CI_SECONDS = 2  # per target under atheris
+CI_SECONDS = 1  # per target under atheris
 
 
 def _inputs(folder: str) -> list:

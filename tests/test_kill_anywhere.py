@@ -3,9 +3,10 @@ SIGKILLed (with every process it started, as a power cut would) at a seeded rand
 run, then the same command runs again (with --resume where it takes one) and must end with what an
 uninterrupted run wrote: bitwise equal weights on CPU, the same scan report.
 
-CI kills each command once (ft, abd and craft-adv are also killed at their first checkpoint by
-test_engine.py and test_abd.py); CLIPSAN_FAULT_SWEEP=full kills every command at KILLS_FULL
-moments and adds ft, abd, craft-adv and the whole lab.
+CI kills cleanerclip (its loss holds cleanclip's; its sub-caption stage), poison with BadCLIP's patch
+and scan once each (ft, abd and craft-adv are killed at their first checkpoint by test_engine.py and
+test_abd.py); CLIPSAN_FAULT_SWEEP=full kills every command at KILLS_FULL moments and adds ft,
+cleanclip, abd, craft-adv and the whole lab.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from faults import full_sweep, kill_at, same_tensors
+from faults import full_sweep, kill_at, same_tensors, scan_report, temporary_leftovers
 
 from conftest import cli_env, run_cli
 
@@ -49,7 +50,7 @@ def _scan(model: Path, data: Path, root: Path) -> list:
 # name: (command line, takes --resume, in CI)
 COMMANDS = {
     "purify-ft": (_purify("ft"), True, False),
-    "purify-cleanclip": (_purify("cleanclip"), True, True),
+    "purify-cleanclip": (_purify("cleanclip"), True, False),  # its loss is part of cleanerclip's, killed in CI
     "purify-cleanerclip": (_purify("cleanerclip", "--subcaptions-per-epoch", "16"), True, True),  # its sub-caption stage each epoch
     "purify-abd": (_purify("abd", "--craft-epochs", "1", "--craft-batch-size", "16"), True, False),  # craft, then the fine-tune
     "poison-badclip": (_poison_badclip, True, True),  # BadCLIP's patch, then the poisoning
@@ -58,20 +59,9 @@ COMMANDS = {
 }
 
 
-def _scan_report(root: Path) -> dict:
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in ("seconds", "started_utc", "run_dir")}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value.replace(str(root), "ROOT") if isinstance(value, str) else value
-
-    return strip(json.loads((root / "run" / "scan.json").read_text()))
-
-
 def _same_result(name: str, reference: Path, root: Path) -> None:
     if name == "scan":
-        assert _scan_report(root) == _scan_report(reference)
+        assert scan_report(root / "run" / "scan.json", root) == scan_report(reference / "run" / "scan.json", reference)
         return
     different = same_tensors(reference / "out.safetensors", root / "out.safetensors")
     assert not different, f"{len(different)} tensors differ from the uninterrupted run's, e.g. {different[:3]}"
@@ -98,6 +88,7 @@ def test_killed_at_a_random_moment_then_run_again_ends_as_if_never_killed(name, 
         again = run_cli(*argv[3:], *(["--resume"] if resumable else []), timeout=600)
         assert again.returncode == 0, f"killed at {at:.1f} s of {seconds:.1f} s ({killed=}), then: {again.stderr[-3000:]}"
         _same_result(name, reference, root)
+        assert not temporary_leftovers(root), "what the killed run was writing is still there"
 
 
 @pytest.mark.skipif(not full_sweep(), reason="the whole lab, killed and run again: CLIPSAN_FAULT_SWEEP=full")

@@ -11,12 +11,15 @@ and resumes after some of them; CLIPSAN_FAULT_SWEEP=full fails every write and r
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
-from faults import ERRORS, FaultyDisk, assert_one_line_write_error, full_sweep, incomplete_files, same_tensors, sweep_points, temporary_leftovers
+from faults import ERRORS, FaultyDisk, assert_one_line_write_error, full_sweep, incomplete_files, same_tensors, scan_report, sweep_points, temporary_leftovers
 
 from clipsan.cli import main
+from conftest import run_cli
 
 TRAIN = ["--device", "cpu", "--max-steps", "2", "--batch-size", "8", "--save-every", "1", "--log-every", "1", "--workers", "0", "--format", "json"]
 POINTS, RESUMES = 6, 2  # CI: writes failed, and resumed after, per command
@@ -88,29 +91,16 @@ def test_poison_with_badclip_patch_full_disk(tiny_model, caption_data, tmp_path,
     _sweep(tmp_path, capsys, "poison", argv, _same_model("victim.safetensors"), seed=3, resume_flag=True)
 
 
-def _scan_report(root: Path) -> dict:
-    """scan.json without what differs from run to run (times, where it ran)."""
-
-    def strip(value):
-        if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if k not in ("seconds", "started_utc", "run_dir")}
-        if isinstance(value, list):
-            return [strip(v) for v in value]
-        return value.replace(str(root), "ROOT") if isinstance(value, str) else value
-
-    return strip(json.loads((root / "scan" / "scan.json").read_text()))
-
-
 def test_scan_of_two_models_full_disk(tiny_model, tmp_path, capsys):
     def argv(root: Path) -> list:
         out = ["--output", root / "report.json"]
         return ["scan", tiny_model, tiny_model, "--run-dir", root / "scan", "--steps", "2", "--probes", "8", "--device", "cpu", "--format", "json", *out]
 
     def compare(reference: Path, root: Path) -> None:
-        assert _scan_report(reference) == _scan_report(root)
+        assert scan_report(root / "scan" / "scan.json", root) == scan_report(reference / "scan" / "scan.json", reference)
 
     # Scanning costs more than training these tiny models (naming the target encodes the word banks): fewer points.
-    _sweep(tmp_path, capsys, "scan", argv, compare, seed=4, resume_flag=False, points=4, resumes=1)
+    _sweep(tmp_path, capsys, "scan", argv, compare, seed=4, resume_flag=False, points=3, resumes=1)
 
 
 @pytest.mark.parametrize("error", ERRORS)
@@ -130,3 +120,35 @@ def test_the_failed_write_is_named_with_its_cause(tiny_model, caption_data, tmp_
     assert named == str(tmp_path / "run" / "checkpoints" / "step-000000002" / "state.pt")
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step-000000001"]
     assert not incomplete_files(tmp_path / "run") and not temporary_leftovers(tmp_path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 150 MB filesystem (tmpfs; needs root), grown by calling the fixture's value."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=150m", "tmpfs", str(mount)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+
+    def grow() -> None:
+        subprocess.run(["mount", "-o", "remount,size=1g", str(mount)], check=True)
+
+    try:
+        yield mount, grow
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_real_full_disk_at_the_second_checkpoint_then_resume(tiny_model, caption_data, small_disk):
+    """The issue's report, on a real filesystem: a 150 MB run dir fills at the second checkpoint (~96 MB each)."""
+    disk, grow = small_disk
+    args = ["purify", tiny_model, "--method", "ft", "--data", caption_data, "--run-dir", disk / "run", "--out", disk / "out.safetensors", *TRAIN]
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(rf"clipsan purify: {re.escape(str(disk))}/run/checkpoints/step-000000002/\S+: cannot write \(No space left on device\)", last), last
+    assert [p.name for p in (disk / "run" / "checkpoints").iterdir()] == ["step-000000001"]
+    assert not incomplete_files(disk) and not temporary_leftovers(disk)
+    grow()
+    report = json.loads(run_cli(*args, "--resume").stdout)
+    assert report["resumed_from_step"] == 1 and report["steps"] == 2
