@@ -13,6 +13,7 @@ allocates more is a memory bomb).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import warnings
@@ -53,8 +54,16 @@ def _fuzz(targets, name: str, args: list[str]) -> None:
         if not any(arg.startswith(flag + "=") for arg in args):
             args.append(f"{flag}={value}")
 
+    prefix = next((arg.split("=", 1)[1] for arg in args if arg.startswith("-artifact_prefix=")), "./")
+
     def one_input(data: bytes) -> None:
-        targets.run_one(target, data)
+        try:
+            targets.run_one(target, data)
+        except BaseException:
+            # Keep the input before libFuzzer reports it: its own artifact can be lost when an
+            # alarm (the -timeout watchdog) ends the process while the traceback prints.
+            Path(f"{prefix}crash-{hashlib.sha1(data).hexdigest()}").write_bytes(data)
+            raise
 
     # The seeds once before libFuzzer's clock starts: a reader's first call fills its caches (the shape
     # tables of every open_clip architecture: seconds, more when instrumented), which is no hang.

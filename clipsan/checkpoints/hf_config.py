@@ -11,11 +11,15 @@ ALIGN, CLIP variants with another text tower) are refused with the reason.
 from __future__ import annotations
 
 import copy
+import functools
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from clipsan.errors import UserError
+
+T = TypeVar("T")
 
 CLIP_BPE_VOCAB = 49408
 TEXT_DEFAULTS = {
@@ -67,6 +71,21 @@ OTHER_FAMILIES = {
 UNSUPPORTED = "clipsan purifies CLIP (contrastive loss, ViT and CLIP-BPE text towers) only"
 
 
+def _read_as_config(read: Callable[..., T]) -> Callable[..., T]:
+    """config.json is untrusted: a field of the wrong type or an impossible value (a string where a
+    size goes, a list where a tower goes) is the file's fault, told in one line naming it."""
+
+    @functools.wraps(read)
+    def reading(path: Path, config: dict[str, Any], *args, **kwargs) -> T:
+        try:
+            return read(path, config, *args, **kwargs)
+        except (ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError, OverflowError) as err:
+            raise UserError(f"{path}: not a CLIP config clipsan can read ({type(err).__name__}: {err})") from None
+
+    return reading
+
+
+@_read_as_config
 def refuse_other_family(path: Path, config: dict[str, Any]) -> None:
     model_type = config.get("model_type")
     if model_type in ("clip_vision_model", "clip_text_model"):
@@ -108,6 +127,7 @@ def _heads(path: Path, tower: str, tower_cfg: dict[str, Any]) -> int:
     return heads
 
 
+@_read_as_config
 def activation_of(path: Path, config: dict[str, Any]) -> tuple[str, str]:
     """The activation both towers use, and where that came from."""
     text, vision = _tower(config, "text_config", TEXT_DEFAULTS), _tower(config, "vision_config", VISION_DEFAULTS)
@@ -122,6 +142,7 @@ def activation_of(path: Path, config: dict[str, Any]) -> tuple[str, str]:
     return act, source
 
 
+@_read_as_config
 def model_cfg_from_config(path: Path, config: dict[str, Any]) -> dict[str, Any]:
     """open_clip's config for the CLIPModel config.json at `path` describes (UserError if none can)."""
     refuse_other_family(path, config)
