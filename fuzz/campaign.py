@@ -28,6 +28,7 @@ from fuzz import seeds
 REPO = Path(__file__).resolve().parents[1]
 STATS = re.compile(r"^#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+)")
 DONE = re.compile(r"^Done (\d+) runs in (\d+) second")
+INTERRUPTED = 72  # libFuzzer's exit code after SIGINT: the campaign was stopped, nothing was found
 
 
 def _target_names() -> list[str]:
@@ -52,7 +53,7 @@ def run_target(name: str, runs: int, out: Path, extra: list[str]) -> dict:
             record.update(inputs=int(m.group(1)), cov=int(m.group(2)), ft=int(m.group(3)))
         elif (m := DONE.match(line)) is not None:
             record["inputs"] = int(m.group(1))
-    record["outcome"] = "done" if code == 0 else f"stopped (exit {code}): see {log} and {crashes}"
+    record["outcome"] = {0: "done", INTERRUPTED: "interrupted (Ctrl-C): continue later"}.get(code, f"finding (exit {code}): see {log} and {crashes}")
     with open(out / "runs.jsonl", "a") as fh:
         fh.write(json.dumps(record) + "\n")
     return record
@@ -66,9 +67,9 @@ def table(out: Path) -> str:
         t = totals.setdefault(r["target"], {"inputs": 0, "seconds": 0, "stops": 0, "cov": None, "ft": None})
         t["inputs"] += r["inputs"]
         t["seconds"] += r["seconds"]
-        t["stops"] += r["returncode"] != 0
+        t["stops"] += r["returncode"] not in (0, INTERRUPTED)
         t["cov"], t["ft"] = r["cov"] or t["cov"], r["ft"] or t["ft"]
-    rows = ["| target | inputs | cov | ft | runs stopped by a finding | CPU time |", "|---|---:|---:|---:|---:|---:|"]
+    rows = ["| target | inputs | cov | ft | runs stopped by a finding | wall time |", "|---|---:|---:|---:|---:|---:|"]
     for name, t in sorted(totals.items()):
         rows.append(f"| {name} | {t['inputs']:,} | {t['cov']} | {t['ft']} | {t['stops']} | {t['seconds'] / 60:.0f} min |")
     return "\n".join(rows)
