@@ -57,7 +57,7 @@ def _assert_trained_in(run_dir: Path, precision: str, steps: int = 2) -> None:
 
 
 @pytest.mark.parametrize("precision", LOW)
-@pytest.mark.parametrize("method", ["ft", "cleanclip", "cleanerclip", "abd"])
+@pytest.mark.parametrize("method", ["ft", "cleanclip", "cleanerclip", "abd", "par"])
 def test_purify_runs_in_low_precision_with_finite_losses(capsys, tiny_model, caption_data, tmp_path, method, precision):
     extra = ["--craft-max-steps", "2", "--craft-batch-size", "8", "--reference", tiny_model] if method == "abd" else []
     run = tmp_path / "run"
