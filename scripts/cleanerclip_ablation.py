@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipsan import api  # noqa: E402
-from clipsan.config import WorldConfig  # noqa: E402
-from clipsan.lab.plan import make_plan  # noqa: E402
-from clipsan.text import subcaptions, wordbanks  # noqa: E402
+from clipsan import api
+from clipsan.config import WorldConfig
+from clipsan.lab.plan import make_plan
+from clipsan.text import subcaptions, wordbanks
 
 SIZES = ("small", "large", "tiny", "big", "little", "huge")
 PREPOSITIONS = ("above", "below", "under", "beside", "next to", "on top of", "to the left of", "to the right of", "against", "on")

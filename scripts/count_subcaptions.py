@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clipsan.data.captions import open_caption_dataset  # noqa: E402
-from clipsan.seeding import derive_seed  # noqa: E402
-from clipsan.text.subcaptions import SubcaptionMaker  # noqa: E402
+from clipsan.data.captions import open_caption_dataset
+from clipsan.seeding import derive_seed
+from clipsan.text.subcaptions import SubcaptionMaker
 
 WORD = re.compile(r"[a-z]+")
 
