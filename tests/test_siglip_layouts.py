@@ -17,11 +17,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import clipsan.cli
 from clipsan.checkpoints import load_model
 from clipsan.checkpoints.output import OutputPlan, write_output
 from clipsan.errors import UserError
 from clipsan.openclip import open_clip
-from conftest import SIGLIP_ARCH, run_cli, spiece_model, tokenizer_corpus
+from conftest import SIGLIP_ARCH, spiece_model, tokenizer_corpus
 
 transformers = pytest.importorskip("transformers")
 
@@ -184,18 +185,19 @@ def test_open_clip_siglip_folder_equals_open_clip_and_its_weights_are_inferred(s
     save_file({k: v.contiguous() for k, v in model.clip.state_dict().items()}, str(plain / "weights.safetensors"))
     shutil.copy(siglip_model / "tokenizer.json", plain)
     inferred = load_model(str(plain / "weights.safetensors"))
-    assert (inferred.arch, inferred.arch_source) == (SIGLIP_ARCH, "inferred")
+    assert (inferred.arch, inferred.arch_source, inferred.warnings) == (SIGLIP_ARCH, "inferred", [])  # no QuickGELU guess for SigLIP
     assert torch.equal(inferred.model.tokenize(CAPTIONS), tokens)
     assert torch.equal(pickle.loads(pickle.dumps(model.tokenizer))(CAPTIONS), tokens)  # data workers get it pickled
 
 
-def test_a_siglip_file_without_its_tokenizer_exits_2_naming_what_is_expected(siglip_model, eval_data, tmp_path):
+def test_a_siglip_file_without_its_tokenizer_exits_2_naming_what_is_expected(capsys, siglip_model, eval_data, tmp_path):
     alone = tmp_path / "alone"
     alone.mkdir()
     shutil.copy(siglip_model / "open_clip_model.safetensors", alone / "model.safetensors")
-    proc = run_cli("eval", alone / "model.safetensors", "--data", eval_data)
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("clipsan eval:")]
-    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    code = clipsan.cli.main(["eval", str(alone / "model.safetensors"), "--data", str(eval_data)])  # in-process: the CLI's own error path
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("clipsan eval:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in stderr, stderr
     assert str(alone / "model.safetensors") in errors[0] and "tokenizer.json or spiece.model" in errors[0]
     empty = tmp_path / "no-tokenizer"
     shutil.copytree(siglip_model, empty, ignore=shutil.ignore_patterns("tokenizer*"))
