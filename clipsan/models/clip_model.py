@@ -66,6 +66,13 @@ class ClipModel(nn.Module):
         """SigLIP's learned bias of the pairwise logits (None for CLIP)."""
         return getattr(self.clip, "logit_bias", None)
 
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """The model's own (images x texts) logits of unit features: exp(logit_scale) * cosine, plus
+        logit_bias for SigLIP (whose sigmoid of a logit is the pair's match probability). In fp32."""
+        scale = self.logit_scale.float().exp()
+        logits = scale * image_features.float() @ text_features.float().T
+        return logits + self.logit_bias.float() if self.is_sigmoid else logits
+
     @property
     def is_sigmoid(self) -> bool:
         """Whether the model was trained with SigLIP's sigmoid loss (it has a logit bias), not CLIP's softmax."""
