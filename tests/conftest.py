@@ -58,6 +58,28 @@ def one_thread_per_worker():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """A module's in-process runs on one thread, as the CLI subprocesses run (cli_env)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def run_in_process(capsys, *argv) -> dict:
+    """``clipsan ARGV --format json`` in this process; returns the report."""
+    import clipsan.cli
+
+    capsys.readouterr()
+    code = clipsan.cli.main([*map(str, argv), "--format", "json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     import torch

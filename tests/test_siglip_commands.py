@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import clipsan.cli
 from clipsan.checkpoints import load_model
+from conftest import run_in_process as run
 
 CAPTIONS = ["a photo of a cat.", "a small red circle above a blue square", "a banana"]
 
@@ -25,20 +25,7 @@ STEPS = ["--max-steps", "2", "--batch-size", "8", "--lr", "1e-3", "--warmup", "1
 RUNS = [("ft", "fp32"), ("ft", "bf16"), ("ft", "fp16"), ("cleanclip", "bf16"), ("cleanerclip", "fp16"), ("abd", "bf16"), ("par", "fp16")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def run(capsys, *argv) -> dict:
-    capsys.readouterr()
-    code = clipsan.cli.main([*map(str, argv), "--format", "json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return json.loads(out)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def losses(run_dir: Path) -> dict[str, list[float]]:
