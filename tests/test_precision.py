@@ -14,30 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import clipsan.cli
 from clipsan import api
 from clipsan.engine import runtime
 from clipsan.errors import UserError
+from conftest import run_in_process as _run
 
 LOW = ("bf16", "fp16")
 STEPS = ["--max-steps", "2", "--batch-size", "8", "--log-every", "1", "--workers", "0", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _run(capsys, *argv) -> dict:
-    """``clipsan ARGV --format json`` in this process; returns the report."""
-    capsys.readouterr()
-    code = clipsan.cli.main([*map(str, argv), "--format", "json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return json.loads(out)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _losses(run_dir: Path) -> list[float]:

@@ -135,7 +135,7 @@ OutFormat = Annotated[
     option(
         "how the model is written: auto = as MODEL came (a transformers folder or file comes back as a transformers folder, an open_clip "
         "folder as one, anything else as .safetensors; an --out ending in .safetensors means that file) | safetensors | hf (a folder "
-        f"transformers' CLIPModel.from_pretrained loads) | open_clip (a hub folder) (default: {PurifyConfig.out_format})",
+        f"transformers' CLIPModel / SiglipModel.from_pretrained loads) | open_clip (a hub folder) (default: {PurifyConfig.out_format})",
         metavar=one_of(OUT_FORMATS),
     ),
 ]

@@ -18,7 +18,7 @@ import torch
 from clipsan.config import PARConfig
 from clipsan.recipes.augment import par_augment_uint8
 from clipsan.recipes.base import Recipe, encode_pair
-from clipsan.recipes.losses import contrastive_loss
+from clipsan.recipes.losses import image_text_loss
 
 
 def mean_squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -31,10 +31,11 @@ def thresholded(value: torch.Tensor, tau: float) -> torch.Tensor:
     return torch.where(value > tau, torch.zeros_like(value), value)
 
 
-def par_terms(images, texts, frozen_images, frozen_texts, scale, tau: float) -> dict[str, torch.Tensor]:
-    """PAR's loss as named terms over the global batch; they sum to L_CLIP - ½(T_τ(img) + T_τ(txt))."""
+def par_terms(images, texts, frozen_images, frozen_texts, scale, tau: float, bias=None) -> dict[str, torch.Tensor]:
+    """PAR's loss as named terms over the global batch; they sum to L_CLIP - ½(T_τ(img) + T_τ(txt))
+    (L_CLIP: the model's own loss, SigLIP's sigmoid one given its ``bias``)."""
     return {
-        "clip": contrastive_loss(images, texts, scale),
+        "clip": image_text_loss(images, texts, scale, bias),
         "perturb_image": -0.5 * thresholded(mean_squared_distance(images, frozen_images), tau),
         "perturb_text": -0.5 * thresholded(mean_squared_distance(texts, frozen_texts), tau),
     }
@@ -61,9 +62,10 @@ class PAR(Recipe):
         return {"image": par_augment_uint8(sample.pixels8, sample.generator("par"), self.config, self.erase_pixel), "text": sample.caption}
 
     def loss_terms(self, model, batch, rt):
-        images, texts, scale = encode_pair(model, batch["image"], batch["text"], rt)
+        images, texts, scale, bias = encode_pair(model, batch["image"], batch["text"], rt)
         with torch.no_grad():
             frozen_images = rt.gather(rt.encode(self.frozen.encode_image, batch["image"]))
             frozen_texts = rt.gather(rt.encode(self.frozen.encode_text, batch["text"]))
-        # The public code reads the scale with .item(): PAR does not train it.
-        return par_terms(images, texts, frozen_images, frozen_texts, scale.detach(), self.config.threshold)
+        # The public code reads the scale with .item(): PAR does not train it (nor SigLIP's bias: docs/siglip.md).
+        bias = None if bias is None else bias.detach()
+        return par_terms(images, texts, frozen_images, frozen_texts, scale.detach(), self.config.threshold, bias)
