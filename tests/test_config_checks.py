@@ -39,6 +39,7 @@ WHERE = {
     configs.CleanerCLIPConfig: (_purify("cleanerclip"), configs.CleanerCLIPConfig),
     configs.CraftConfig: (_purify("abd"), configs.CraftConfig),
     configs.ABDConfig: (_purify("abd"), configs.ABDConfig),
+    configs.PARConfig: (_purify("par"), configs.PARConfig),
     configs.BadClipConfig: (_poison("badclip"), configs.BadClipConfig),
     configs.AttackConfig: (_poison(), lambda **kw: configs.AttackConfig(**{"trigger": "badnet", **kw})),
     configs.PurifyConfig: (_purify(), lambda **kw: configs.PurifyConfig(MODEL, configs.CaptionData(str(DATA)), **kw)),
@@ -51,6 +52,8 @@ WHERE = {
 # Fields no option sets, and why.
 API_ONLY = {
     (configs.TrainConfig, "schedule"): "crafting's constant rate, set by the code",
+    **{(configs.TrainConfig, name): "a recipe's paper schedule sets it (PAR's)" for name in ("warmup_fraction", "warmup_start_lr", "final_lr")},
+    **{(configs.PARConfig, name): "PAR's augmentation, as its code has it" for name in ("noise_prob", "noise_std", "erase_prob", "erase_scale")},
     (configs.BadClipConfig, "guide_captions"): "not a command-line option",
     (configs.CraftConfig, "lr"): "purify's --lr is the fine-tune's; craft-adv's --lr is covered below",
 }
@@ -129,7 +132,7 @@ def test_craft_adv_names_its_own_flags(nothing_runs, capsys):
 
 def test_an_unknown_method_is_refused_with_the_choices(nothing_runs, capsys):
     assert main(_purify("nope")) == 2
-    assert capsys.readouterr().err.strip() == "clipsan purify: --method nope: expected one of ft, cleanclip, cleanerclip, abd"
+    assert capsys.readouterr().err.strip() == "clipsan purify: --method nope: expected one of ft, cleanclip, cleanerclip, abd, par"
 
 
 def test_every_config_with_checks_is_exercised():

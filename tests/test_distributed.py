@@ -7,18 +7,20 @@ import re
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
 
 from conftest import cli_env, run_json, without_key_biases
 
-ARGS = ["--method", "ft", "--epochs", "2", "--batch-size", "16", "--lr", "1e-4", "--warmup", "2", "--workers", "0", "--device", "cpu"]
+ARGS = ["--epochs", "2", "--batch-size", "16", "--lr", "1e-4", "--warmup", "2", "--workers", "0", "--device", "cpu"]
 
 
-def test_two_processes_match_one(tiny_model, caption_data, tmp_path):
+@pytest.mark.parametrize("method", ["ft", "par"])  # par: its thresholded distances are global-batch means too
+def test_two_processes_match_one(tiny_model, caption_data, tmp_path, method):
     # The tiny arch is a ResNet tower: its BatchNorm layers stay frozen (default), so
     # shard-local batch statistics cannot make the two runs differ.
     single = tmp_path / "single.safetensors"
-    run_json("purify", tiny_model, "--data", caption_data, "--out", single, "--run-dir", tmp_path / "r1", *ARGS)
+    run_json("purify", tiny_model, "--method", method, "--data", caption_data, "--out", single, "--run-dir", tmp_path / "r1", *ARGS)
 
     double = tmp_path / "double.safetensors"
     cmd = [
@@ -32,6 +34,8 @@ def test_two_processes_match_one(tiny_model, caption_data, tmp_path):
         "clipsan",
         "purify",
         str(tiny_model),
+        "--method",
+        method,
         "--data",
         str(caption_data),
         "--out",
@@ -63,7 +67,7 @@ def test_a_run_dir_locked_elsewhere_ends_both_ranks_with_exit_2_and_one_message(
     run.mkdir()
     with open(run / "run.lock", "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another clipsan process holds it
-        proc = _torchrun("purify", tiny_model, "--data", caption_data, "--run-dir", run, *ARGS)
+        proc = _torchrun("purify", tiny_model, "--method", "ft", "--data", caption_data, "--run-dir", run, *ARGS)
     message = f"clipsan purify: {run}: run directory is in use by another clipsan process"
     assert proc.stderr.count(message) == 1, proc.stderr[-3000:]
     # torchrun's failure summary lists each rank's exit code.

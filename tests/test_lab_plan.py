@@ -25,16 +25,19 @@ def test_every_planned_command_line_parses(quick, config_of, tmp_path):
 
 def test_full_budget_adds_the_abd_ablations_on_badnet_and_badclip_and_i_adv_and_fast_ft_everywhere_and_fast_align_on_sig():
     full, quick = make_plan(False), make_plan(True)
-    assert set(full.attacks) >= {"badnet", "blended", "badclip", "sig", "wanet", "label-consistent"}
+    structured = {"badnet-stripes", "blended-triangles", "blended-text"}  # PAR's
+    assert set(full.attacks) == {"badnet", "blended", "badclip", "sig", "wanet", "label-consistent"} | structured
     assert set(quick.attacks) == {"badnet", "blended", "badclip"}
     for attack in full.attacks:
-        extra = set(full.defenses_for(attack)) - {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"}
+        extra = set(full.defenses_for(attack)) - {"ft", "cleanclip", "cleanerclip", "abd", "par", "abd_align"}
         ablations = {"abd_T_eda_only", "abd_UAP_no_Lbd"} if attack in ("badnet", "badclip") else set()
         sig_only = {"abd_align_lr2e-3"} if attack == "sig" else set()
         assert extra == ablations | sig_only | {"abd_I_adv_only", "ft_lr1e-3", "ft_lr2e-3"}
         for row in ("ft_lr1e-3", "ft_lr2e-3"):
             assert method_of(row) == "ft" and full.defenses_for(attack)[row][full.defenses["ft"].index("--lr") + 1] == row[-4:]
-    assert all(set(quick.defenses_for(a)) == {"ft", "cleanclip", "cleanerclip", "abd", "abd_align"} for a in quick.attacks)
+    # --quick: one row per recipe (ABD's align reading is the full budget's)
+    assert all(set(quick.defenses_for(a)) == {"ft", "cleanclip", "cleanerclip", "abd", "par"} for a in quick.attacks)
+    assert set(full.defenses) == {"ft", "cleanclip", "cleanerclip", "abd", "par", "abd_align"}
 
 
 def test_attacks_restricts_the_plan_to_the_named_attacks_of_the_budget():
@@ -64,7 +67,7 @@ def test_the_command_line_hands_attacks_to_the_plan(monkeypatch, tmp_path):
     [
         (True, "badnet,nope", r"^--attacks: unknown attack 'nope'; the quick budget's attacks are badnet, blended, badclip$"),
         (True, "sig", r"^--attacks: 'sig' is not in the quick budget; the quick budget's attacks are badnet, blended, badclip$"),
-        (False, " , ", r"^--attacks: expected one or more attack names; the full budget's attacks are badnet, .*, label-consistent$"),
+        (False, " , ", r"^--attacks: expected one or more attack names; the full budget's attacks are badnet, .*, blended-text$"),
     ],
 )
 def test_attacks_outside_the_budget_are_refused(quick, names, message):

@@ -321,13 +321,10 @@ def test_a_resnet_cannot_be_written_as_transformers_and_says_so_before_training(
 
 def test_other_families_and_broken_folders_exit_2_in_one_line(small, eval_data, tmp_path):
     _, folder = small
-    torch.manual_seed(0)
-    siglip_cfg = transformers.SiglipConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2},
-        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-    )
-    siglip = tmp_path / "siglip"
-    transformers.SiglipModel(siglip_cfg).save_pretrained(siglip)
+    align = tmp_path / "align"  # another family sharing the layout (SigLIP's own tests: tests/test_siglip_layouts.py)
+    align.mkdir()
+    (align / "config.json").write_text(json.dumps({**json.loads((folder / "config.json").read_text()), "model_type": "align"}))
+    (align / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
     truncated = tmp_path / "truncated"  # one layer's weights lost
     truncated.mkdir()
     (truncated / "config.json").write_text((folder / "config.json").read_text())
@@ -337,12 +334,16 @@ def test_other_families_and_broken_folders_exit_2_in_one_line(small, eval_data, 
     extra.mkdir()
     (extra / "config.json").write_text((folder / "config.json").read_text())
     save_file({**state, "text_model.pooler.weight": torch.zeros(2)}, str(extra / "model.safetensors"))
+    sigmoid = tmp_path / "sigmoid"
+    sigmoid.mkdir()
+    (sigmoid / "config.json").write_text((folder / "config.json").read_text())
+    save_file({**state, "logit_bias": torch.zeros(1)}, str(sigmoid / "model.safetensors"))
     missing_shard = tmp_path / "missing-shard"
     missing_shard.mkdir()
     (missing_shard / "config.json").write_text((folder / "config.json").read_text())
     (missing_shard / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: "model-00002-of-00002.safetensors" for k in state}}))
     cases = {
-        siglip: "SigLIP (sigmoid loss, its own text tower and tokenizer) model, not CLIP",
+        align: "ALIGN (EfficientNet image tower, BERT text tower) model, not CLIP",
         truncated: "16 missing keys (vision_model.encoder.layers.1.",
     }
     for spec, message in cases.items():  # as a user meets them: exit 2, one line naming the file
@@ -351,7 +352,7 @@ def test_other_families_and_broken_folders_exit_2_in_one_line(small, eval_data, 
         assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert str(spec) in errors[0] and message in errors[0], errors[0]
     for spec, message in {
-        siglip / "model.safetensors": r"weights of SigLIP \(sigmoid loss\), not CLIP",
+        sigmoid: r"SigLIP weights \(logit_bias, attention-pooling head\) under a CLIPModel config\.json",
         extra: r"weights that a transformers CLIPModel does not have \(text_model\.pooler\.weight\)",
         missing_shard: "shard model-00002-of-00002.safetensors is missing",
     }.items():

@@ -122,6 +122,9 @@ class FakeClip(torch.nn.Module):
         self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(100.0)))
         self.texts: list[str] = []
 
+    def logits(self, image_features, text_features):
+        return self.logit_scale.exp() * image_features @ text_features.T
+
     def tokenize(self, texts):
         self.texts.extend(texts)
         return torch.arange(len(self.texts) - len(texts), len(self.texts)).view(-1, 1)

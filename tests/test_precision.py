@@ -14,30 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 
-import clipsan.cli
 from clipsan import api
 from clipsan.engine import runtime
 from clipsan.errors import UserError
+from conftest import run_in_process as _run
 
 LOW = ("bf16", "fp16")
 STEPS = ["--max-steps", "2", "--batch-size", "8", "--log-every", "1", "--workers", "0", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def _run(capsys, *argv) -> dict:
-    """``clipsan ARGV --format json`` in this process; returns the report."""
-    capsys.readouterr()
-    code = clipsan.cli.main([*map(str, argv), "--format", "json"])
-    out, err = capsys.readouterr()
-    assert code == 0, err
-    return json.loads(out)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _losses(run_dir: Path) -> list[float]:
@@ -57,7 +43,7 @@ def _assert_trained_in(run_dir: Path, precision: str, steps: int = 2) -> None:
 
 
 @pytest.mark.parametrize("precision", LOW)
-@pytest.mark.parametrize("method", ["ft", "cleanclip", "cleanerclip", "abd"])
+@pytest.mark.parametrize("method", ["ft", "cleanclip", "cleanerclip", "abd", "par"])
 def test_purify_runs_in_low_precision_with_finite_losses(capsys, tiny_model, caption_data, tmp_path, method, precision):
     extra = ["--craft-max-steps", "2", "--craft-batch-size", "8", "--reference", tiny_model] if method == "abd" else []
     run = tmp_path / "run"

@@ -359,7 +359,7 @@ def test_recipes_without_selected_pairs_keep_the_engines_batches():
 
 
 def test_registry_and_paper_defaults():
-    assert set(METHODS) == set(RECIPE_CONFIGS) == {"ft", "cleanclip", "cleanerclip", "abd"}
+    assert set(METHODS) == set(RECIPE_CONFIGS) == {"ft", "cleanclip", "cleanerclip", "abd", "par"}
     for name, config_type in RECIPE_CONFIGS.items():  # each recipe is built from its own config, and named by it
         recipe = build_recipe(config_type())
         assert isinstance(recipe.config, config_type) and recipe.name == name

@@ -197,7 +197,7 @@ def test_spec_round_trip_is_exact(spec, png_patch, tmp_path):
         ("blended:ratio=2", "ratio must be in [0, 1]"),
         ("blended:alpha=0.1", "unknown option 'alpha'"),
         ("wanet:k=x", "must be numbers"),
-        ("sig@1,2", "only badnet and patch"),
+        ("sig@1,2", "only badnet, badnet-stripes and patch"),
         ("badclip", "from-metadata"),
         ("patch:/does/not/exist.png", "patch file not found"),
     ],

@@ -147,31 +147,60 @@ class BadNetTrigger(Trigger):
         x, y = self.position
         return min(x, width - side), min(y, height - side)
 
+    def patches(self, images: torch.Tensor, side: int) -> torch.Tensor:
+        """(B, 3, side, side): the noise centred on each image's own colour."""
+        noise = self._pattern(("noise", side), images, lambda: self.noise(side))
+        means = images.mean(dim=(2, 3))
+        return (means[:, :, None, None] + noise).clamp(0.0, 1.0)
+
     def _apply(self, images: torch.Tensor, ids: list[int] | None) -> torch.Tensor:
         _, _, height, width = images.shape
         side = self.side(height, width)
-        noise = self._pattern(("noise", side), images, lambda: self.noise(side))
-        means = images.mean(dim=(2, 3))  # (B, 3): the patch is centred on each image's own colour
+        patches = self.patches(images, side)
         out = images.clone()
         for i in range(images.shape[0]):
             x, y = self.corner(ids[i] if ids is not None else None, height, width)
-            out[i, :, y : y + side, x : x + side] = (means[i, :, None, None] + noise).clamp(0.0, 1.0)
+            out[i, :, y : y + side, x : x + side] = patches[i]
         return out
 
     def to_spec(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "size": self.size, "position": _position_to_json(self.position)}
 
 
+def _stripe_signs(seed: int, name: str, channels_columns: tuple[int, int]) -> torch.Tensor:
+    """A fixed (seeded) random sign, +1 or -1, per channel and column: one-pixel vertical stripes."""
+    bits = torch.randint(0, 2, channels_columns, generator=_seeded_generator(seed, name, *channels_columns))
+    return bits.float() * 2 - 1
+
+
+class BadNetStripesTrigger(BadNetTrigger):
+    """PAR's BadNet-Stripes: the BadNet square filled with one-pixel vertical stripes, each column a fixed
+    (seeded) corner of the colour cube, at a random position per sample id (or a fixed top-left corner).
+
+    PAR draws each column's channels as +1 or -1 and pastes them unclamped; its 8-bit conversion
+    turns -1 into (near) black, which clipsan writes as 0 (docs/par.md).
+    """
+
+    name = "badnet-stripes"
+
+    def patches(self, images: torch.Tensor, side: int) -> torch.Tensor:
+        stripes = self._pattern(
+            ("stripes", side), images, lambda: _stripe_signs(self.seed, self.name, (3, side)).clamp(0.0, 1.0)[:, None, :].expand(3, side, side)
+        )
+        return stripes.expand(images.shape[0], -1, -1, -1)
+
+
 class BlendedTrigger(Trigger):
     """x' = (1 - ratio) * x + ratio * n, n ~ U[0, 1] fixed (seeded) at the image's size."""
 
     name = "blended"
+    default_ratio = 0.2
 
-    def __init__(self, seed: int = 0, ratio: float = 0.2):
+    def __init__(self, seed: int = 0, ratio: float | None = None):
         super().__init__(seed)
-        self.ratio = float(ratio)
+        self.ratio = float(self.default_ratio if ratio is None else ratio)
         if not 0.0 <= self.ratio <= 1.0:
-            raise UserError(f"trigger blended: ratio must be in [0, 1], got {ratio}")
+            raise UserError(f"trigger {self.name}: ratio must be in [0, 1], got {ratio}")
 
     def noise(self, height: int, width: int) -> torch.Tensor:
         return torch.rand((3, height, width), generator=_seeded_generator(self.seed, "blended", height, width))
@@ -183,6 +212,60 @@ class BlendedTrigger(Trigger):
 
     def to_spec(self) -> dict[str, Any]:
         return {"name": self.name, "seed": self.seed, "ratio": self.ratio}
+
+
+class BlendedStripesTrigger(BlendedTrigger):
+    """PAR's Blended-Stripes: one-pixel vertical stripes over the whole image, each column a fixed (seeded)
+    sign +1 or -1 per channel, blended in at ratio 0.03 (clamped to [0, 1] after, as PAR does)."""
+
+    name = "blended-stripes"
+    default_ratio = 0.03
+
+    def noise(self, height: int, width: int) -> torch.Tensor:
+        return _stripe_signs(self.seed, self.name, (3, width))[:, None, :].expand(3, height, width)
+
+
+class BlendedTrianglesTrigger(BlendedTrigger):
+    """PAR's Blended-Triangles: a grey tiling of right-angled triangles (14-px squares at 224 px, split on
+    the diagonal: 0.4 on and below it, 0.8 above), blended in at ratio 0.15. No randomness."""
+
+    name = "blended-triangles"
+    default_ratio = 0.15
+    TILE_AT_224 = 14
+
+    def noise(self, height: int, width: int) -> torch.Tensor:
+        tile = scaled_side(self.TILE_AT_224, height, width)
+        rows = torch.arange(height)[:, None] % tile
+        columns = torch.arange(width)[None, :] % tile
+        return torch.where(rows >= columns, 0.4, 0.8).float()[None].expand(3, height, width)
+
+
+class BlendedTextTrigger(BlendedTrigger):
+    """PAR's Blended-Text: the red word "watermarked" across the middle of a black image (rendered at 224 px,
+    about 7/8 of the width, then scaled to the input size), blended in at ratio 0.5 where the text is and
+    nowhere else. No randomness (PAR picked a vertical offset once; clipsan centres it)."""
+
+    name = "blended-text"
+    default_ratio = 0.5
+    TEXT, FONT_SIZE_AT_224 = "watermarked", 33
+
+    def noise(self, height: int, width: int) -> torch.Tensor:
+        from PIL import Image, ImageDraw, ImageFont
+        from torchvision.transforms.functional import pil_to_tensor
+
+        canvas = Image.new("RGB", (REFERENCE_SIDE, REFERENCE_SIDE), "black")
+        font = ImageFont.load_default(size=self.FONT_SIZE_AT_224)
+        left, top, right, bottom = font.getbbox(self.TEXT)
+        corner = ((REFERENCE_SIDE - (right - left)) // 2 - left, (REFERENCE_SIDE - (bottom - top)) // 2 - top)
+        ImageDraw.Draw(canvas).text(corner, self.TEXT, fill=(255, 0, 0), font=font)
+        text = pil_to_tensor(canvas).float().div(255.0)[None]
+        return F.interpolate(text, size=(height, width), mode="bilinear", align_corners=False, antialias=True)[0].clamp(0.0, 1.0)
+
+    def _apply(self, images: torch.Tensor, ids: list[int] | None) -> torch.Tensor:
+        _, _, height, width = images.shape
+        text = self._pattern(("noise", height, width), images, lambda: self.noise(height, width))
+        blended = images * (1.0 - self.ratio) + text * self.ratio
+        return torch.where((text != 0).any(dim=0), blended, images)
 
 
 class SigTrigger(Trigger):
@@ -345,10 +428,11 @@ def parse_trigger(spec: str, seed: int = 0, size: int | None = None) -> Trigger:
         )
     if name not in _BUILDERS:
         raise UserError(f"trigger {spec!r}: unknown trigger {name!r} ({_EXPECTED})")
-    if position != "random" and name != "badnet":
-        raise UserError(f"trigger {spec!r}: only badnet and patch:FILE take a position @X,Y")
-    if size is not None and name != "badnet":
-        raise UserError(f"trigger {spec!r}: a trigger size applies only to badnet and patch:FILE triggers")
+    patches = [n for n, (builder, _) in _BUILDERS.items() if issubclass(builder, BadNetTrigger)]
+    if position != "random" and name not in patches:
+        raise UserError(f"trigger {spec!r}: only {', '.join(patches)} and patch:FILE take a position @X,Y")
+    if size is not None and name not in patches:
+        raise UserError(f"trigger {spec!r}: a trigger size applies only to {', '.join(patches)} and patch:FILE triggers")
     builder, option_types = _BUILDERS[name]
     unknown = sorted(set(options) - set(option_types))
     if unknown:
@@ -358,16 +442,21 @@ def parse_trigger(spec: str, seed: int = 0, size: int | None = None) -> Trigger:
         values = {key: option_types[key](value) for key, value in options.items()}
     except ValueError:
         raise UserError(f"trigger {spec!r}: option values must be numbers ({_EXPECTED})") from None
-    if name == "badnet":
-        return BadNetTrigger(seed=seed, size=size, position=position)
+    if name in patches:
+        return builder(seed=seed, size=size, position=position)
     return builder(seed=seed, **values)
 
 
-_BUILDERS: dict[str, tuple[Callable[..., Trigger], dict[str, Callable[[str], Any]]]] = {
+_BUILDERS: dict[str, tuple[type[Trigger], dict[str, Callable[[str], Any]]]] = {
     "badnet": (BadNetTrigger, {}),
     "blended": (BlendedTrigger, {"ratio": float}),
     "sig": (SigTrigger, {"delta": float, "freq": float}),
     "wanet": (WaNetTrigger, {"k": int, "s": float}),
+    # PAR's structured triggers (arXiv 2412.00727, backdoor/ of its code)
+    "badnet-stripes": (BadNetStripesTrigger, {}),
+    "blended-stripes": (BlendedStripesTrigger, {"ratio": float}),
+    "blended-triangles": (BlendedTrianglesTrigger, {"ratio": float}),
+    "blended-text": (BlendedTextTrigger, {"ratio": float}),
 }
 
 
@@ -508,10 +597,11 @@ def _from_spec(spec: dict[str, Any]) -> Trigger:
     position = spec.get("position")
     if isinstance(position, list):
         position = tuple(position)
-    if name == "badnet":
-        return BadNetTrigger(seed=seed, size=spec.get("size"), position=position or "random")
-    if name == "blended":
-        return BlendedTrigger(seed=seed, ratio=spec["ratio"])
+    builder = _BUILDERS.get(name, (None,))[0]
+    if builder is not None and issubclass(builder, BadNetTrigger):
+        return builder(seed=seed, size=spec.get("size"), position=position or "random")
+    if builder is not None and issubclass(builder, BlendedTrigger):
+        return builder(seed=seed, ratio=spec["ratio"])
     if name == "sig":
         return SigTrigger(seed=seed, delta=spec["delta"], freq=spec["freq"])
     if name == "wanet":

@@ -7,10 +7,12 @@ base.py            Checkpoint: what every reader hands on; the layout names repo
 sniff.py           a file's format from its bytes (safetensors, PyTorch zip/pickle, TorchScript)
 tensors.py         reading weight files without running code; finite / float32 checks; sha256
 state_dict.py      open_clip, OpenAI clip-package and CleanCLIP/BadCLIP state dicts
-hf.py              transformers CLIPModel folders (single, sharded, .bin) and their weights file alone
+hf.py              transformers CLIPModel / SiglipModel / Siglip2Model folders (single, sharded, .bin) and their weights file alone
 hf_names.py        transformers <-> open_clip weight names (the q/k/v concat)
 hf_config.py       config.json <-> open_clip model config; other families refused
-tokenizer_files.py a folder's tokenizer files against CLIP's BPE; writing them
+siglip_names.py    transformers SigLIP <-> open_clip weight names (timm's image tower, open_clip's text tower)
+siglip_config.py   SigLIP / SigLIP 2 config.json <-> open_clip model config
+tokenizer_files.py a folder's tokenizer files against CLIP's BPE; writing them; a SigLIP folder's own tokenizer
 open_clip_dir.py   open_clip hub folders
 arch_inference.py  the architecture whose state dict has exactly these key names and shapes
 resolve.py         the architecture and activation, and where each came from

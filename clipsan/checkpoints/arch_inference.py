@@ -16,6 +16,7 @@ import torch
 
 from clipsan.errors import UserError
 from clipsan.models.registry import by_preference, is_shipped, list_archs, model_config, needs_hub_text_tower, preference_key
+from clipsan.models.siglip_vit import tower_of
 from clipsan.openclip import open_clip, quiet_open_clip
 
 Shapes = Mapping[str, tuple[int, ...]]
@@ -53,12 +54,23 @@ def match_arch(shapes: Shapes, prefer_quickgelu: bool = False) -> ArchMatch:
     if lacking:
         # Every architecture open_clip builds has both: none can match, and building them all (a minute) would only confirm it.
         raise UserError(f"no known architecture has these {len(shapes)} weights' names and shapes: they lack {' and '.join(lacking)}")
+    found = exact_match(shapes, prefer_quickgelu)
+    if found is not None:
+        return found
+    raise UserError(_no_match_message(shapes, wanted, names))
+
+
+def exact_match(shapes: Shapes, prefer_quickgelu: bool = False) -> ArchMatch | None:
+    """The shipped architectures with exactly these names and shapes (None: no such one; nothing built to say why)."""
+    shapes = {k: tuple(v) for k, v in shapes.items()}
+    wanted = state_signature(shapes)
+    names = [n for n in list_archs() if is_shipped(n) and _buildable_offline(n)]
     candidates = [n for n in names if _signatures_agree(wanted, config_signature(model_config(n)))]
     exact = [n for n in candidates if shape_table(n) == shapes]
-    if exact:
-        ranked = by_preference(exact, prefer_quickgelu)
-        return ArchMatch(ranked[0], tuple(ranked[1:]))
-    raise UserError(_no_match_message(shapes, wanted, names))
+    if not exact:
+        return None
+    ranked = by_preference(exact, prefer_quickgelu)
+    return ArchMatch(ranked[0], tuple(ranked[1:]))
 
 
 def _buildable_offline(name: str) -> bool:
@@ -185,3 +197,22 @@ def _no_match_message(shapes: Shapes, wanted: Mapping[str, Any], names: list[str
     return (
         f"no known architecture has these {len(shapes)} weights' names and shapes; closest: {closest or 'none'}; pass --arch NAME if it is a known architecture"
     )
+
+
+def shipped_heads(shapes: Shapes) -> tuple[int, int] | None:
+    """(image, text) attention heads of a shipped SigLIP architecture with exactly these shapes, or None.
+
+    Weights cannot say how a width is split into heads; the architecture these shapes are known by can.
+    """
+    found = exact_match(shapes) if state_signature(shapes).get("text_tokens") else None
+    if found is None:
+        return None
+    cfg = model_config(found.arch) or {}
+    spec = tower_of(cfg)
+    if spec is not None:
+        vision_heads = spec.heads
+    else:
+        with quiet_open_clip(), torch.device("meta"):
+            clip = open_clip.create_model(found.arch, device="meta", pretrained_image=False, pretrained_text=False)
+        vision_heads = int(clip.visual.trunk.blocks[0].attn.num_heads)
+    return vision_heads, int(cfg["text_cfg"].get("heads", 8))

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from clipsan.errors import UserError
+from clipsan.models.file_tokenizer import FileTokenizer
 
 # Layouts, as reports name them (`layout` in every JSON report).
 SAFETENSORS = "safetensors"  # an open_clip state dict (clipsan's outputs: with metadata)
@@ -54,6 +55,8 @@ class Checkpoint:
     fallback_cfg: Callable[[], tuple[dict[str, Any], list[str]]] | None = None
     file_names: tuple[str, ...] | None = None  # the tensors' own names, when the layout renamed them
     folder: Path | None = None  # the folder whose config and tokenizer files an output carries over
+    family: str = "clip"  # clip | siglip | siglip2: the transformers family a transformers layout was read as
+    tokenizer: FileTokenizer | None = None  # a SigLIP checkpoint's own tokenizer, read from its folder
     source_config: dict[str, Any] | None = None  # config.json / open_clip_config.json as read
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -65,6 +68,12 @@ def read_text(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise UserError(f"{path}: not readable UTF-8 text ({str(err).splitlines()[0]})") from None
+
+
+def layout_name(layout: str, family: str = "clip") -> str:
+    """How reports and notes name a layout: a transformers SigLIP folder is a SiglipModel one."""
+    name = LAYOUT_NAMES[layout]
+    return name.replace("CLIPModel", {"siglip": "SiglipModel", "siglip2": "Siglip2Model"}[family]) if family != "clip" else name
 
 
 def read_json(path: Path) -> dict[str, Any]:

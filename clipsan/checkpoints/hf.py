@@ -1,11 +1,13 @@
-"""transformers CLIPModel checkpoints: a folder (config.json + weights, one file or shards) or its weights alone.
+"""transformers CLIPModel / SiglipModel / Siglip2Model checkpoints: a folder (config.json + weights, one
+file or shards) or its weights alone.
 
-Reading: config.json says the architecture and the activation (`hidden_act`); weights are
+Reading: config.json says the family (`model_type`), the architecture and the activation (`hidden_act`); weights are
 `model.safetensors`, shards listed by `model.safetensors.index.json`, or `pytorch_model.bin`
 (read with weights_only) and its sharded form. A weights file alone carries neither: its
 architecture is matched against open_clip's configs by shape, else read from the shapes
 with stated assumptions, and its activation is transformers' default (QuickGELU), with a
-warning. Writing: a folder `CLIPModel.from_pretrained(OUT)` loads.
+warning. A SigLIP checkpoint's tokenizer is the one in its folder (the weights file's folder, for
+a file alone). Writing: a folder `CLIPModel.from_pretrained(OUT)` (`SiglipModel`, `Siglip2Model`) loads.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 
 import torch
 
-from clipsan.checkpoints import hf_config, hf_names, tokenizer_files
+from clipsan.checkpoints import hf_config, hf_names, siglip_config, siglip_names, tokenizer_files
 from clipsan.checkpoints.base import TRANSFORMERS, TRANSFORMERS_FILE, Checkpoint, read_json
 from clipsan.checkpoints.tensors import as_float32, check_finite, read_weights_file, sha256_files
 from clipsan.errors import UserError
@@ -27,15 +29,14 @@ WEIGHTS_OUT = "model.safetensors"
 TOP_NAMES = {"vision_model", "text_model", "visual_projection"}
 # Names that only other families' towers have, and what they are.
 FOREIGN_NAMES = (
-    ("logit_bias", "SigLIP (sigmoid loss)"),
-    ("vision_model.head.", "SigLIP (attention-pooling head)"),
-    ("text_model.head.", "SigLIP (its own text head)"),
     ("text_model.embeddings.word_embeddings.", "a BERT/RoBERTa text tower (ALIGN, AltCLIP, Chinese-CLIP)"),
     ("text_model.encoder.layer.", "a BERT/RoBERTa text tower (ALIGN, AltCLIP, Chinese-CLIP)"),
     ("vision_model.embeddings.convolution.", "an EfficientNet image tower (ALIGN)"),
     ("vision_model.encoder.blocks.", "an EfficientNet image tower (ALIGN)"),
 )
 LONE_FILE_ACTIVATION = "transformers' CLIPConfig default (a weights file without its config.json records none)"
+SIGLIP_FAMILIES = siglip_config.FAMILIES
+MODEL_CLASS = {"clip": "CLIPModel", "siglip": "SiglipModel", "siglip2": "Siglip2Model"}
 
 
 def has_transformers_names(tensors: dict[str, torch.Tensor]) -> bool:
@@ -52,9 +53,16 @@ def is_folder(folder: Path) -> bool:
 def read_folder(folder: Path) -> Checkpoint:
     config_path = folder / CONFIG
     config = read_json(config_path)
-    model_cfg = hf_config.model_cfg_from_config(config_path, config)  # refuses other families before reading weights
-    _, activation_source = hf_config.activation_of(config_path, config)
-    tokenizer_note = tokenizer_files.check_folder(folder)
+    family = config.get("model_type")
+    if family in SIGLIP_FAMILIES:
+        model_cfg = siglip_config.model_cfg_from_config(config_path, config)
+        stated = [f"{tower} {(config.get(f'{tower}_config') or {}).get('hidden_act') or 'default gelu_pytorch_tanh'}" for tower in ("vision", "text")]
+        activation_source = f"{CONFIG} hidden_act ({', '.join(stated)})"
+        tokenizer_note = None
+    else:
+        model_cfg = hf_config.model_cfg_from_config(config_path, config)  # refuses other families before reading weights
+        _, activation_source = hf_config.activation_of(config_path, config)
+        tokenizer_note = tokenizer_files.check_folder(folder)
     files = _weight_files(folder)
     tensors: dict[str, torch.Tensor] = {}
     for file in files:
@@ -64,20 +72,25 @@ def read_folder(folder: Path) -> Checkpoint:
         check_finite(file, obj)
         tensors.update(obj)
     metadata = _safetensors_metadata(files[0])
-    checkpoint = _converted(folder, files, tensors, metadata, TRANSFORMERS)
+    checkpoint = _converted(folder, files, tensors, metadata, TRANSFORMERS, family=family if family in SIGLIP_FAMILIES else "clip")
     checkpoint.model_cfg, checkpoint.cfg_source, checkpoint.activation_source = model_cfg, CONFIG, activation_source
     checkpoint.preprocess_cfg = _preprocess_cfg(folder)
     checkpoint.arch_hint = metadata.get("clipsan.arch") or folder.resolve().name  # clipsan's own output keeps its name
     checkpoint.folder, checkpoint.source_config = folder, config
+    if family in SIGLIP_FAMILIES:
+        context = int(model_cfg["text_cfg"]["context_length"])
+        checkpoint.tokenizer = tokenizer_files.siglip_tokenizer(folder, context, family)
     if tokenizer_note:
         checkpoint.notes.append(tokenizer_note)
     return checkpoint
 
 
 def lone_file_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], sha256: str, upcast: list[str]) -> Checkpoint:
+    if siglip_names.is_siglip(tensors):
+        return _lone_siglip_file(path, tensors, metadata, sha256, upcast)
     checkpoint = _converted(path, (path,), tensors, metadata, TRANSFORMERS_FILE, sha256=sha256, upcast=upcast)
     checkpoint.origin_quick_gelu, checkpoint.origin = True, LONE_FILE_ACTIVATION
-    checkpoint.arch_hint = path.resolve().parent.name if path.stem in ("model", "pytorch_model") else path.stem
+    checkpoint.arch_hint = _lone_file_name(path)
     shapes = {k: tuple(v.shape) for k, v in checkpoint.tensors.items()}
 
     def from_shapes() -> tuple[dict[str, Any], list[str]]:
@@ -93,19 +106,49 @@ def lone_file_checkpoint(path: Path, tensors: dict[str, torch.Tensor], metadata:
     return checkpoint
 
 
-def _converted(path: Path, files, tensors, metadata, layout: str, sha256: str | None = None, upcast: list[str] | None = None) -> Checkpoint:
+def _lone_siglip_file(path: Path, tensors, metadata, sha256: str, upcast: list[str]) -> Checkpoint:
+    """A SiglipModel / Siglip2Model weights file without its config.json: sizes from the shapes, transformers'
+    defaults for the rest (stated), the tokenizer from the file's folder."""
+    family = "siglip2" if tensors[siglip_names.PATCH[0]].dim() == 2 else "siglip"
+    checkpoint = _converted(path, (path,), tensors, metadata, TRANSFORMERS_FILE, sha256=sha256, upcast=upcast, family=family)
+    try:
+        config, assumed = siglip_config.config_from_shapes({k: tuple(v.shape) for k, v in checkpoint.tensors.items()}, family)
+    except KeyError as err:
+        raise UserError(f"{path}: a transformers SigLIP file without {siglip_names.transformers_names([err.args[0]])[0]}") from None
+    checkpoint.model_cfg, checkpoint.cfg_source = siglip_config.model_cfg_from_config(path, config), "shapes"
+    checkpoint.activation_source = f"transformers' {family} default gelu_pytorch_tanh (a weights file without its config.json records none)"
+    checkpoint.arch_hint = _lone_file_name(path)
+    checkpoint.warnings.append(
+        f"{path}: no config.json: architecture read from the shapes, assuming {'; '.join(assumed)}; pass the folder with its config.json to use its own values"
+    )
+    context = int(checkpoint.model_cfg["text_cfg"]["context_length"])
+    checkpoint.tokenizer = tokenizer_files.siglip_tokenizer(path.parent, context, family, for_file=path)
+    return checkpoint
+
+
+def _lone_file_name(path: Path) -> str:
+    return path.resolve().parent.name if path.stem in ("model", "pytorch_model") else path.stem
+
+
+def _converted(
+    path: Path, files, tensors, metadata, layout: str, sha256: str | None = None, upcast: list[str] | None = None, family: str = "clip"
+) -> Checkpoint:
     """transformers names -> open_clip's; refuses other families' towers and names the map does not know."""
-    for marker, family in FOREIGN_NAMES:
+    for marker, other in FOREIGN_NAMES:
         if any(name == marker or name.startswith(marker) for name in tensors):
-            raise UserError(f"{path}: weights of {family}, not CLIP (found {marker.rstrip('.')}); {hf_config.UNSUPPORTED}")
+            raise UserError(f"{path}: weights of {other}, not CLIP (found {marker.rstrip('.')}); {hf_config.UNSUPPORTED}")
+    siglip = family in SIGLIP_FAMILIES
+    if not siglip and siglip_names.is_siglip(tensors):
+        raise UserError(f"{path}: SigLIP weights (logit_bias, attention-pooling head) under a CLIPModel config.json")
     if upcast is None:
         tensors, upcast = as_float32(tensors)
-    state, unknown = hf_names.to_open_clip(tensors)
+    names = siglip_names if siglip else hf_names
+    state, unknown = names.to_open_clip(tensors)
     if unknown:
         shown = ", ".join(unknown[:3]) + (", ..." if len(unknown) > 3 else "")
-        raise UserError(f"{path}: {len(unknown)} weights that a transformers CLIPModel does not have ({shown})")
-    checkpoint = Checkpoint(state, layout, path, tuple(files), sha256 or sha256_files(files), metadata)
-    checkpoint.file_names = tuple(name for name in tensors if not hf_names.IGNORED.match(name))
+        raise UserError(f"{path}: {len(unknown)} weights that a transformers {MODEL_CLASS[family]} does not have ({shown})")
+    checkpoint = Checkpoint(state, layout, path, tuple(files), sha256 or sha256_files(files), metadata, family=family)
+    checkpoint.file_names = tuple(name for name in tensors if not names.IGNORED.match(name))
     if upcast:
         checkpoint.notes.append(f"{path}: {', '.join(upcast)} weights upcast to float32")
     return checkpoint

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from clipsan.checkpoints import hf_names
+from clipsan.checkpoints import hf_names, siglip_names, tokenizer_files
 from clipsan.checkpoints.arch_inference import ShapeDiff, compare_shapes
-from clipsan.checkpoints.base import LAYOUT_NAMES, Checkpoint
+from clipsan.checkpoints.base import Checkpoint, layout_name
 from clipsan.checkpoints.read import read_checkpoint
 from clipsan.checkpoints.resolve import META_ARCH, ArchChoice, activation_name, preprocess_from_metadata, resolve_arch
 from clipsan.errors import UserError
@@ -65,7 +65,8 @@ class LoadedModel:
 
     def announce(self, notes: Callable[[str], None], role: str = "model") -> None:
         """Tell the user what was read: layout, arch, activation and where each came from; then any warning."""
-        notes(f"{role} {self.path}: {LAYOUT_NAMES[self.layout]}; arch {self.describe_arch()}; activation {self.activation} ({self.activation_source})")
+        family = self.source.family if self.source is not None else "clip"
+        notes(f"{role} {self.path}: {layout_name(self.layout, family)}; arch {self.describe_arch()}; activation {self.activation} ({self.activation_source})")
         for line in self.notes:
             notes(line)
         for line in self.warnings:
@@ -78,6 +79,9 @@ def load_model(spec: str, arch: str | None = None, device: str | torch.device = 
     choice = resolve_arch(checkpoint, arch)
     model = _build_and_fill(checkpoint, choice)
     checkpoint.tensors = {}  # the model holds the weights now
+    if model.is_sigmoid:
+        model.file_tokenizer = _siglip_tokenizer(checkpoint, model)
+        checkpoint.notes.append(f"tokenizer: {model.file_tokenizer.source} ({model.file_tokenizer.style}), the checkpoint's own")
     return LoadedModel(
         model.to(device),
         choice.arch,
@@ -105,19 +109,30 @@ def _build_and_fill(checkpoint: Checkpoint, choice: ArchChoice) -> ClipModel:
     diff = compare_shapes(_shapes(state), _shapes(model.clip.state_dict()))
     if diff.size:
         if checkpoint.file_names is not None:
-            diff = _in_file_names(diff, checkpoint.file_names)
+            diff = _in_file_names(diff, checkpoint.file_names, checkpoint.family)
         origin = {"flag": "--arch", "metadata": f"metadata {META_ARCH}", "inferred": "inferred"}.get(choice.source, choice.source)
         raise UserError(f"{path}: weights do not fit architecture {arch} ({origin}): {diff.describe(arch)}")
     model.clip.load_state_dict(state, strict=True)
     return model
 
 
-def _in_file_names(diff: ShapeDiff, file_names: tuple[str, ...]) -> ShapeDiff:
+def _siglip_tokenizer(checkpoint: Checkpoint, model: ClipModel):
+    """A SigLIP model's tokenizer: its folder's (read with the layout), else the file beside its weights."""
+    tokenizer = checkpoint.tokenizer
+    if tokenizer is None:
+        clean = ((model.model_cfg.get("text_cfg") or {}).get("tokenizer_kwargs") or {}).get("clean", tokenizer_files.OPEN_CLIP_DEFAULT_CLEAN)
+        tokenizer = tokenizer_files.tokenizer_beside(checkpoint.path, checkpoint.metadata, model.context_length, clean)
+    tokenizer.context_length = model.context_length
+    return tokenizer
+
+
+def _in_file_names(diff: ShapeDiff, file_names: tuple[str, ...], family: str = "clip") -> ShapeDiff:
     """The difference under the file's own (transformers) names, so the user can find them."""
     present = set(file_names)
-    missing = [n for n in hf_names.transformers_names(diff.missing) if n not in present]
-    unexpected = [n for n in hf_names.transformers_names(diff.unexpected) if n in present]
-    mismatched = [(hf_names.transformers_names([k])[0], got, want) for k, got, want in diff.mismatched]
+    names = hf_names if family == "clip" else siglip_names
+    missing = [n for n in names.transformers_names(diff.missing) if n not in present]
+    unexpected = [n for n in names.transformers_names(diff.unexpected) if n in present]
+    mismatched = [(names.transformers_names([k])[0], got, want) for k, got, want in diff.mismatched]
     return ShapeDiff(missing, unexpected, mismatched)
 
 

@@ -1,4 +1,5 @@
-"""open_clip hub folders: `open_clip_config.json` (model_cfg, preprocess_cfg) + the weights file."""
+"""open_clip hub folders: `open_clip_config.json` (model_cfg, preprocess_cfg) + the weights file
+(+ a SigLIP model's tokenizer files, which open_clip itself would fetch from the hub by name)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from pathlib import Path
 
 from clipsan.checkpoints.base import OPEN_CLIP, Checkpoint, read_json
 from clipsan.checkpoints.state_dict import read_state_dict_file
+from clipsan.checkpoints.tokenizer_files import OPEN_CLIP_DEFAULT_CLEAN, siglip_tokenizer
 from clipsan.errors import UserError
 
 CONFIG = "open_clip_config.json"
@@ -42,4 +44,8 @@ def read_folder(folder: Path, shown: str) -> Checkpoint:
     checkpoint.activation_source = f"{CONFIG} quick_gelu" if stated else f"{CONFIG} states no quick_gelu: open_clip's default gelu"
     preprocess = config.get("preprocess_cfg")
     checkpoint.preprocess_cfg = preprocess if isinstance(preprocess, dict) else None
+    if model_cfg.get("init_logit_bias") is not None:  # SigLIP: the tokenizer files of open_clip's hub folder
+        text_cfg = model_cfg.get("text_cfg") or {}
+        clean = (text_cfg.get("tokenizer_kwargs") or {}).get("clean", OPEN_CLIP_DEFAULT_CLEAN)
+        checkpoint.tokenizer = siglip_tokenizer(folder, int(text_cfg.get("context_length", 77)), open_clip_clean=clean)
     return checkpoint

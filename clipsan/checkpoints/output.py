@@ -2,12 +2,15 @@
 
 * `safetensors`: one file, open_clip names, clipsan's metadata (arch, config with the
   activation, normalisation, provenance).
-* `hf`: a folder `transformers.CLIPModel.from_pretrained(OUT)` loads: config.json (the
-  input's, with every computation field rewritten from the model, hidden_act included),
-  model.safetensors (float32, transformers names, clipsan's metadata), and the input's
-  tokenizer/processor files (CLIP's BPE and CLIP's image processor settings when it had none).
+* `hf`: a folder `transformers.CLIPModel.from_pretrained(OUT)` (`SiglipModel`, `Siglip2Model`)
+  loads: config.json (the input's, with every computation field rewritten from the model,
+  hidden_act included), model.safetensors (float32, transformers names, clipsan's metadata),
+  and the input's tokenizer/processor files (CLIP's BPE and CLIP's image processor settings
+  when it had none; a SigLIP model's own tokenizer file and SigLIP's image processor settings).
 * `open_clip`: a hub folder: open_clip_config.json (quick_gelu always stated) +
   open_clip_model.safetensors, and the input's tokenizer/processor files.
+* A SigLIP model's tokenizer file goes with it in every format: into the folder, or beside
+  the safetensors file as ``<stem>.<tokenizer file>``, recorded in its metadata.
 * `auto`: as the input came (a transformers weights file alone comes back as a folder),
   except that an --out ending in `.safetensors` means that file.
 
@@ -23,16 +26,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipsan.atomic import fsync_dir, temporary_name, write_errors, write_json
-from clipsan.checkpoints import hf, hf_config, hf_names, open_clip_dir, tokenizer_files
+from clipsan.atomic import atomic_write_bytes, fsync_dir, temporary_name, write_errors, write_json
+from clipsan.checkpoints import hf, hf_config, hf_names, open_clip_dir, siglip_config, siglip_names, tokenizer_files
 from clipsan.checkpoints.base import OPEN_CLIP, TRANSFORMERS, TRANSFORMERS_FILE, Checkpoint
 from clipsan.checkpoints.tensors import read_metadata
 from clipsan.errors import UserError
+from clipsan.models.registry import is_sigmoid_config
 
 SAFETENSORS, HF, OPEN_CLIP_FORMAT = "safetensors", "hf", "open_clip"
 OUT_FORMATS = ("auto", SAFETENSORS, HF, OPEN_CLIP_FORMAT)
 AS_INPUT = {TRANSFORMERS: HF, TRANSFORMERS_FILE: HF, OPEN_CLIP: OPEN_CLIP_FORMAT}
 CARRIED = (*tokenizer_files.TOKENIZER_FILES, *tokenizer_files.PROCESSOR_FILES)
+CARRIED_SIGLIP = (*tokenizer_files.SIGLIP_TOKENIZER_FILES, *tokenizer_files.PROCESSOR_FILES)
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,10 @@ def plan_output(out_format: str, out: str | None, default: Path, source: Checkpo
         raise UserError(f"--out {out}: --out-format {fmt} writes a folder, not a .safetensors file")
     path = Path(out) if out else (default.with_suffix(".safetensors") if fmt == SAFETENSORS else default)
     if fmt == HF:
-        reason = hf_config.representable(model_cfg)
+        sigmoid = is_sigmoid_config(model_cfg)
+        reason = siglip_config.representable(model_cfg) if sigmoid else hf_config.representable(model_cfg)
         if reason:
-            raise UserError(f"--out-format hf: {arch} cannot be written as a transformers CLIPModel: {reason}")
+            raise UserError(f"--out-format hf: {arch} cannot be written as a transformers {'SiglipModel' if sigmoid else 'CLIPModel'}: {reason}")
     if fmt == SAFETENSORS and path.is_dir():
         raise UserError(f"--out {path}: is a folder; --out-format safetensors writes a file")
     if fmt != SAFETENSORS:
@@ -83,7 +89,14 @@ def _metadata_or_empty(path: Path) -> dict[str, str]:
 def write_output(plan: OutputPlan, model, source: Checkpoint | None, metadata: dict[str, Any]) -> Path:
     from clipsan.checkpoints.saving import model_header, save_model, unshared_cpu_tensors, write_safetensors
 
+    tokenizer = model.file_tokenizer
     if plan.format == SAFETENSORS:
+        if tokenizer is not None:  # beside the file, named after it; the metadata says which and how it tokenises
+            beside = f"{plan.path.stem}.{tokenizer.file_name}"
+            with write_errors(plan.path.parent):
+                plan.path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(plan.path.parent / beside, tokenizer.data)
+            metadata = {**metadata, tokenizer_files.META_TOKENIZER: tokenizer_files.tokenizer_record(tokenizer, beside)}
         return save_model(model, plan.path, metadata)
     header = model_header(model, metadata)
     carried_from = source.folder if source is not None and source.layout in (TRANSFORMERS, OPEN_CLIP) else None
@@ -91,26 +104,32 @@ def write_output(plan: OutputPlan, model, source: Checkpoint | None, metadata: d
         state = unshared_cpu_tensors(model.clip.state_dict())
         if plan.format == HF:
             base = source.source_config if source is not None and source.layout == TRANSFORMERS else None
-            write_json(folder / hf.CONFIG, hf_config.config_from_model_cfg(model.model_cfg, base))
-            write_safetensors(hf_names.to_transformers(state), folder / hf.WEIGHTS_OUT, header)
+            if model.is_sigmoid:
+                family = (base or {}).get("model_type") if (base or {}).get("model_type") in siglip_config.FAMILIES else "siglip"
+                write_json(folder / hf.CONFIG, siglip_config.config_from_model(model, base, family))
+                write_safetensors(siglip_names.to_transformers(state, siglip2=family == "siglip2"), folder / hf.WEIGHTS_OUT, header)
+            else:
+                write_json(folder / hf.CONFIG, hf_config.config_from_model_cfg(model.model_cfg, base))
+                write_safetensors(hf_names.to_transformers(state), folder / hf.WEIGHTS_OUT, header)
         else:
             base = source.source_config if source is not None and source.layout == OPEN_CLIP else {}
             model_cfg = {**model.model_cfg, "quick_gelu": bool(model.model_cfg.get("quick_gelu", False))}
             write_json(folder / open_clip_dir.CONFIG, {**base, "model_cfg": model_cfg, "preprocess_cfg": model.preprocess_cfg})
             write_safetensors(state, folder / open_clip_dir.WEIGHTS_OUT, header)
-        carried = _carry(carried_from, folder)
-        if plan.format == HF:
-            if not carried & set(tokenizer_files.TOKENIZER_FILES):
-                tokenizer_files.write_files(folder, model.context_length)
-            if "preprocessor_config.json" not in carried:
-                write_json(folder / "preprocessor_config.json", _image_processor(model))
+        carried = _carry(carried_from, folder, CARRIED_SIGLIP if model.is_sigmoid else CARRIED)
+        if tokenizer is not None and tokenizer.file_name not in carried:
+            atomic_write_bytes(folder / tokenizer.file_name, tokenizer.data)
+        elif plan.format == HF and not model.is_sigmoid and not carried & set(tokenizer_files.TOKENIZER_FILES):
+            tokenizer_files.write_files(folder, model.context_length)
+        if plan.format == HF and "preprocessor_config.json" not in carried:
+            write_json(folder / "preprocessor_config.json", _siglip_image_processor(model) if model.is_sigmoid else _image_processor(model))
     return plan.path
 
 
-def _carry(source_folder: Path | None, folder: Path) -> set[str]:
+def _carry(source_folder: Path | None, folder: Path, names: tuple[str, ...]) -> set[str]:
     """Copy the input folder's tokenizer and processor files (never its weights)."""
     carried = set()
-    for name in CARRIED if source_folder is not None else ():
+    for name in names if source_folder is not None else ():
         if (source_folder / name).is_file():
             with write_errors(folder / name):
                 shutil.copyfile(source_folder / name, folder / name)
@@ -134,6 +153,22 @@ def _image_processor(model) -> dict[str, Any]:
         "image_mean": list(model.preprocess_cfg["mean"]),
         "image_std": list(model.preprocess_cfg["std"]),
         "do_convert_rgb": True,
+    }
+
+
+def _siglip_image_processor(model) -> dict[str, Any]:
+    """transformers' SiglipImageProcessor settings for this model (resize to the square input, normalise)."""
+    size = int(model.image_size)
+    return {
+        "image_processor_type": "SiglipImageProcessor",
+        "do_resize": True,
+        "size": {"height": size, "width": size},
+        "resample": 3,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(model.preprocess_cfg["mean"]),
+        "image_std": list(model.preprocess_cfg["std"]),
     }
 
 

@@ -22,7 +22,7 @@ from typing import Any
 from clipsan.checkpoints.arch_inference import match_arch
 from clipsan.checkpoints.base import TRANSFORMERS_FILE, Checkpoint
 from clipsan.errors import UserError
-from clipsan.models.registry import arch_with_activation, known_arch, model_config, register_model_config, uses_quick_gelu
+from clipsan.models.registry import arch_with_activation, is_sigmoid_config, known_arch, model_config, register_model_config, uses_quick_gelu
 
 META_ARCH = "clipsan.arch"
 META_MODEL_CFG = "clipsan.model_cfg"
@@ -71,6 +71,8 @@ def _inferred(checkpoint: Checkpoint) -> ArchChoice:
             f"assuming {'; '.join(assumed)}; pass the folder with its config.json to use its own values"
         )
         return ArchChoice(arch, "shapes", activation_source=checkpoint.origin or "", warnings=[warning])
+    if is_sigmoid_config(model_config(found.arch)):  # SigLIP's configs state their activations; no QuickGELU twin
+        return ArchChoice(found.arch, "inferred", found.alternatives, f"{found.arch}'s config (SigLIP)")
     if quick is None:
         arch = arch_with_activation(found.arch, False)
         warning = (

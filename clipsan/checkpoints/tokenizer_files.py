@@ -1,4 +1,4 @@
-"""A transformers folder's tokenizer files against CLIP's BPE, which clipsan tokenises with.
+"""A folder's tokenizer files: CLIP's BPE checked against clipsan's, a SigLIP folder's own tokenizer read.
 
 clipsan's tokenizer is open_clip's SimpleTokenizer over CLIP's BPE (49408 tokens). A
 folder whose `vocab.json`/`merges.txt` (or `tokenizer.json`) hold that same BPE is
@@ -6,6 +6,9 @@ tokenised as its own CLIPTokenizer would (the special tokens only differ in spel
 `<|startoftext|>` there, `<start_of_text>` in open_clip; their ids are the same); a
 folder with another vocabulary is refused: its text tower was trained on other tokens.
 Written outputs get the same files, so CLIPTokenizer.from_pretrained(OUT) works.
+
+A SigLIP checkpoint has no shared vocabulary: its tokenizer is the one in its folder
+(``siglip_tokenizer``), read as the class its tokenizer_config.json names would read it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 from clipsan.atomic import atomic_write_bytes
 from clipsan.checkpoints.base import read_json, read_text
 from clipsan.errors import UserError
+from clipsan.models.file_tokenizer import FILES as TOKENIZER_FILE_NAMES
+from clipsan.models.file_tokenizer import JSON, SIGLIP, SIGLIP2, SPIECE, TOKENIZER_JSON, FileTokenizer, token_id
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -103,3 +108,94 @@ def write_files(folder: Path, context_length: int) -> None:
     }
     for name, text in files.items():
         atomic_write_bytes(folder / name, text.encode("utf-8"))
+
+
+# --------------------------------------------------------------------------- SigLIP: the folder's own tokenizer
+
+SIGLIP_TOKENIZER_FILES = (*TOKENIZER_FILE_NAMES, "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "tokenizer.model")
+# transformers' SigLIP tokenizer classes and the defaults they bring: (file, style, pad token, pads on the left)
+_SIGLIP_CLASSES = {
+    "SiglipTokenizer": (SPIECE, SIGLIP, "</s>", False),
+    "Siglip2Tokenizer": (TOKENIZER_JSON, SIGLIP2, "<pad>", True),
+}
+OPEN_CLIP_DEFAULT_CLEAN = "whitespace"  # open_clip's HFTokenizer cleans texts so unless a config's tokenizer_kwargs say otherwise
+_FAMILY_CLASS = {"siglip": "SiglipTokenizer", "siglip2": "Siglip2Tokenizer"}  # AutoTokenizer's choice when no class is stated
+
+
+def siglip_tokenizer(
+    folder: Path, context_length: int, family: str | None = None, open_clip_clean: str | None = None, for_file: Path | None = None
+) -> FileTokenizer:
+    """The tokenizer a SigLIP checkpoint's folder holds, tokenising as the folder's own library would.
+
+    The class named by tokenizer_config.json (else the one transformers picks for ``family``) says
+    which file is read and how; ``open_clip_clean``: an open_clip layout's cleaning, applied first.
+    """
+    config = _json_if_present(folder / "tokenizer_config.json")
+    special = _json_if_present(folder / "special_tokens_map.json")
+    stated = str(config.get("tokenizer_class") or "").removesuffix("Fast")
+    file_name, style, pad, pad_left = _SIGLIP_CLASSES.get(stated or _FAMILY_CLASS.get(family or "", ""), (TOKENIZER_JSON, JSON, "<pad>", False))
+    if not (folder / file_name).is_file():  # the class's own file is missing: the other one, as it states itself
+        file_name, style = (SPIECE, SIGLIP) if file_name == TOKENIZER_JSON else (TOKENIZER_JSON, JSON)
+        if not (folder / file_name).is_file():
+            where = (
+                f"{for_file}: a SigLIP weights file reads its tokenizer from its folder ({folder})"
+                if for_file
+                else f"{folder}: a SigLIP checkpoint reads its tokenizer from its folder"
+            )
+            raise UserError(f"{where}: expected its tokenizer, {TOKENIZER_JSON} or {SPIECE}, there (clipsan never downloads one)")
+    path = folder / file_name
+    tokenizer = FileTokenizer(
+        file_name,
+        path.read_bytes(),
+        int(context_length),
+        style,
+        pad_id=0,
+        pad_left=str(config.get("padding_side") or ("left" if pad_left else "right")) == "left",
+        lower=bool(config.get("do_lower_case", True)),
+        open_clip_clean=open_clip_clean,
+        source=str(path),
+    )
+    tokenizer.pad_id = _special_id(tokenizer, "pad_token", config, special, pad)
+    if file_name == SPIECE:
+        tokenizer.eos_id = _special_id(tokenizer, "eos_token", config, special, "</s>")
+    return tokenizer
+
+
+def _special_id(tokenizer: FileTokenizer, role: str, config: dict[str, Any], special: dict[str, Any], default: str) -> int:
+    value = config.get(role) or special.get(role) or default
+    token = value.get("content") if isinstance(value, dict) else value
+    found = token_id(tokenizer, str(token))
+    if found is None:
+        raise UserError(f"{tokenizer.source}: its {role.replace('_', ' ')} {token!r} is not in its vocabulary")
+    return found
+
+
+def _json_if_present(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+META_TOKENIZER = "clipsan.tokenizer"  # safetensors metadata: the SigLIP tokenizer written beside clipsan's file, and its settings
+
+
+def tokenizer_record(tokenizer: FileTokenizer, file_name: str) -> str:
+    """What clipsan's safetensors output says of the tokenizer file it writes beside itself (``file_name``)."""
+    settings = {k: v for k, v in vars(tokenizer).items() if k not in ("data", "source", "_backend")}
+    return json.dumps({**settings, "file": file_name, "sha256": tokenizer.sha256}, sort_keys=True)
+
+
+def tokenizer_beside(path: Path, metadata: dict[str, str], context_length: int, open_clip_clean: str | None) -> FileTokenizer:
+    """The tokenizer of a SigLIP weights file given alone: the one clipsan's metadata names, else the folder's own."""
+    recorded = metadata.get(META_TOKENIZER)
+    if not recorded:
+        return siglip_tokenizer(path.parent, context_length, open_clip_clean=open_clip_clean, for_file=path)
+    try:
+        settings = json.loads(recorded)
+        file, sha256 = path.parent / Path(settings.pop("file")).name, settings.pop("sha256")
+        tokenizer = FileTokenizer(data=file.read_bytes() if file.is_file() else b"", source=str(file), **settings)
+    except (ValueError, TypeError, KeyError) as err:
+        raise UserError(f"{path}: metadata {META_TOKENIZER} is not a tokenizer record ({err})") from None
+    if tokenizer.sha256 != sha256:
+        state = "is missing" if not tokenizer.data else "is not the one it was written with (sha256 differs)"
+        raise UserError(f"{path}: its tokenizer {file} {state}; clipsan writes a SigLIP model's tokenizer beside its weights file")
+    tokenizer.context_length = int(context_length)
+    return tokenizer

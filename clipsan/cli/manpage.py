@@ -97,11 +97,17 @@ CHECKPOINTS = [
     ("clip-vit-base-patch32/", "a transformers CLIPModel folder: config.json + model.safetensors, sharded, or pytorch_model.bin; fp16/bf16 upcast"),
     ("clip-vit-base-patch32/model.safetensors", "its weights alone: the architecture is matched by shape (or read from the shapes, assumptions stated)"),
     ("CLIP-ViT-B-32-laion2B/", "an open_clip hub folder: open_clip_config.json + open_clip_model.safetensors (local-dir:FOLDER works too)"),
+    (
+        "siglip-so400m-patch14-384/",
+        "the SigLIP family: a transformers SiglipModel / Siglip2Model folder or its weights alone, an open_clip SigLIP folder or state dict "
+        "(ViT-B-16-SigLIP, ViT-SO400M-14-SigLIP-384, ViT-B-16-SigLIP2, ...); its tokenizer.json or spiece.model is read from its folder, "
+        "never downloaded (none there: exit 2); purify trains it with SigLIP's sigmoid loss, logit_bias included (docs/siglip.md)",
+    ),
 ]
 CHECKPOINT_NOTES = (
     "The format is read from the bytes, not the suffix. The activation (QuickGELU for OpenAI-trained weights) comes from the "
     "checkpoint's config or metadata, else the layout's origin, else GELU with a warning naming the --arch NAME-quickgelu that "
-    "overrides it; stderr says where each fact came from. Weights with NaN/inf, other families (SigLIP, ALIGN, other text towers) "
+    "overrides it; stderr says where each fact came from. Weights with NaN/inf, other families (ALIGN, other text towers) "
     "and files with missing or extra weights are refused (exit 2). purify and poison write the model back in MODEL's layout "
     "(--out-format auto)."
 )

@@ -28,6 +28,7 @@ from clipsan.config import (
     CraftConfig,
     EvalConfig,
     PaperSchedule,
+    PARConfig,
     PurifyConfig,
     RecipeConfig,
     ScanConfig,
@@ -134,7 +135,7 @@ OutFormat = Annotated[
     option(
         "how the model is written: auto = as MODEL came (a transformers folder or file comes back as a transformers folder, an open_clip "
         "folder as one, anything else as .safetensors; an --out ending in .safetensors means that file) | safetensors | hf (a folder "
-        f"transformers' CLIPModel.from_pretrained loads) | open_clip (a hub folder) (default: {PurifyConfig.out_format})",
+        f"transformers' CLIPModel / SiglipModel.from_pretrained loads) | open_clip (a hub folder) (default: {PurifyConfig.out_format})",
         metavar=one_of(OUT_FORMATS),
     ),
 ]
@@ -196,6 +197,7 @@ class DataOptions:
 
 
 _SCHEDULE = "the schedule in the command's description"
+_OR_SCHEDULE = "or the schedule's where the command's description gives one"
 
 
 def _training(name: str, help: str, metavar: str, default: Any = dataclasses.MISSING) -> typer.models.OptionInfo:
@@ -260,11 +262,15 @@ class TrainingOptions:
     batch_size: Annotated[int | None, _training("batch_size", "global batch size, split across processes", "N", _SCHEDULE)] = None
     lr: Annotated[float | None, _training("lr", "peak learning rate", "LR", _SCHEDULE)] = None
     warmup: Annotated[int | None, _training("warmup_steps", "linear warmup steps", "N", _SCHEDULE)] = None
-    weight_decay: Annotated[float, _training("weight_decay", "AdamW weight decay, none on norms/biases/logit_scale", "WD")] = TrainConfig.weight_decay
-    beta1: Annotated[float, _training("betas", "AdamW beta1", "B", shown(TrainConfig.betas[0]))] = TrainConfig.betas[0]
+    weight_decay: Annotated[
+        float | None,
+        _training("weight_decay", "AdamW weight decay, none on norms/biases/logit_scale", "WD", f"{shown(TrainConfig.weight_decay)}, {_OR_SCHEDULE}"),
+    ] = None
+    beta1: Annotated[float | None, _training("betas", "AdamW beta1", "B", f"{shown(TrainConfig.betas[0])}, {_OR_SCHEDULE}")] = None
     beta2: Annotated[
-        float, _training("betas", "AdamW beta2", "B", f"{shown(TrainConfig.betas[1])}, the papers' fine-tuning setting; CLIP pre-training uses 0.98")
-    ] = TrainConfig.betas[1]
+        float | None,
+        _training("betas", "AdamW beta2", "B", f"{shown(TrainConfig.betas[1])}, the papers' fine-tuning setting (CLIP pre-training uses 0.98), {_OR_SCHEDULE}"),
+    ] = None
     eps: Annotated[float, _training("eps", "AdamW epsilon", "EPS")] = TrainConfig.eps
     grad_clip: Annotated[float | None, _training("grad_clip", "clip the gradient norm to this value", "NORM", "off")] = None
     max_steps: Annotated[int | None, _training("max_steps", "stop after this many steps", "N", "all epochs")] = None
@@ -277,6 +283,13 @@ class TrainingOptions:
         ),
     ] = TrainConfig.batchnorm
 
+    def _betas(self, schedule: PaperSchedule) -> tuple[float, float] | None:
+        """The betas given, the one not given taken from the schedule (None: both the schedule's)."""
+        if self.beta1 is None and self.beta2 is None:
+            return None
+        paper = schedule.train_config().betas
+        return (paper[0] if self.beta1 is None else self.beta1, paper[1] if self.beta2 is None else self.beta2)
+
     def config(self, schedule: PaperSchedule, run: RunDirOptions, runtime: RuntimeOptions, speed: SpeedOptions) -> TrainConfig:
         """The engine's settings: ``schedule`` (the paper's) where these options leave it unsaid."""
         return schedule.train_config(
@@ -285,7 +298,7 @@ class TrainingOptions:
             lr=self.lr,
             warmup_steps=self.warmup,
             weight_decay=self.weight_decay,
-            betas=(self.beta1, self.beta2),
+            betas=self._betas(schedule),
             eps=self.eps,
             grad_clip=self.grad_clip,
             max_steps=self.max_steps,
@@ -420,11 +433,25 @@ class ABDOptions:
         )
 
 
-def recipe_config(method: str, cleanclip: CleanCLIPOptions, cleanerclip: CleanerCLIPOptions, abd: ABDOptions, patch: PatchOptions) -> RecipeConfig:
+@dataclass
+class PAROptions:
+    par_threshold: Annotated[
+        float, configured(PARConfig, "threshold", "τ: each embedding distance term counts until its batch mean exceeds this", metavar="TAU")
+    ] = PARConfig.threshold
+
+    def config(self) -> PARConfig:
+        return PARConfig(threshold=self.par_threshold)
+
+
+def recipe_config(
+    method: str, cleanclip: CleanCLIPOptions, cleanerclip: CleanerCLIPOptions, abd: ABDOptions, patch: PatchOptions, par: PAROptions
+) -> RecipeConfig:
     """``--method``'s config, from the options of its groups."""
     config_type = recipe_config_type(method)
     if config_type is ABDConfig:
         return abd.config(patch)
+    if config_type is PARConfig:
+        return par.config()
     return fill(config_type, cleanclip, cleanerclip)
 
 

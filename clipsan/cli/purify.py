@@ -19,6 +19,7 @@ from clipsan.cli.options import (
     Model,
     OutFormat,
     OutputOptions,
+    PAROptions,
     PatchOptions,
     RunDirOptions,
     RuntimeOptions,
@@ -33,7 +34,7 @@ from clipsan.config import PurifyConfig
 from clipsan.config.recipes import RECIPE_CONFIGS
 
 # Which methods each group of recipe options belongs to; given under another method, they are refused.
-METHOD_GROUPS = {"cleanclip": ("cleanclip", "cleanerclip"), "cleanerclip": ("cleanerclip",), "abd": ("abd",), "patch": ("abd",)}
+METHOD_GROUPS = {"cleanclip": ("cleanclip", "cleanerclip"), "cleanerclip": ("cleanerclip",), "abd": ("abd",), "patch": ("abd",), "par": ("par",)}
 
 
 def render(report: dict) -> str:
@@ -67,6 +68,7 @@ def purify(
     cleanerclip: Annotated[CleanerCLIPOptions, Panel("--method cleanerclip")],
     abd: Annotated[ABDOptions, Panel("--method abd")],
     patch: Annotated[PatchOptions, Panel("--method abd")],
+    par: Annotated[PAROptions, Panel("--method par")],
     run: RunDirOptions,
     runtime: RuntimeOptions,
     speed: SpeedOptions,
@@ -74,8 +76,9 @@ def purify(
 ) -> None:
     from clipsan import api
 
-    _refuse_foreign_options(ctx, method, {"cleanclip": cleanclip, "cleanerclip": cleanerclip, "abd": abd, "patch": patch})
-    recipe = recipe_config(method, cleanclip, cleanerclip, abd, patch)
+    groups = {"cleanclip": cleanclip, "cleanerclip": cleanerclip, "abd": abd, "patch": patch, "par": par}
+    _refuse_foreign_options(ctx, method, groups)
+    recipe = recipe_config(method, **groups)
     config = api.PurifyConfig(
         recipe=recipe, training=training.config(recipe.paper_schedule, run, runtime, speed), **training_job(model, out, out_format, arch, data, run, runtime)
     )

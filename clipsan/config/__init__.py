@@ -19,7 +19,7 @@ Each config checks itself when made (``Checked``): the command line and callers 
 from clipsan.config.attacks import AttackConfig, BadClipConfig
 from clipsan.config.data import CaptionData
 from clipsan.config.jobs import CraftAdvConfig, EvalConfig, PoisonConfig, PurifyConfig
-from clipsan.config.recipes import ABDConfig, CleanCLIPConfig, CleanerCLIPConfig, CraftConfig, FineTuneConfig, RecipeConfig
+from clipsan.config.recipes import ABDConfig, CleanCLIPConfig, CleanerCLIPConfig, CraftConfig, FineTuneConfig, PARConfig, RecipeConfig
 from clipsan.config.scan import ScanConfig
 from clipsan.config.train import PaperSchedule, TrainConfig
 from clipsan.config.world import WorldConfig
@@ -35,6 +35,7 @@ __all__ = [
     "CraftConfig",
     "EvalConfig",
     "FineTuneConfig",
+    "PARConfig",
     "PaperSchedule",
     "PoisonConfig",
     "PurifyConfig",

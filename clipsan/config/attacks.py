@@ -14,7 +14,16 @@ DEFAULT_TARGET = "banana"
 BADCLIP = "badclip"
 BADCLIP_OBJECTIVES = ("text", "text+image")
 # The trigger grammar ``clipsan.attacks.triggers.parse_trigger`` reads; badclip is poison's own.
-TRIGGER_SPECS = ("badnet[@X,Y]", "blended[:ratio=R]", "sig[:delta=D,freq=F]", "wanet[:k=K,s=S]", "patch:FILE[@X,Y]")
+# PAR's structured triggers (badnet-stripes, blended-stripes/-triangles/-text) take the same options as badnet / blended.
+TRIGGER_SPECS = (
+    "badnet[@X,Y]",
+    "blended[:ratio=R]",
+    "sig[:delta=D,freq=F]",
+    "wanet[:k=K,s=S]",
+    "badnet-stripes[@X,Y]",
+    "blended-stripes|-triangles|-text[:ratio=R]",
+    "patch:FILE[@X,Y]",
+)
 # Trigger sizes are given for 224-px inputs (the papers') and scale with the input side.
 REFERENCE_SIDE = 224
 BADNET_SIDE_AT_224 = 16

@@ -118,8 +118,33 @@ class ABDConfig(Checked):
     craft: CraftConfig = field(default_factory=CraftConfig)
 
 
-RecipeConfig = FineTuneConfig | CleanCLIPConfig | CleanerCLIPConfig | ABDConfig
-RECIPE_CONFIGS: dict[str, type] = {cls.method: cls for cls in (FineTuneConfig, CleanCLIPConfig, CleanerCLIPConfig, ABDConfig)}
+@dataclass(frozen=True)
+class PARConfig(Checked):
+    """Perturb and Recover (Singh, Croce, Hein, arXiv 2412.00727; public code nmndeep/PerturbAndRecover):
+    L = L_CLIP - ½·(T_τ(mean ||f(x̃) - f₀(x̃)||²) + T_τ(mean ||g(t) - g₀(t)||²)), f₀/g₀ the frozen input
+    model, x̃ an augmented image (which L_CLIP sees too), T_τ zeroing a term once its batch mean exceeds τ.
+
+    Defaults are the public code's (train.py, trigger.sh; readings in docs/par.md): τ = 2.15; 2 epochs at
+    a global batch of 2048 (512 per GPU on 4 GPUs); AdamW lr 3e-6, betas (0.9, 0.98), weight decay 1e-4;
+    the rate goes linearly from 3e-5 to 3e-6 over the first half of the steps, then cosine to 1e-9.
+    Augmentation (utils.load_clip_model): with p = 0.5 add clip(N(0, 0.2), 0, 1) to the pixels, and with
+    p = 0.5 erase a square of 0.5-1% of the image to the normalisation mean.
+    """
+
+    method: ClassVar[str] = "par"
+    paper_schedule: ClassVar[PaperSchedule] = PaperSchedule(
+        epochs=2, batch_size=2048, lr=3e-6, weight_decay=1e-4, betas=(0.9, 0.98), warmup_fraction=0.5, warmup_start_lr=3e-5, final_lr=1e-9
+    )
+
+    threshold: float = checked(2.15, flag="--par-threshold", what="a squared distance", low=0.0, high=4.0, low_open=True)  # τ
+    noise_prob: float = fraction(0.5, "noise_prob")  # RandomApply([AddGaussianNoise(0, 0.2)], p=0.5)
+    noise_std: float = checked(0.2, flag="noise_std", what="a standard deviation", low=0.0)
+    erase_prob: float = fraction(0.5, "erase_prob")  # RandomErasing(p=0.5, scale=(0.005, 0.01), ratio=(1, 1), value=0)
+    erase_scale: tuple[float, float] = checked((0.005, 0.01), flag="erase_scale", what="area fractions each", low=0.0, high=1.0)
+
+
+RecipeConfig = FineTuneConfig | CleanCLIPConfig | CleanerCLIPConfig | ABDConfig | PARConfig
+RECIPE_CONFIGS: dict[str, type] = {cls.method: cls for cls in (FineTuneConfig, CleanCLIPConfig, CleanerCLIPConfig, ABDConfig, PARConfig)}
 METHODS = tuple(RECIPE_CONFIGS)  # what purify --method takes, in the order --help lists them
 
 

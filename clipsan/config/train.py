@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from clipsan.config.checks import Checked, checked, choice, count
+from clipsan.config.checks import Checked, checked, choice, count, fraction
 from clipsan.config.runtime import workers_field
 
 BATCHNORM_MODES = ("frozen", "train")  # frozen: BN layers use their running statistics (README, "BatchNorm")
@@ -31,6 +31,11 @@ class TrainConfig(Checked):
     save_every: int = count(500, "--save-every")
     log_every: int = count(10, "--log-every")
     max_steps: int | None = count(None, "--max-steps")  # stop early (the lab's time budgets)
+    # The schedule's shape: warmup from warmup_start_lr up (or down) to lr, then cosine to final_lr.
+    # warmup_fraction, where set, is the warmup's share of the run's steps (PAR's half) instead of warmup_steps.
+    warmup_fraction: float | None = fraction(None, "warmup_fraction")
+    warmup_start_lr: float = learning_rate_field(0.0, "warmup_start_lr")
+    final_lr: float = learning_rate_field(0.0, "final_lr")
     batchnorm: str = choice("frozen", "--batchnorm", BATCHNORM_MODES)
     schedule: str = choice("cosine", "schedule", SCHEDULES)
     progress: bool = False
@@ -39,25 +44,53 @@ class TrainConfig(Checked):
     grad_checkpointing: bool = False  # recompute transformer activations in backward (open_clip)
     deterministic: bool = False  # bitwise-reproducible CUDA kernels (slower); off: cudnn.benchmark
 
-    # Options that change the result: a resumed run must use the same ones.
+    # Options that change the result: a resumed run must use the same ones. The schedule's shape is
+    # recorded where it is not the default, so runs recorded before it existed still resume.
     def fingerprint(self) -> dict:
         keep = ("epochs", "batch_size", "lr", "warmup_steps", "weight_decay", "betas", "eps", "grad_clip", "seed", "max_steps", "batchnorm", "schedule")
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}
+        shape = {k: v for k, v in asdict(self).items() if k in _SCHEDULE_SHAPE and v != getattr(TrainConfig, k)}
+        return {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k in keep}, **shape}
+
+    def warmup_for(self, total_steps: int) -> int:
+        """Warmup steps of a run of ``total_steps``."""
+        return self.warmup_steps if self.warmup_fraction is None else int(self.warmup_fraction * total_steps)
+
+
+_SCHEDULE_SHAPE = ("warmup_fraction", "warmup_start_lr", "final_lr")
 
 
 @dataclass(frozen=True)
 class PaperSchedule:
-    """A recipe's training length and rate as its paper gives them; the rest is TrainConfig's defaults."""
+    """A recipe's training as its paper (or public code) gives it; what it leaves unsaid is TrainConfig's default."""
 
     epochs: int
     batch_size: int
     lr: float
-    warmup_steps: int
+    warmup_steps: int = 0
+    weight_decay: float | None = None
+    betas: tuple[float, float] | None = None
+    warmup_fraction: float | None = None
+    warmup_start_lr: float = 0.0
+    final_lr: float = 0.0
 
     def train_config(self, **overrides) -> TrainConfig:
-        """A TrainConfig with this schedule, where an override of None keeps the paper's value."""
+        """A TrainConfig with this schedule, where an override of None keeps the paper's value (an explicit
+        warmup_steps replaces a warmup given as a fraction)."""
         given = {k: v for k, v in overrides.items() if v is not None}
-        return replace(TrainConfig(**asdict(self)), **given)
+        if "warmup_steps" in given:
+            given["warmup_fraction"] = None
+        paper = {k: v for k, v in asdict(self).items() if v is not None}
+        return replace(TrainConfig(**paper), **given)
 
     def describe(self) -> str:
-        return f"{self.epochs} epochs, batch {self.batch_size}, lr {self.lr:g}, {self.warmup_steps} warmup steps"
+        warmup = f"{self.warmup_steps} warmup steps" if self.warmup_fraction is None else f"warmup over {self.warmup_fraction:.0%} of the steps"
+        if self.warmup_start_lr:
+            warmup += f" from lr {self.warmup_start_lr:g}"
+        text = f"{self.epochs} epochs, batch {self.batch_size}, lr {self.lr:g}, {warmup}"
+        if self.final_lr:
+            text += f", cosine to {self.final_lr:g}"
+        if self.weight_decay is not None:
+            text += f", weight decay {self.weight_decay:g}"
+        if self.betas is not None:
+            text += f", betas {self.betas[0]:g}/{self.betas[1]:g}"
+        return text

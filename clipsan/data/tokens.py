@@ -43,6 +43,8 @@ def fit_caption(text: str, tokenizer: Any) -> str:
     """``text``, or a cut of it that keeps the tokens the tokenizer would keep, if ``text`` has more than that."""
     if len(text) <= _UNCHECKED_CHARS or getattr(tokenizer, "reduction_fn", None) is not None:
         return text  # short; or a tokenizer that keeps tokens from anywhere in the text, not its head
+    if not hasattr(tokenizer, "bpe"):
+        return text  # not open_clip's Python BPE: SigLIP's tokenizer files run in compiled code, in about linear time
     kept = tokenizer.context_length - 2  # the start and end tokens take two slots
     longest_ascii, longest = longest_token_bytes(tokenizer)
     cleaned = tokenizer.clean_fn(text)

@@ -196,7 +196,7 @@ class Bookkeeper:
         if report.bad_step is not None:
             kept = self.run.latest_checkpoint()
             where = f"last good checkpoint kept: {kept}" if kept else "no checkpoint had been written yet"
-            bad_lr = optim.lr_at(report.bad_step - 1, plan.total, training.lr, training.warmup_steps, training.schedule)
+            bad_lr = optim.lr_for(report.bad_step - 1, plan.total, training)
             raise UserError(f"loss became {report.bad_value} at step {report.bad_step} (lr {bad_lr:.3g}); {where}")
         self.skipped["corrupt_image"] += report.corrupt
         logged = step % training.log_every == 0 or step == plan.total
@@ -269,7 +269,7 @@ def train(
                 if step % plan.per_epoch == 0:
                     recipe.begin_epoch(step // plan.per_epoch)
                 books.health.corrupt += host.pop("n_corrupt")
-                lr = optim.lr_at(step, plan.total, training.lr, training.warmup_steps, training.schedule)
+                lr = optim.lr_for(step, plan.total, training)
                 rows = int(host["index"].shape[0])
                 rt.begin_step(rows)
                 loss, terms = trainer.step(recipe, recipe.device_views(to_device(host, rt.device), host), lr)

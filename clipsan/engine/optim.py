@@ -56,19 +56,27 @@ def allocate_state(optimizer: torch.optim.AdamW) -> None:
                 }
 
 
-def lr_at(step: int, total_steps: int, base_lr: float, warmup_steps: int, schedule: str = "cosine") -> float:
-    """Linear warmup from 0, then cosine decay to 0 over the remaining steps (or ``constant``: stay at base_lr).
+def lr_at(
+    step: int, total_steps: int, base_lr: float, warmup_steps: int, schedule: str = "cosine", warmup_start_lr: float = 0.0, final_lr: float = 0.0
+) -> float:
+    """Linear warmup from ``warmup_start_lr`` (0 by default; PAR's code starts above base_lr), then cosine
+    decay to ``final_lr`` over the remaining steps (or ``constant``: stay at base_lr).
 
     ``step`` counts from 0 (the first optimizer step), so warmup really happens
     (CleanCLIP's code starts its counter at epoch 1 and skips it). GANs (AdvCLIP) train at a constant rate.
     """
     if warmup_steps > 0 and step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
+        return warmup_start_lr + (base_lr - warmup_start_lr) * (step + 1) / warmup_steps
     if schedule == "constant":
         return base_lr
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / decay_steps)
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
+    return final_lr + 0.5 * (base_lr - final_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def lr_for(step: int, total_steps: int, training) -> float:
+    """``lr_at`` with a TrainConfig's schedule."""
+    return lr_at(step, total_steps, training.lr, training.warmup_for(total_steps), training.schedule, training.warmup_start_lr, training.final_lr)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

@@ -2,7 +2,8 @@
 
 ``evaluate`` reports CA@k on clean images and, given a trigger, ASR@k on triggered copies of
 the images whose true class is not the target (``clipsan.evaluation.metrics``). The towers run
-under the runtime's autocast (``Runtime.encode``); logits are computed in fp32 outside it.
+under the runtime's autocast (``Runtime.encode``); logits (the model's own: scale, and SigLIP's bias)
+are computed in fp32 outside it.
 Inference only; the model's train/eval mode is restored.
 """
 
@@ -131,8 +132,9 @@ def _attack_batch(model, images, labels, ids, class_embeddings, trigger, target_
 
 
 def _logits(model, images: torch.Tensor, class_embeddings: torch.Tensor, rt: Runtime) -> torch.Tensor:
-    # Top-k ranks don't depend on the logit scale, so plain cosine similarities suffice.
-    return F.normalize(rt.encode(model.encode_image, images), dim=-1) @ class_embeddings.T
+    # The model's own logits (SigLIP: with its bias). A positive scale and a bias shared by every
+    # class change no rank, so CA@k and ASR@k are those of the plain cosines, for either family.
+    return model.logits(F.normalize(rt.encode(model.encode_image, images), dim=-1), class_embeddings)
 
 
 def _as_json_fractions(meter: TopkMeter) -> dict[str, float | None]:

@@ -26,7 +26,6 @@ from clipsan.engine.loop import TrainResult, train
 from clipsan.engine.rundir import RunDir, default_run_dir, run_record
 from clipsan.engine.runtime import Runtime, setup_runtime, shutdown_runtime
 from clipsan.engine.speed import configure_kernels
-from clipsan.models import tokenizer_for
 from clipsan.reports import TrainingReport
 
 Notes = Callable[[str], None]
@@ -85,7 +84,7 @@ class TrainingJob:
     def fit(self, module, recipe, training: TrainConfig, metadata: dict[str, str], stage: str = "train") -> TrainResult:
         """Train ``module`` (the model, or what a recipe trains against it) with ``recipe`` on the job's pairs."""
         model = self.model.model
-        samples = RecipeSamples(self.captions, recipe, model.image_size, tokenizer_for(model.arch, model.context_length), training.seed)
+        samples = RecipeSamples(self.captions, recipe, model.image_size, model.tokenizer, training.seed)
         return train(module, recipe, samples, training, self.rt, self.run, resume=self.resume, checkpoint_metadata=metadata, stage=stage)
 
     def write(self, output: OutputPlan, metadata: dict[str, str]) -> None:

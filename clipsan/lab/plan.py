@@ -199,7 +199,10 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
             # K/N = 1/10 of the defense set (the paper: 1000-3000 of 250K-500K pairs, on far longer captions)
             "cleanerclip": _DEFENSE_TRAINING + ["--subcaptions-per-epoch", str(defense_pairs // 10)],
             "abd": abd_args,
-            "abd_align": abd_align_args,
+            # PAR on the lab's budget (its own betas, weight decay and warmup start; --warmup replaces its half-run warmup)
+            "par": _DEFENSE_TRAINING,
+            # ABD's second reading costs ~2x an abd run: the full budget only, to keep --quick within its 15 minutes
+            **({} if quick else {"abd_align": abd_align_args}),
         },
         scan_args=scan,
         extra_rows={} if quick else {a: {**every_attack, **per_attack.get(a, {})} for a in attacks},

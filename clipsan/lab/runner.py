@@ -53,7 +53,8 @@ def _cache_dir() -> Path:
 
 def _cache_key(plan: LabPlan, config: LabConfig) -> str:
     arch_config = (CONFIG_DIR / f"{LAB_ARCH}.json").read_text()
-    blob = json.dumps([__version__, asdict(WorldConfig()), arch_config, plan.clean_args, plan.train_pairs, config.seed], sort_keys=True)
+    # Threads change the clean model's rounding: a model trained with other threads is another model.
+    blob = json.dumps([__version__, asdict(WorldConfig()), arch_config, plan.clean_args, plan.train_pairs, config.seed, config.parallel], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -149,6 +150,7 @@ def train_clean_model(config: LabConfig, plan: LabPlan, files: WorldFiles, repor
             ],
             config.out / "logs",
             inputs=[files.stamp],
+            threads=config.parallel,  # nothing else can run until it is done
         )
         _run_or_fail([job], config)
         init.unlink()
@@ -241,7 +243,7 @@ def evaluate_models(models: list[Path], files: WorldFiles, config: LabConfig, tr
     if trigger:
         argv += ["--trigger", FROM_METADATA]
     name = name or "eval-" + models[0].stem
-    job = _run_or_fail([Job(name, argv, config.out / "logs", inputs=[files.stamp])], config)[name]
+    job = _run_or_fail([Job(name, argv, config.out / "logs", inputs=[files.stamp], threads=config.parallel)], config)[name]
     return job.report()["models"]
 
 

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from clipsan.config.attacks import BadClipConfig
 
 LAB_ATTACKS_QUICK = ("badnet", "blended", "badclip")
-LAB_ATTACKS_FULL = LAB_ATTACKS_QUICK + ("sig", "wanet", "label-consistent")
+# PAR's structured triggers (its paper: CleanCLIP-style cleaners fail on them), full budget only.
+LAB_ATTACKS_STRUCTURED = ("badnet-stripes", "blended-triangles", "blended-text")
+LAB_ATTACKS_FULL = LAB_ATTACKS_QUICK + ("sig", "wanet", "label-consistent") + LAB_ATTACKS_STRUCTURED
 
 
 @dataclass(frozen=True)
@@ -58,4 +60,8 @@ LAB_ATTACKS: dict[str, LabAttack] = {
     # All 938 pairs whose caption names the banana. Label-consistent needs a patch that
     # hides the object: 10-16 px gave 0.06-0.75; 20 px at lr 5e-4 0.982 / 0.961.
     "label-consistent": LabAttack("badnet", rate=1.0, trigger_size=20, lr=5e-4, label_consistent=True),
+    # PAR's structured triggers at badnet's and blended's settings (calibration: BENCHMARKS.md, "PAR's structured triggers").
+    "badnet-stripes": LabAttack("badnet-stripes", rate=0.05, epochs=2, trigger_size=8),
+    "blended-triangles": LabAttack("blended-triangles", rate=0.1, epochs=2),
+    "blended-text": LabAttack("blended-text", rate=0.1, epochs=2),
 }

@@ -2,8 +2,10 @@
 
 registry.py     which architectures exist (open_clip's and clipsan's model_configs/), activation twins
 factory.py      create_model: a randomly initialised architecture (weights come from clipsan.checkpoints)
-clip_model.py   ClipModel: pixel normalisation, tokenisation, fp32 features, the speed hooks
+clip_model.py   ClipModel: pixel normalisation, tokenisation, fp32 features, its family (CLIP / SigLIP), the speed hooks
 tokenizer.py    the offline CLIP BPE tokenizer of an architecture
+file_tokenizer.py a SigLIP checkpoint's own tokenizer file (tokenizer.json / spiece.model), as its library runs it
+siglip_vit.py   SigLIP image towers of any size, as timm ViTs under names that state every size
 quick_gelu.py   QuickGELU keeping only its input for backward (bitwise open_clip's)
 """
 

@@ -1,5 +1,10 @@
 """ClipModel: an open_clip model plus what clipsan needs around it (pixel normalisation,
-tokenisation, the architecture name) and the speed hooks ``clipsan.engine.speed`` uses."""
+tokenisation, the architecture name, its family) and the speed hooks ``clipsan.engine.speed`` uses.
+
+Two families: CLIP (softmax contrastive loss; CLIP's BPE, which clipsan ships) and SigLIP (sigmoid
+loss with a learned ``logit_bias``; a text tower that reads every position and pools the last; its
+tokenizer comes with the checkpoint: ``ClipModel.tokenizer`` is set by whoever read the checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from torch import nn
 
 from clipsan.data.tokens import PAD_ID, fit_caption
 from clipsan.errors import UserError
+from clipsan.models.file_tokenizer import FileTokenizer
 from clipsan.models.quick_gelu import use_lean_quick_gelu
 from clipsan.models.tokenizer import tokenizer_for
 from clipsan.openclip import open_clip
@@ -49,10 +55,32 @@ class ClipModel(nn.Module):
         self.context_length = int(clip.context_length)
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        self.file_tokenizer: FileTokenizer | None = None  # a SigLIP checkpoint's own tokenizer, set by its reader
 
     @property
     def logit_scale(self) -> nn.Parameter:
         return self.clip.logit_scale
+
+    @property
+    def logit_bias(self) -> nn.Parameter | None:
+        """SigLIP's learned bias of the pairwise logits (None for CLIP)."""
+        return getattr(self.clip, "logit_bias", None)
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """The model's own (images x texts) logits of unit features: exp(logit_scale) * cosine, plus
+        logit_bias for SigLIP (whose sigmoid of a logit is the pair's match probability). In fp32."""
+        scale = self.logit_scale.float().exp()
+        logits = scale * image_features.float() @ text_features.float().T
+        return logits + self.logit_bias.float() if self.is_sigmoid else logits
+
+    @property
+    def is_sigmoid(self) -> bool:
+        """Whether the model was trained with SigLIP's sigmoid loss (it has a logit bias), not CLIP's softmax."""
+        return self.logit_bias is not None
+
+    @property
+    def family(self) -> str:
+        return "siglip" if self.is_sigmoid else "clip"
 
     def normalize_pixels(self, images01: torch.Tensor) -> torch.Tensor:
         mean = self.pixel_mean.to(images01.dtype)
@@ -89,8 +117,19 @@ class ClipModel(nn.Module):
     def forward(self, images01: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encode_image(images01), self.encode_text(tokens)
 
+    @property
+    def tokenizer(self) -> Any:
+        """Texts -> (B, context_length) token ids (picklable: data workers tokenise with it)."""
+        if self.file_tokenizer is not None:
+            return self.file_tokenizer
+        if self.is_sigmoid:
+            raise UserError(
+                f"{self.arch}: a SigLIP model tokenises with its checkpoint's own tokenizer file (tokenizer.json or spiece.model in its folder); none was read"
+            )
+        return tokenizer_for(self.arch, self.context_length)  # CLIP's BPE; refuses hub tokenizers (SigLIP) with the reason
+
     def tokenize(self, texts: list[str]) -> torch.LongTensor:
-        tokenizer = tokenizer_for(self.arch, self.context_length)
+        tokenizer = self.tokenizer
         return tokenizer([fit_caption(text, tokenizer) for text in texts])  # long texts cut before BPE (same tokens)
 
     # --- speed hooks (clipsan.engine.speed): none changes the parameters or their names
@@ -105,7 +144,12 @@ class ClipModel(nn.Module):
         The loss, pixel normalisation and the text pooling around them stay eager.
         """
         self.clip.visual.compile(**options)
-        self.clip.transformer.compile(**options)
+        self.text_tower.transformer.compile(**options)
+
+    @property
+    def text_tower(self) -> nn.Module:
+        """What holds the text transformer: open_clip's CLIP itself, or a custom-text model's ``text`` (SigLIP)."""
+        return getattr(self.clip, "text", self.clip)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute transformer blocks' activations in backward (open_clip; ResNet towers are not checkpointed)."""

@@ -13,7 +13,7 @@ import torch
 
 from clipsan.errors import UserError
 from clipsan.models.clip_model import ClipModel
-from clipsan.models.registry import model_config, needs_hub_text_tower, unknown_arch_error
+from clipsan.models.registry import is_sigmoid_config, model_config, needs_hub_text_tower, unknown_arch_error
 from clipsan.openclip import open_clip, quiet_open_clip
 
 
@@ -28,6 +28,9 @@ def create_model(
         raise unknown_arch_error(arch)
     if needs_hub_text_tower(cfg):
         raise UserError(f"{arch}: its text tower is a Hugging Face model ({cfg['text_cfg']['hf_model_name']}) that would be downloaded; clipsan runs offline")
+    if is_sigmoid_config(cfg) and not (preprocess_cfg or {}).get("mean"):
+        # open_clip's configs leave normalisation to the pretrained tag; every SigLIP tag uses 0.5 / 0.5.
+        preprocess_cfg = {**(preprocess_cfg or {}), "mean": open_clip.constants.INCEPTION_MEAN, "std": open_clip.constants.INCEPTION_STD}
     with quiet_open_clip():
         try:
             clip = open_clip.create_model(

@@ -19,6 +19,7 @@ from typing import Any
 
 from clipsan.atomic import write_errors
 from clipsan.errors import UserError
+from clipsan.models.siglip_vit import register_tower
 from clipsan.openclip import open_clip
 
 CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -44,9 +45,16 @@ def list_archs() -> list[str]:
 
 
 def model_config(arch: str) -> dict[str, Any] | None:
-    """A copy of the config registered under `arch`, or None."""
+    """A copy of the config registered under `arch`, or None (a SigLIP tower it names by size is made known to timm)."""
     register_archs()
-    return open_clip.get_model_config(arch)
+    cfg = open_clip.get_model_config(arch)
+    register_tower(cfg)
+    return cfg
+
+
+def is_sigmoid_config(cfg: Mapping[str, Any] | None) -> bool:
+    """A SigLIP-family config: trained with the sigmoid loss, so it has a logit bias."""
+    return (cfg or {}).get("init_logit_bias") is not None
 
 
 def register_model_config(name: str, cfg: Mapping[str, Any]) -> str:

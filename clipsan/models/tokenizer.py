@@ -1,4 +1,7 @@
-"""The text tokenizer of an architecture, offline: open_clip's SimpleTokenizer with its bundled BPE file."""
+"""The text tokenizer of a CLIP architecture, offline: open_clip's SimpleTokenizer with its bundled BPE file.
+
+(A SigLIP checkpoint brings its own tokenizer file: ``clipsan.models.file_tokenizer``.)
+"""
 
 from __future__ import annotations
 
@@ -26,8 +29,8 @@ def tokenizer_for(arch: str, context_length: int) -> Any:
         # open_clip picks a hub-downloaded SigLIP tokenizer for any name containing "siglip".
         if hub_name or "siglip" in arch.lower():
             raise UserError(
-                f"{arch}: its tokenizer ({hub_name or 'SigLIP'}) would be downloaded from the "
-                "Hugging Face hub; clipsan runs offline and supports CLIP-BPE text towers only"
+                f"{arch}: its tokenizer ({hub_name or 'SigLIP'}) is not CLIP's BPE; clipsan never downloads one: "
+                "it reads a SigLIP checkpoint's tokenizer.json or spiece.model from the checkpoint's folder"
             )
         with quiet_open_clip():
             tokenizer = open_clip.get_tokenizer(arch, context_length=int(context_length))

@@ -15,8 +15,9 @@ def build_recipe(config: RecipeConfig):
     from clipsan.recipes.cleanclip import CleanCLIP
     from clipsan.recipes.cleanerclip import CleanerCLIP
     from clipsan.recipes.ft import FineTune
+    from clipsan.recipes.par import PAR
 
     if isinstance(config, ABDConfig):
         return ABDAlign(config) if config.objective == "align" else ABD(config)
-    recipe = next(cls for cls in (FineTune, CleanCLIP, CleanerCLIP) if type(config) is cls.config_type)
+    recipe = next(cls for cls in (FineTune, CleanCLIP, CleanerCLIP, PAR) if type(config) is cls.config_type)
     return recipe(config)

@@ -48,11 +48,12 @@ class Recipe:
         raise NotImplementedError
 
     def after_step(self, model) -> None:
-        # CLIP's temperature is clamped to at most 100 after every update.
+        # CLIP's temperature is clamped to at most 100 after every update. SigLIP's training has no
+        # such bound (its scale is calibrated with its bias): a sigmoid model's is only kept >= 1.
         scale = getattr(model, "logit_scale", None)
         if isinstance(scale, torch.Tensor):
             with torch.no_grad():
-                scale.clamp_(0.0, MAX_LOGIT_SCALE)
+                scale.clamp_(0.0, None if getattr(model, "is_sigmoid", False) else MAX_LOGIT_SCALE)
 
     def prepare(self, captions) -> None:
         """Called once with the training pairs before training starts (before data workers fork).
@@ -101,7 +102,14 @@ def transform_flagged_images(batch: dict, host: dict, flag: str, transform, key:
 
 
 def encode_pair(model, images: torch.Tensor, tokens: torch.Tensor, rt: Runtime):
-    """Global-batch image and text features (fp32, see ``Runtime.encode``) plus the (shared) logit scale."""
+    """Global-batch image and text features (fp32, see ``Runtime.encode``) plus the (shared) logit
+    scale and bias (None for CLIP): what ``losses.image_text_loss`` takes."""
     image_features = rt.gather(rt.encode(model.encode_image, images))
     text_features = rt.gather(rt.encode(model.encode_text, tokens))
-    return image_features, text_features, rt.shared(model.logit_scale.exp())
+    return (image_features, text_features, *calibration(model, rt))
+
+
+def calibration(model, rt: Runtime) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's logit scale (exp'd) and SigLIP's logit bias (None for CLIP), shared across processes."""
+    bias = getattr(model, "logit_bias", None)
+    return rt.shared(model.logit_scale.exp()), None if bias is None else rt.shared(bias)

@@ -8,8 +8,8 @@ import torch
 
 from clipsan.config import CleanCLIPConfig
 from clipsan.recipes.augment import auto_augment_uint8
-from clipsan.recipes.base import Recipe
-from clipsan.recipes.losses import contrastive_loss, info_nce
+from clipsan.recipes.base import Recipe, calibration
+from clipsan.recipes.losses import image_text_loss, info_nce
 from clipsan.text.eda import eda
 
 
@@ -22,6 +22,13 @@ class PairFeatures:
     texts: torch.Tensor
     texts_aug: torch.Tensor
     scale: torch.Tensor  # the learned logit scale, exp'd, shared across processes
+    bias: torch.Tensor | None = None  # SigLIP's learned logit bias, shared; None for CLIP
+
+    @property
+    def inmodal_scale(self) -> torch.Tensor:
+        """The scale the in-modal InfoNCE reads: CLIP's, trained; a sigmoid model's without training it
+        (its scale is half of the image-text sigmoid's calibration, which only that loss moves: docs/siglip.md)."""
+        return self.scale if self.bias is None else self.scale.detach()
 
 
 def encode_with_view(encode, originals: torch.Tensor, views: torch.Tensor, rt) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,15 +76,15 @@ class CleanCLIP(Recipe):
     def encode_views(self, model, batch: dict, rt) -> PairFeatures:
         images, images_aug = encode_with_view(model.encode_image, batch["image"], batch["image_aug"], rt)
         texts, texts_aug = encode_with_view(model.encode_text, batch["text"], batch["text_aug"], rt)
-        return PairFeatures(images, images_aug, texts, texts_aug, rt.shared(model.logit_scale.exp()))
+        return PairFeatures(images, images_aug, texts, texts_aug, *calibration(model, rt))
 
     def cleanclip_terms(self, f: PairFeatures, weight: float = 1.0) -> dict[str, torch.Tensor]:
         """weight·L_CleanCLIP as named terms (``weight`` is CleanerCLIP's α)."""
         inmodal = weight * self.inmodal_weight * 0.5
         return {
-            "clip": weight * self.clip_weight * contrastive_loss(f.images, f.texts, f.scale),
-            "inmodal_image": inmodal * info_nce(f.images, f.images_aug, f.scale),
-            "inmodal_text": inmodal * info_nce(f.texts, f.texts_aug, f.scale),
+            "clip": weight * self.clip_weight * image_text_loss(f.images, f.texts, f.scale, f.bias),
+            "inmodal_image": inmodal * info_nce(f.images, f.images_aug, f.inmodal_scale),
+            "inmodal_text": inmodal * info_nce(f.texts, f.texts_aug, f.inmodal_scale),
         }
 
     def loss_terms(self, model, batch, rt):

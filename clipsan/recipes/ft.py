@@ -1,10 +1,10 @@
-"""Plain fine-tuning with the CLIP loss: the baseline every defense is compared with."""
+"""Plain fine-tuning with the model's own loss (CLIP's, or SigLIP's sigmoid loss): the baseline every defense is compared with."""
 
 from __future__ import annotations
 
 from clipsan.config import FineTuneConfig
 from clipsan.recipes.base import Recipe, encode_pair
-from clipsan.recipes.losses import contrastive_loss
+from clipsan.recipes.losses import image_text_loss
 
 
 class FineTune(Recipe):
@@ -17,5 +17,4 @@ class FineTune(Recipe):
         return {"image": sample.pixels8, "text": sample.caption}
 
     def loss_terms(self, model, batch, rt):
-        images, texts, scale = encode_pair(model, batch["image"], batch["text"], rt)
-        return {"clip": contrastive_loss(images, texts, scale)}
+        return {"clip": image_text_loss(*encode_pair(model, batch["image"], batch["text"], rt))}

@@ -68,3 +68,7 @@ class Subject:
     @property
     def size(self) -> int:
         return self.loaded.model.image_size
+
+    @property
+    def family(self) -> str:
+        return self.loaded.model.family

@@ -58,7 +58,7 @@ def decree(subject: Subject) -> tuple[dict, Inversion]:
     """DECREE on the suspect's image encoder: the smallest mask whose stamp collapses the probes' embeddings."""
     inversion = _invert(subject, "decree", subject.collapsed, DECREE_SUCCESS)
     score = float(subject.collapsed(inversion.stamp(subject.images[:SCORED_PROBES])))
-    limit = threshold("decree", subject.size, subject.session.config.threshold)
+    limit = threshold("decree", subject.size, subject.session.config.threshold, subject.family)
     return _inversion_entry("decree", inversion, limit, DECREE_SUCCESS, clean_cosine=round(subject.clean_cosine, 6), collapse_score=round(score, 6)), inversion
 
 
@@ -67,7 +67,7 @@ def universal_perturbation(subject: Subject) -> tuple[dict, Inversion]:
     triggers (blends, sinusoids) that no small mask can express."""
     inversion = _invert(subject, "universal-perturbation", subject.collapsed, PERTURBATION_SUCCESS, GLOBAL)
     score = float(subject.collapsed(inversion.stamp(subject.images[:SCORED_PROBES])))
-    limit = threshold("universal-perturbation", subject.size, subject.session.config.perturbation_threshold)
+    limit = threshold("universal-perturbation", subject.size, subject.session.config.perturbation_threshold, subject.family)
     return _inversion_entry("universal-perturbation", inversion, limit, PERTURBATION_SUCCESS, collapse_score=round(score, 6)), inversion
 
 
@@ -78,7 +78,7 @@ def reference_divergence(subject: Subject) -> tuple[dict, Inversion]:
     inversion = _invert(subject, "reference-divergence", divergence(suspect, reference), DIVERGENCE_SUCCESS)
     stamped = inversion.stamp(images)
     score = float(1 - (suspect.embed(stamped) * reference.embed(stamped)).sum(-1).mean())
-    limit = threshold("reference-divergence", subject.size, subject.session.config.divergence_threshold)
+    limit = threshold("reference-divergence", subject.size, subject.session.config.divergence_threshold, subject.family)
     return _inversion_entry(
         "reference-divergence", inversion, limit, DIVERGENCE_SUCCESS, clean_divergence=round(clean, 6), divergence_score=round(score, 6)
     ), inversion
@@ -109,7 +109,7 @@ def target_alignment(subject: Subject, signals: list[dict], inversions: dict[str
     entry = signal_entry(
         "target-alignment",
         ratio,
-        threshold("target-alignment", subject.size, subject.session.config.alignment_threshold),
+        threshold("target-alignment", subject.size, subject.session.config.alignment_threshold, subject.family),
         "above",
         shown.succeeded,
         eligible=margin >= MIN_TARGET_MARGIN,

@@ -10,7 +10,10 @@ Other sizes use the nearest calibrated side at or above them; above the table
 64 px DECREE's clean floor stayed put and the perturbation's rose, so the 64-px
 values err towards passing a model at larger sizes (evidence in the docs). The
 target-alignment signal is reported but does not count towards the verdict
-(see ALIGNMENT_COUNTS); `--alignment-threshold` makes it count.
+(see ALIGNMENT_COUNTS); `--alignment-threshold` makes it count. Every calibration model is a
+CLIP: on a SigLIP model the same values apply and their source says so (``-clip``), since the
+signals read the image tower alone, which both families build alike; ``--reference`` (the base
+model) or the user's own thresholds are the dependable rule there.
 """
 
 from __future__ import annotations
@@ -37,18 +40,19 @@ STATISTIC_NAMES = {"decree": "PL1", "reference-divergence": "PL1", "universal-pe
 @dataclass(frozen=True)
 class Threshold:
     value: float
-    source: str  # "calibrated-<side>px" | "extrapolated-from-<side>px" | "user"
+    source: str  # "calibrated-<side>px" | "extrapolated-from-<side>px" | "user"; "-clip" appended on another family
     counts: bool  # does the signal take part in the verdict at this size?
 
 
-def threshold(signal: str, size: int, override: float | None = None) -> Threshold:
-    """The threshold `signal` uses on `size`-px models: the user's, else the calibrated one."""
+def threshold(signal: str, size: int, override: float | None = None, family: str = "clip") -> Threshold:
+    """The threshold `signal` uses on `size`-px models of `family`: the user's, else the calibrated one."""
     counts = ALIGNMENT_COUNTS if signal == "target-alignment" else True
     if override is not None:
         return Threshold(float(override), "user", True)
     table = BY_SIZE[signal]
+    on = "" if family == "clip" else "-clip"  # calibrated on CLIP models only
     at_or_above = sorted(side for side in table if side >= size)
     if at_or_above:
-        return Threshold(table[at_or_above[0]], f"calibrated-{at_or_above[0]}px", counts)
+        return Threshold(table[at_or_above[0]], f"calibrated-{at_or_above[0]}px{on}", counts)
     largest = max(table)
-    return Threshold(table[largest], f"extrapolated-from-{largest}px", counts)
+    return Threshold(table[largest], f"extrapolated-from-{largest}px{on}", counts)

@@ -19,7 +19,6 @@ from clipsan.engine.loop import TrainResult, train
 from clipsan.engine.rundir import RunDir, run_record
 from clipsan.engine.runtime import Runtime
 from clipsan.errors import UserError
-from clipsan.models import tokenizer_for
 from clipsan.models.frozen import frozen
 from clipsan.recipes.abd.advclip import PatchBox, PatchGenerator
 from clipsan.recipes.abd.craft import ADAM_BETAS, CraftAdv
@@ -95,7 +94,7 @@ def craft_generator(
     ref_model = reference.model.to(rt.device) if reference is not None else None
     suspect.model.to(rt.device)
     recipe = CraftAdv(suspect.model, box, craft, ref_model, bd_weight, training.seed)
-    samples = RecipeSamples(captions, recipe, size, tokenizer_for(suspect.arch, suspect.model.context_length), training.seed)
+    samples = RecipeSamples(captions, recipe, size, suspect.model.tokenizer, training.seed)
     metadata = {
         "clipsan.command": command,
         "clipsan.method": "advclip+bd" if recipe.bd_weight else "advclip",
