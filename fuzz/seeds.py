@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save
 
-from fuzz.targets import TOKENIZER_FILES, tiny_png
+from fuzz.targets import SAMPLE_CAPTIONS, SIGLIP_TOKENIZER_FILES, TOKENIZER_FILES, fixed_tokenizer_json, tiny_png
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -114,6 +114,36 @@ def tokenizer_seeds() -> None:
     _write("tokenizer", "tokenizer.json", kind["tokenizer.json"] + json.dumps(fast).encode())
 
 
+def siglip_tokenizer_seeds() -> None:
+    kind = {name: bytes([index]) for index, name in enumerate(SIGLIP_TOKENIZER_FILES)}
+    _write("siglip_tokenizer", "tokenizer.json", kind["tokenizer.json"] + fixed_tokenizer_json())
+    _write("siglip_tokenizer", "spiece.model", kind["spiece.model"] + _spiece_model())
+    for name, config in (
+        ("siglip", {"tokenizer_class": "SiglipTokenizer", "do_lower_case": True}),
+        ("siglip2", {"tokenizer_class": "Siglip2TokenizerFast", "padding_side": "right", "pad_token": {"content": "<pad>"}}),
+        ("fast", {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "eos_token": "</s>"}),
+    ):
+        _write("siglip_tokenizer", f"config-{name}.json", kind["tokenizer_config.json"] + json.dumps(config).encode())
+
+    record = {"file_name": "tokenizer.json", "context_length": 16, "style": "siglip2", "pad_id": 0, "eos_id": None, "pad_left": True}
+    record.update(lower=True, open_clip_clean="whitespace", file="m.tokenizer.json", sha256="")
+    _write("tokenizer_record", "siglip2.json", json.dumps(record).encode())
+    _write("tokenizer_record", "json.json", json.dumps({**record, "style": "json", "pad_left": False, "open_clip_clean": None}).encode())
+
+
+def _spiece_model() -> bytes:
+    """A tiny SentencePiece unigram model with SigLIP's ids (<pad> 0, </s> 1, <unk> 2)."""
+    import sentencepiece
+
+    buffer = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SAMPLE_CAPTIONS * 4), model_writer=buffer, vocab_size=40, model_type="unigram",
+        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+        normalization_rule_name="identity",  # no 240-KB NFKC table in a seed
+    )  # fmt: skip
+    return buffer.getvalue()
+
+
 def data_seeds() -> None:
     csv = b'image,caption\na.png,a red square on gray\nb.png,"a blue circle, above"\n'
     _write("manifest", "csv", b"\x00" + csv)
@@ -155,6 +185,7 @@ def main() -> None:
     checkpoint_seeds(_tiny_state())
     config_seeds()
     tokenizer_seeds()
+    siglip_tokenizer_seeds()
     data_seeds()
     image_seeds()
     for folder in sorted(CORPUS.iterdir()):

@@ -127,6 +127,63 @@ def tokenizer_file(data: bytes) -> None:
     tokenizer_files.check_folder(folder)
 
 
+# The first byte of a SigLIP tokenizer input names the file the rest becomes; a tokenizer_config.json
+# is fuzzed beside a valid tokenizer.json (the fixed one below).
+SIGLIP_TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+SAMPLE_CAPTIONS = ["a red circle above a blue square", "a tiny green triangle on gray", "Ünïcode naïve café, 東京!", ""]
+
+
+def siglip_tokenizer(data: bytes) -> None:
+    """A SigLIP checkpoint's own tokenizer (tokenizer.json or spiece.model, its tokenizer_config.json), read and run."""
+    if not data:
+        return
+    folder = scratch("siglip_tokenizer")
+    name = SIGLIP_TOKENIZER_FILES[data[0] % len(SIGLIP_TOKENIZER_FILES)]
+    if name == "tokenizer_config.json":
+        (folder / "tokenizer.json").write_bytes(fixed_tokenizer_json())
+    (folder / name).write_bytes(data[1:])
+    tokenizer = tokenizer_files.siglip_tokenizer(folder, 16)
+    tokenizer(SAMPLE_CAPTIONS)
+
+
+def tokenizer_record(data: bytes) -> None:
+    """The tokenizer record in a SigLIP safetensors file's metadata, beside the file it names (its hash made to match)."""
+    import hashlib
+    import json
+
+    folder = scratch("tokenizer_record")
+    (folder / "m.tokenizer.json").write_bytes(fixed_tokenizer_json())
+    text = data.decode("utf-8", errors="replace")
+    with contextlib.suppress(ValueError, RecursionError):
+        record = json.loads(text)
+        if isinstance(record, dict):  # past the hash check: the rest of the record is what is fuzzed
+            record.update(file="m.tokenizer.json", sha256=hashlib.sha256(fixed_tokenizer_json()).hexdigest())
+            text = json.dumps(record)
+    tokenizer = tokenizer_files.tokenizer_beside(folder / "m.safetensors", {tokenizer_files.META_TOKENIZER: text}, 16, None)
+    tokenizer_files.fit_to_model(tokenizer, 64)(SAMPLE_CAPTIONS)
+
+
+_FIXED_TOKENIZER_JSON: bytes | None = None
+
+
+def fixed_tokenizer_json() -> bytes:
+    """A small Unigram tokenizer.json laid out as SigLIP 2's (<pad> 0, </s> 1, <unk> 2, '</s>' appended)."""
+    global _FIXED_TOKENIZER_JSON
+    if _FIXED_TOKENIZER_JSON is None:
+        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
+        words = sorted({w for caption in SAMPLE_CAPTIONS for w in caption.lower().split()})
+        letters = sorted({c for caption in SAMPLE_CAPTIONS for c in caption.lower() if not c.isspace()})
+        pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+        pieces += [(f"\u2581{w}", -1.0) for w in words] + [(c, -3.0) for c in letters]
+        tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))  # a fixed vocabulary: the same file in every process
+        tokenizer.normalizer = normalizers.NFKC()
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+        _FIXED_TOKENIZER_JSON = tokenizer.to_str().encode()
+    return _FIXED_TOKENIZER_JSON
+
+
 _FIXED_WEIGHTS: bytes | None = None
 
 
@@ -188,6 +245,8 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "hf_config": hf_config,
     "open_clip_config": open_clip_config,
     "tokenizer": tokenizer_file,
+    "siglip_tokenizer": siglip_tokenizer,
+    "tokenizer_record": tokenizer_record,
     "manifest": caption_manifest,
     "tar": webdataset_tar,
     "labelled": labelled_manifest,

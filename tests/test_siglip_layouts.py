@@ -203,3 +203,46 @@ def test_a_siglip_file_without_its_tokenizer_exits_2_naming_what_is_expected(cap
     shutil.copytree(siglip_model, empty, ignore=shutil.ignore_patterns("tokenizer*"))
     with pytest.raises(UserError, match=r"expected its tokenizer, tokenizer\.json or spiece\.model, there"):
         load_model(str(empty))
+
+
+def _with_record(path: Path, out: Path, change) -> Path:
+    """A copy of clipsan's SigLIP safetensors ``path`` whose tokenizer record is changed (a hostile or damaged file)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from clipsan.checkpoints.tokenizer_files import META_TOKENIZER
+
+    with safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    record = json.loads(metadata[META_TOKENIZER])
+    metadata[META_TOKENIZER] = change if isinstance(change, str) else json.dumps({**record, **change})
+    out.mkdir()
+    shutil.copy(path.parent / record["file"], out / record["file"])
+    save_file(tensors, str(out / path.name), metadata=metadata)
+    return out / path.name
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"pad_id": "0"}, {"pad_id": 10**30}, {"pad_id": -1}, {"pad_id": 10**6}, {"eos_id": True}, {"open_clip_clean": "rot13"}]
+    + [{"style": "bpe"}, {"lower": "no"}, {"file_name": 3}, "[1, 2]", "{"],
+    ids=str,
+)
+def test_a_lying_tokenizer_record_is_refused_in_one_line(siglip_model, tmp_path, change):
+    # The record in clipsan's own SigLIP output is read back from an untrusted file: every field is checked
+    # before use (a negative or too-large pad id would otherwise index past the text embedding).
+    loaded = load_model(str(siglip_model))
+    single = write_output(OutputPlan("safetensors", tmp_path / "single" / "m.safetensors"), loaded.model, loaded.source, {})
+    assert torch.equal(load_model(str(single)).model.tokenize(CAPTIONS), loaded.model.tokenize(CAPTIONS))
+    with pytest.raises(UserError, match=r"m\.(safetensors|tokenizer\.json): .*(tokenizer record|not JSON|vocabulary)") as err:
+        load_model(str(_with_record(single, tmp_path / "lying", change)))
+    assert "\n" not in str(err.value)
+
+
+def test_a_tokenizer_that_emits_ids_past_the_models_vocabulary_is_refused(siglip_model, tmp_path):
+    loaded = load_model(str(siglip_model))
+    tokenizer = loaded.model.tokenizer
+    tokenizer.vocab_limit = 3  # as if the folder's tokenizer were larger than the model's text embedding
+    with pytest.raises(UserError, match=r"tokenizer\.json: token id \d+ is past the model's 3-token vocabulary"):
+        tokenizer(CAPTIONS)

@@ -123,7 +123,7 @@ def _siglip_tokenizer(checkpoint: Checkpoint, model: ClipModel):
         clean = ((model.model_cfg.get("text_cfg") or {}).get("tokenizer_kwargs") or {}).get("clean", tokenizer_files.OPEN_CLIP_DEFAULT_CLEAN)
         tokenizer = tokenizer_files.tokenizer_beside(checkpoint.path, checkpoint.metadata, model.context_length, clean)
     tokenizer.context_length = model.context_length
-    return tokenizer
+    return tokenizer_files.fit_to_model(tokenizer, int(model.model_cfg["text_cfg"]["vocab_size"]))
 
 
 def _in_file_names(diff: ShapeDiff, file_names: tuple[str, ...], family: str = "clip") -> ShapeDiff:

@@ -22,7 +22,7 @@ from clipsan.atomic import atomic_write_bytes
 from clipsan.checkpoints.base import read_json, read_text
 from clipsan.errors import UserError
 from clipsan.models.file_tokenizer import FILES as TOKENIZER_FILE_NAMES
-from clipsan.models.file_tokenizer import JSON, SIGLIP, SIGLIP2, SPIECE, TOKENIZER_JSON, FileTokenizer, token_id
+from clipsan.models.file_tokenizer import JSON, OPEN_CLIP_CLEAN, SIGLIP, SIGLIP2, SPIECE, STYLES, TOKENIZER_JSON, FileTokenizer, token_id
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
@@ -177,10 +177,36 @@ def _json_if_present(path: Path) -> dict[str, Any]:
 META_TOKENIZER = "clipsan.tokenizer"  # safetensors metadata: the SigLIP tokenizer written beside clipsan's file, and its settings
 
 
+# What tokenizer_record writes: FileTokenizer's settings (not its bytes, source or the model's limit), the file, its hash.
+_RECORD_FIELDS = {
+    "file_name": str, "context_length": int, "style": str, "pad_id": int, "eos_id": (int, type(None)), "pad_left": bool,
+    "lower": bool, "open_clip_clean": (str, type(None)), "file": str, "sha256": str,
+}  # fmt: skip
+_NOT_RECORDED = ("data", "source", "_backend", "vocab_limit")
+
+
 def tokenizer_record(tokenizer: FileTokenizer, file_name: str) -> str:
     """What clipsan's safetensors output says of the tokenizer file it writes beside itself (``file_name``)."""
-    settings = {k: v for k, v in vars(tokenizer).items() if k not in ("data", "source", "_backend")}
+    settings = {k: v for k, v in vars(tokenizer).items() if k not in _NOT_RECORDED}
     return json.dumps({**settings, "file": file_name, "sha256": tokenizer.sha256}, sort_keys=True)
+
+
+def _read_record(path: Path, recorded: str) -> dict[str, Any]:
+    """The record's settings, each of the type and among the values clipsan writes, or a one-line UserError."""
+    try:
+        settings = json.loads(recorded)
+    except ValueError as err:
+        raise UserError(f"{path}: metadata {META_TOKENIZER} is not JSON ({err})") from None
+
+    def fits(key: str, kind) -> bool:
+        value = settings[key]
+        return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))  # JSON's true is no id
+
+    well_typed = isinstance(settings, dict) and set(settings) == set(_RECORD_FIELDS) and all(fits(k, kind) for k, kind in _RECORD_FIELDS.items())
+    known = well_typed and settings["file_name"] in TOKENIZER_FILE_NAMES and settings["style"] in STYLES
+    if not known or settings["open_clip_clean"] not in (None, *OPEN_CLIP_CLEAN):
+        raise UserError(f"{path}: metadata {META_TOKENIZER} is not a tokenizer record as clipsan writes it (fields {', '.join(_RECORD_FIELDS)})")
+    return settings
 
 
 def tokenizer_beside(path: Path, metadata: dict[str, str], context_length: int, open_clip_clean: str | None) -> FileTokenizer:
@@ -188,14 +214,20 @@ def tokenizer_beside(path: Path, metadata: dict[str, str], context_length: int, 
     recorded = metadata.get(META_TOKENIZER)
     if not recorded:
         return siglip_tokenizer(path.parent, context_length, open_clip_clean=open_clip_clean, for_file=path)
-    try:
-        settings = json.loads(recorded)
-        file, sha256 = path.parent / Path(settings.pop("file")).name, settings.pop("sha256")
-        tokenizer = FileTokenizer(data=file.read_bytes() if file.is_file() else b"", source=str(file), **settings)
-    except (ValueError, TypeError, KeyError) as err:
-        raise UserError(f"{path}: metadata {META_TOKENIZER} is not a tokenizer record ({err})") from None
+    settings = _read_record(path, recorded)
+    file, sha256 = path.parent / Path(settings.pop("file")).name, settings.pop("sha256")
+    tokenizer = FileTokenizer(data=file.read_bytes() if file.is_file() else b"", source=str(file), **settings)
     if tokenizer.sha256 != sha256:
         state = "is missing" if not tokenizer.data else "is not the one it was written with (sha256 differs)"
         raise UserError(f"{path}: its tokenizer {file} {state}; clipsan writes a SigLIP model's tokenizer beside its weights file")
     tokenizer.context_length = int(context_length)
+    return tokenizer
+
+
+def fit_to_model(tokenizer: FileTokenizer, vocab_size: int) -> FileTokenizer:
+    """Bind a SigLIP tokenizer to its model: its pad and end ids are rows of the model's embedding, and so is every id it emits."""
+    for role, index in (("pad", tokenizer.pad_id), ("end-of-text", tokenizer.eos_id)):
+        if index is not None and not 0 <= index < min(vocab_size, tokenizer.vocab_size):
+            raise UserError(f"{tokenizer.source}: its {role} token id {index} is not in its vocabulary and the model's ({vocab_size} tokens)")
+    tokenizer.vocab_limit = int(vocab_size)
     return tokenizer

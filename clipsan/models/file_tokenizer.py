@@ -54,6 +54,7 @@ class FileTokenizer:
     lower: bool = True  # SiglipTokenizer's do_lower_case
     open_clip_clean: str | None = None  # one of OPEN_CLIP_CLEAN, for a checkpoint in open_clip's layout
     source: str = ""  # the file as read, for messages
+    vocab_limit: int | None = None  # the model's text vocabulary: an id at or past it is refused, not looked up
     _backend: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
@@ -66,7 +67,14 @@ class FileTokenizer:
     def __call__(self, texts: list[str] | str) -> torch.LongTensor:
         texts = [texts] if isinstance(texts, str) else list(texts)
         rows = [self._fit(ids) for ids in self._encode([self._clean(t) for t in texts])]
+        if self.vocab_limit is not None and rows and max(map(max, rows)) >= self.vocab_limit:
+            raise UserError(f"{self.source}: token id {max(map(max, rows))} is past the model's {self.vocab_limit}-token vocabulary")
         return torch.tensor(rows, dtype=torch.long).reshape(len(texts), self.context_length)
+
+    @property
+    def vocab_size(self) -> int:
+        backend = self._load()
+        return backend.get_piece_size() if self.file_name == SPIECE else backend.get_vocab_size(with_added_tokens=True)
 
     # ------------------------------------------------------------------ the steps
 
@@ -102,7 +110,7 @@ def _spiece(tok: FileTokenizer) -> Any:
     processor = sentencepiece.SentencePieceProcessor()
     try:
         processor.LoadFromSerializedProto(tok.data)
-    except (RuntimeError, OSError) as err:
+    except (RuntimeError, OSError, UnicodeDecodeError) as err:  # the last: its error message was not UTF-8
         raise UserError(f"{tok.source}: not a SentencePiece model ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
     return processor
 
@@ -126,6 +134,13 @@ def token_id(tok: FileTokenizer, token: str) -> int | None:
     """A token's id in the file's vocabulary (None if it has none)."""
     backend = tok._load()
     found = backend.piece_to_id(token) if tok.file_name == SPIECE else backend.token_to_id(token)
-    if tok.file_name == SPIECE and found == backend.unk_id() and token != backend.id_to_piece(found):
+    if tok.file_name == SPIECE and found == backend.unk_id() and token != _piece(backend, found):
         return None
     return found
+
+
+def _piece(processor: Any, index: int) -> str | None:
+    try:
+        return processor.id_to_piece(index)
+    except UnicodeDecodeError:  # a hostile model's piece that is not UTF-8 is no token's text
+        return None
