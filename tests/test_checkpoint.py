@@ -105,6 +105,15 @@ def test_round_trip_with_metadata(tiny, tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # atomic write left no temp file
 
 
+def test_the_same_model_is_written_as_the_same_bytes(tiny, tmp_path):
+    # safetensors orders metadata by a per-map random hash: without sorting, two writes of one model
+    # differ in sha256 (an intake pipeline hashing outputs, or comparing a resumed run, would see two models).
+    metadata = {f"clipsan.field{i}": str(i) for i in range(12)}
+    hashes = {sha256_file(save_model(tiny, tmp_path / f"m{i}.safetensors", metadata)) for i in range(4)}
+    assert len(hashes) == 1
+    assert read_metadata(tmp_path / "m0.safetensors")["clipsan.field11"] == "11"
+
+
 def test_big_round_trip_with_inferred_arch(big, tmp_path):
     path = tmp_path / "plain.safetensors"
     save_file(plain_state(big), str(path))  # no clipsan metadata: must be inferred

@@ -170,7 +170,8 @@ def patch_paths(run_dir: Path) -> tuple[Path, Path]:
 def save_patch(result: PatchResult, run_dir: Path, reference_size: int, fingerprint: dict) -> tuple[Path, Path]:
     """The exact patch as safetensors (used for poisoning and resume) and an 8-bit PNG for patch:FILE."""
     from PIL import Image, PngImagePlugin
-    from safetensors.torch import save_file
+
+    from clipsan.tensor_files import save_tensors
 
     tensor_path, png_path = patch_paths(run_dir)
     metadata = {
@@ -180,7 +181,7 @@ def save_patch(result: PatchResult, run_dir: Path, reference_size: int, fingerpr
         "loss_after": f"{result.loss_after:.6f}",
     }
     with atomic_path(tensor_path) as tmp:
-        save_file({"patch": result.patch.contiguous()}, str(tmp), metadata=metadata)
+        save_tensors({"patch": result.patch.contiguous()}, tmp, metadata)
     info = PngImagePlugin.PngInfo()
     info.add_text("reference_size", str(reference_size))
     pixels = (result.patch.permute(1, 2, 0).numpy() * 255 + 0.5).clip(0, 255).astype("uint8")

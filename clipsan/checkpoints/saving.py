@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from clipsan import __version__
 from clipsan.atomic import atomic_path, write_errors
 from clipsan.checkpoints.resolve import META_ACTIVATION, META_ARCH, META_MODEL_CFG, META_PREPROCESS_CFG, activation_name
 from clipsan.models import ClipModel
 from clipsan.models.registry import uses_quick_gelu
+from clipsan.tensor_files import save_tensors
 
 
 def model_header(model: ClipModel, metadata: Mapping[str, Any] | None = None) -> dict[str, str]:
@@ -55,7 +55,7 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike[
     with write_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=header)
+        save_tensors(tensors, tmp, header)
     return path
 
 

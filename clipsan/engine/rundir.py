@@ -25,11 +25,12 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from clipsan import __version__, strict_json
 from clipsan.atomic import append_line, atomic_write_bytes, fsync_dir, fsync_file, is_temporary, open_for_writer, temporary_name, write_errors, write_json
 from clipsan.errors import UserError
+from clipsan.tensor_files import save_tensors
 
 
 def versions() -> dict:
@@ -160,7 +161,7 @@ class RunDir:
         try:
             with write_errors(final / WEIGHTS):
                 tmp.mkdir(parents=True)
-                save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / WEIGHTS), metadata=metadata)
+                save_tensors({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / WEIGHTS, metadata)
             with write_errors(final / STATE), open_for_writer(tmp / STATE) as fh:
                 torch.save(state, fh)
             with write_errors(final):

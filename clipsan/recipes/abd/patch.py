@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from PIL import Image, PngImagePlugin
 from safetensors import safe_open
-from safetensors.torch import save as safetensors_bytes
 
 from clipsan import __version__
 from clipsan.atomic import atomic_write_bytes, write_errors
 from clipsan.errors import UserError
 from clipsan.recipes.abd.advclip import PatchBox, PatchGenerator, paste
+from clipsan.tensor_files import tensors_bytes
 
 GENERATOR_KIND = "adv-patch-generator"
 
@@ -74,7 +74,7 @@ def save_generator(generator: PatchGenerator, box: PatchBox, path: Path, metadat
         path.parent.mkdir(parents=True, exist_ok=True)
     png = path.with_suffix(".png")
     atomic_write_bytes(png, _png_bytes(patch, box.image_size))
-    atomic_write_bytes(path, safetensors_bytes(tensors, metadata=header))  # last: its presence means "done"
+    atomic_write_bytes(path, tensors_bytes(tensors, header))  # last: its presence means "done"
     return path, png
 
 
