@@ -182,8 +182,7 @@ class FaultyDisk:
     def __enter__(self) -> FaultyDisk:
         import safetensors.torch
 
-        import clipsan.checkpoints.saving
-        import clipsan.engine.rundir
+        import clipsan.tensor_files
 
         real_open = builtins.open
         self._patch(builtins, "open", self._open(real_open))
@@ -193,7 +192,7 @@ class FaultyDisk:
         self._patch(os, "replace", self._os_replace(os.replace))
         self._patch(os, "mkdir", self._os_mkdir(os.mkdir))
         real_save = safetensors.torch.save_file
-        for module in (safetensors.torch, clipsan.engine.rundir, clipsan.checkpoints.saving):
+        for module in (safetensors.torch, clipsan.tensor_files):
             self._patch(module, "save_file", self._save_file(real_save))
         return self
 
