@@ -13,7 +13,7 @@ from clipsan.config.evidence import EvidenceConfig
 from clipsan.data.captions import CaptionDataset, spread_subset
 from clipsan.seeding import derive_seed
 
-HOLDOUT_SEED = derive_seed("holdout")  # apart from --limit's subset seed: a limited set is not held out from its head
+HOLDOUT_SEED = derive_seed("holdout")  # not --limit's subset seed, which would draw related positions
 
 
 @dataclass(frozen=True)
