@@ -67,9 +67,7 @@ def _refuse_another_split(job: TrainingJob, split: HeldOutSplit) -> None:
 
 
 def _held_out_retrieval(split: HeldOutSplit, job: TrainingJob, training: TrainConfig):
-    """model -> Retrieval on the held-out pairs, in batches of a process's training batch (None: nothing held out)."""
-    if split.held is None:
-        return None
+    """model -> Retrieval on the held-out pairs, in batches of a process's share of the training batch (it fits)."""
     batch_size = max(1, training.batch_size // job.rt.world_size)
     return functools.partial(retrieval, pairs=split.held, device=job.rt.device, batch_size=batch_size, workers=resolve_workers(training.workers))
 
