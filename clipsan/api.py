@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from clipsan import config as configs
 from clipsan.config import *  # noqa: F403 - the API takes every config
-from clipsan.reports import CraftReport, EvalReport, PoisonReport, ScanBatchReport, TrainingReport
+from clipsan.reports import CraftReport, EvalReport, PoisonReport, PurifyReport, ScanBatchReport
 
 Notes = Callable[[str], None]
 
@@ -37,8 +37,9 @@ def open_captions(data: configs.CaptionData):
     return open_captions(data)
 
 
-def purify(config: configs.PurifyConfig, notes: Notes = _quiet) -> TrainingReport:
-    """Fine-tune config.model on clean pairs with config.recipe; writes the purified weights."""
+def purify(config: configs.PurifyConfig, notes: Notes = _quiet) -> PurifyReport:
+    """Fine-tune config.model on clean pairs with config.recipe; writes the purified weights and reports
+    retrieval on the pairs of config.data it held out (config.evidence) before and after."""
     from clipsan.jobs.purify import run_purify
 
     return run_purify(config, notes)

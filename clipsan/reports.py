@@ -37,6 +37,21 @@ class TrainingReport(Report):
 
 
 @dataclass
+class PurifyReport(TrainingReport):
+    holdout: dict[str, int]  # {"pairs": held out, never trained on, "usable": the pairs --data gave}
+    # Held-out retrieval (None with nothing held out): {"pairs", "corrupt_image", "before", "after"},
+    # before/after as {"i2t": {"1": f, "5": f}, "t2i": {...}}; per epoch in metrics.jsonl.
+    utility: dict[str, Any] | None
+
+
+def recall_text(recalls: dict[str, dict[str, float | None]]) -> str:
+    """Retrieval figures in words: 'image->text R@1 0.410, R@5 0.800; text->image ...' (n/a: not computable)."""
+    names = {"i2t": "image->text", "t2i": "text->image"}
+    figures = {name: ", ".join(f"R@{k} {'n/a' if v is None else f'{v:.3f}'}" for k, v in at_k.items()) for name, at_k in recalls.items()}
+    return "; ".join(f"{names[name]} {text}" for name, text in figures.items())
+
+
+@dataclass
 class PoisonReport(TrainingReport):
     trigger: dict[str, Any]  # the trigger spec recorded in the victim's metadata (pixels left out)
     target: str

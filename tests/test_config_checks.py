@@ -42,6 +42,7 @@ WHERE = {
     configs.PARConfig: (_purify("par"), configs.PARConfig),
     configs.BadClipConfig: (_poison("badclip"), configs.BadClipConfig),
     configs.AttackConfig: (_poison(), lambda **kw: configs.AttackConfig(**{"trigger": "badnet", **kw})),
+    configs.EvidenceConfig: (_purify(), configs.EvidenceConfig),
     configs.PurifyConfig: (_purify(), lambda **kw: configs.PurifyConfig(MODEL, configs.CaptionData(str(DATA)), **kw)),
     configs.PoisonConfig: (_poison(), lambda **kw: configs.PoisonConfig(MODEL, configs.CaptionData(str(DATA)), configs.AttackConfig("badnet"), **kw)),
     configs.CraftAdvConfig: (["craft-adv", MODEL, "--data", str(DATA)], lambda **kw: configs.CraftAdvConfig(MODEL, configs.CaptionData(str(DATA)), **kw)),
@@ -150,3 +151,15 @@ def test_every_config_with_checks_is_exercised():
                 found.add(cls)
     bases = {cls for cls in found if any(other is not cls and issubclass(other, cls) for other in WHERE)}
     assert found - bases <= set(WHERE), sorted(c.__name__ for c in found - bases - set(WHERE))
+
+
+def test_a_holdout_the_data_has_no_room_for_is_refused_alike(tiny_model, caption_data, tmp_path, capsys):
+    """--holdout is checked against the usable pairs once --data is read: the same one line from the API and the command line."""
+    with pytest.raises(UserError) as refused:
+        config = configs.PurifyConfig(
+            str(tiny_model), configs.CaptionData(str(caption_data)), evidence=configs.EvidenceConfig(holdout=33), run_dir=str(tmp_path / "a")
+        )
+        api.purify(config)
+    assert str(refused.value) == "--holdout 33: expected a count <= 32 (half of the 64 usable pairs of --data; the rest is trained on)"
+    assert main(["purify", str(tiny_model), "--method", "ft", "--data", str(caption_data), "--holdout", "33", "--run-dir", str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"clipsan purify: {refused.value}"

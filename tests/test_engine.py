@@ -44,7 +44,7 @@ def reference_run(tiny_model, caption_data, tmp_path_factory):
 
 def test_ft_run_writes_model_config_metrics_and_checkpoints(reference_run, tiny_model):
     root, report = reference_run
-    assert report["method"] == "ft" and report["steps"] == 12  # 64 pairs / 16 x 3 epochs
+    assert report["method"] == "ft" and report["steps"] == 9  # 64 pairs less 3 held out (5%) / 16 x 3 epochs
     assert report["arch"] == "clipsan-tiny-rn" and report["arch_source"] == "metadata"
     out = weights(root / "out.safetensors")
     before = weights(tiny_model)
@@ -53,12 +53,12 @@ def test_ft_run_writes_model_config_metrics_and_checkpoints(reference_run, tiny_
     assert config["method"] == "ft" and config["training"]["batch_size"] == 16
     assert len(config["inputs"]["model"]["sha256"]) == 64
     lines = [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == list(range(1, 13))
+    assert [r["step"] for r in lines] == list(range(1, 10))
     assert all({"lr", "loss", "loss_clip", "epoch", "images_per_s"} <= r.keys() for r in lines)
     # warmup really happens: lr rises over the first 2 steps, then decays to ~0
     assert lines[0]["lr"] < lines[1]["lr"] and lines[-1]["lr"] < lines[2]["lr"]
     kept = sorted(p.name for p in (root / "run" / "checkpoints").iterdir())
-    assert kept == ["step-000000011", "step-000000012"]  # the last two
+    assert kept == ["step-000000008", "step-000000009"]  # the last two
 
 
 def test_workers_do_not_change_results(reference_run, tiny_model, caption_data, tmp_path):
@@ -82,8 +82,13 @@ def _wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout=120.0) -
     raise AssertionError("no checkpoint appeared")
 
 
+def _epoch_utility(run_dir: Path) -> dict[int, dict]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["utility"] for r in lines if "utility" in r}
+
+
 def test_sigkill_then_resume_is_bitwise_equal(reference_run, tiny_model, caption_data, tmp_path):
-    root, _ = reference_run
+    root, reference = reference_run
     args = purify_args(tiny_model, caption_data, tmp_path / "run", tmp_path / "out.safetensors", "--workers", "0")
     proc = _start(args)
     _wait_for_checkpoint(tmp_path / "run", proc)
@@ -91,10 +96,13 @@ def test_sigkill_then_resume_is_bitwise_equal(reference_run, tiny_model, caption
     proc.wait()
     assert not (tmp_path / "out.safetensors").exists(), "run finished before it could be killed"
     report = run_json(*args, "--resume")
-    assert report["resumed_from_step"] is not None and report["resumed_from_step"] < 12
+    assert report["resumed_from_step"] is not None and report["resumed_from_step"] < 9
     assert_bitwise_equal(root / "out.safetensors", tmp_path / "out.safetensors")
-    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 13)), "the resumed log should read like an uninterrupted one"
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(1, 10)), "the resumed log should read like an uninterrupted one"
+    # the held-out split and its retrieval are the same too, before, at every epoch end and after
+    assert report["holdout"] == reference["holdout"] and report["utility"] == reference["utility"]
+    assert _epoch_utility(tmp_path / "run") == _epoch_utility(root / "run") and len(_epoch_utility(root / "run")) == 3
 
 
 def test_sigterm_checkpoints_exits_3_and_resumes(reference_run, tiny_model, caption_data, tmp_path):

@@ -100,7 +100,13 @@ def test_training_through_30_percent_unreadable_images(faulty_captions, tiny_mod
         training = api.TrainConfig(epochs=1, batch_size=batch_size, lr=1e-4, warmup_steps=1, max_steps=max_steps, workers=workers, save_every=1000)
         out = tmp_path / f"w{workers}.safetensors"
         config = api.PurifyConfig(
-            str(tiny_model), api.CaptionData(str(root)), training=training, out=str(out), run_dir=str(tmp_path / f"run{workers}"), device="cpu"
+            str(tiny_model),
+            api.CaptionData(str(root)),
+            training=training,
+            evidence=api.EvidenceConfig(holdout=0),  # the engine's schedule over all PAIRS (scheduled_unreadable)
+            out=str(out),
+            run_dir=str(tmp_path / f"run{workers}"),
+            device="cpu",
         )
         report = api.purify(config).to_json()
         assert report["steps"] == max_steps
@@ -119,7 +125,7 @@ def test_two_processes_refill_their_shards_like_one(faulty_captions, tiny_model,
 
     root, bad = faulty_captions
     args = ["purify", str(tiny_model), "--method", "ft", "--data", str(root), "--batch-size", "16", "--max-steps", "3", "--lr", "1e-4"]
-    args += ["--warmup", "1", "--workers", "0", "--device", "cpu", "--format", "json"]
+    args += ["--warmup", "1", "--workers", "0", "--device", "cpu", "--holdout", "0", "--format", "json"]
     reports = []
     for name, launcher in (("one", []), ("two", ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"])):
         out = tmp_path / f"{name}.safetensors"
@@ -154,11 +160,26 @@ def test_substitutes_are_readable_samples_seen_as_themselves(faulty_captions):
 
 def test_batch_size_one_with_an_unreadable_image_trains_to_the_end(faulty_captions, tiny_model, tmp_path):
     root, bad = faulty_captions
-    args = ["purify", tiny_model, "--method", "ft", "--data", root, "--batch-size", "1", "--max-steps", "12", "--device", "cpu"]
+    args = ["purify", tiny_model, "--method", "ft", "--data", root, "--batch-size", "1", "--max-steps", "12", "--device", "cpu", "--holdout", "0"]
     proc = run_cli(*args, "--workers", "0", "--run-dir", tmp_path / "run", "--out", tmp_path / "out.safetensors", "--format", "json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     assert report["steps"] == 12 and report["skipped"]["corrupt_image"] == scheduled_unreadable(bad, 1, 12)
+
+
+def test_held_out_pairs_whose_image_cannot_be_read_are_left_out_of_retrieval_and_counted(faulty_captions, tiny_model, tmp_path):
+    from clipsan.config import EvidenceConfig
+    from clipsan.data.holdout import hold_out
+
+    root, _ = faulty_captions
+    args = ["purify", tiny_model, "--method", "ft", "--data", root, "--holdout", "20", "--max-steps", "1", "--batch-size", "8", "--device", "cpu"]
+    proc = run_cli(*args, "--workers", "0", "--run-dir", tmp_path / "run", "--out", tmp_path / "out.safetensors", "--format", "json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    held = hold_out(open_caption_dataset(root), EvidenceConfig(holdout=20)).held
+    unreadable = sum(held.load(i)[0] is None for i in range(len(held)))
+    utility = json.loads(proc.stdout)["utility"]
+    assert 0 < unreadable < 20 and (utility["corrupt_image"], utility["pairs"]) == (unreadable, 20 - unreadable)
+    assert all(v is not None for when in ("before", "after") for d in ("i2t", "t2i") for v in utility[when][d].values())
 
 
 def test_a_set_without_one_readable_image_is_refused_before_training(tmp_path, tiny_model):

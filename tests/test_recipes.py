@@ -392,6 +392,8 @@ def test_purify_cleanclip_and_cleanerclip_end_to_end(tiny_model, caption_data, t
         "1",
         "--log-every",
         "1",
+        "--holdout",  # the batches' arithmetic below is over all 64 pairs
+        "0",
         "--format",
         "json",
     ]

@@ -57,11 +57,12 @@ TARGET_KEYS = {"label", "similarity", "source", "template", "candidates", "from_
 
 
 def _train(init: Path, out: Path, recipe, data: Path, steps: int, lr: float, run_dir: Path) -> Path:
-    from clipsan.config import CaptionData, PurifyConfig, TrainConfig
+    from clipsan.config import CaptionData, EvidenceConfig, PurifyConfig, TrainConfig
     from clipsan.jobs.purify import run_purify
 
     cfg = TrainConfig(epochs=100, batch_size=64, lr=lr, warmup_steps=10, max_steps=steps, batchnorm="train", save_every=10**6, log_every=10**6)
-    config = PurifyConfig(str(init), CaptionData(str(data)), training=cfg, out=str(out), run_dir=str(run_dir), device="cpu")
+    # The scan's subjects are trained on every pair: these runs build models, they are not defenses.
+    config = PurifyConfig(str(init), CaptionData(str(data)), training=cfg, evidence=EvidenceConfig(holdout=0), out=str(out), run_dir=str(run_dir), device="cpu")
     run_purify(config, notes=lambda _m: None, recipe=recipe)
     return out
 

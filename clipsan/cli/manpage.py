@@ -42,6 +42,13 @@ JSON_KEYS = {
             "truncated_shard (shards cut short), corrupt_image (each time an unreadable image's turn came; another pair took its place)",
         ),
         ("final", "the last logged metrics (step, lr, loss and each loss term, images_per_s)"),
+        ("holdout", "{pairs, usable}: the pairs of --data held out and never trained on (0 with --holdout 0), and the usable pairs they came from"),
+        (
+            "utility",
+            "retrieval on the held-out pairs, null when none were held out: {pairs (measured), corrupt_image (left out), before, after}; "
+            "before and after are {i2t, t2i}, each an object k -> R@k for k = 1, 5 (image->text, text->image; null over zero pairs); "
+            "every epoch end's {i2t, t2i} is the utility field of that step's metrics.jsonl line",
+        ),
     ],
     "scan": [
         ("schema_version, tool{name,version}", "report format version (2) and the clipsan that wrote it"),
@@ -250,7 +257,10 @@ def render(group) -> str:
         ".SH FILES",
         ".TP",
         "\\fIRUN_DIR/config.json\\fR, \\fIRUN_DIR/metrics.jsonl\\fR, \\fIRUN_DIR/checkpoints/\\fR",
-        _esc("resolved options and input hashes; one JSON object per log step; the last two checkpoints."),
+        _esc(
+            "resolved options and input hashes (purify: inputs.holdout); one JSON object per log step (purify: every epoch end"
+            " is one, with the held-out retrieval as its utility field); the last two checkpoints."
+        ),
         ".TP",
         "\\fI$XDG_CACHE_HOME/clipsan/lab/\\fR",
         _esc("clean lab models, keyed by world, architecture and training settings."),

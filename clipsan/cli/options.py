@@ -27,6 +27,7 @@ from clipsan.config import (
     CleanerCLIPConfig,
     CraftConfig,
     EvalConfig,
+    EvidenceConfig,
     PaperSchedule,
     PARConfig,
     PurifyConfig,
@@ -36,6 +37,7 @@ from clipsan.config import (
 )
 from clipsan.config.attacks import BADCLIP, BADCLIP_OBJECTIVES, BADNET_SIDE_AT_224, DEFAULT_TARGET, REFERENCE_SIDE, TRIGGER_SPECS
 from clipsan.config.checks import check_of, shown
+from clipsan.config.evidence import HOLDOUT_MAX_PAIRS, HOLDOUT_SHARE
 from clipsan.config.jobs import FROM_METADATA, OUT_FORMATS
 from clipsan.config.limits import MAX_IMAGE_PIXELS, PILLOW_REFUSES_ABOVE
 from clipsan.config.recipes import ABD_OBJECTIVES, METHODS, default_gan_width, recipe_config_type
@@ -333,6 +335,28 @@ def training_job(model: str, out: str | None, out_format: str, arch: str | None,
 class OutputOptions:
     format: Annotated[Format, option("report format on stdout (default: text)", OUTPUT)] = Format.text
     output: Output = None
+
+
+EVIDENCE = "Evidence (label-free checks of the result)"
+
+
+@dataclass
+class EvidenceOptions:
+    holdout: Annotated[
+        int | None,
+        configured(
+            EvidenceConfig,
+            "holdout",
+            "pairs of --data held out and never trained on; image->text and text->image retrieval R@1/R@5 on them are measured before "
+            "training, at every epoch end (metrics.jsonl) and after (the report); the same pairs whatever --seed, --workers or --resume",
+            EVIDENCE,
+            default=f"min({HOLDOUT_MAX_PAIRS}, {HOLDOUT_SHARE:.0%} of the usable pairs); 0 = none, at most half",
+            metavar="N",
+        ),
+    ] = None
+
+    def config(self) -> EvidenceConfig:
+        return fill(EvidenceConfig, self)
 
 
 def _weight(config_type: type, name: str, help: str) -> typer.models.OptionInfo:

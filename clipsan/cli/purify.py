@@ -15,6 +15,7 @@ from clipsan.cli.options import (
     CleanCLIPOptions,
     CleanerCLIPOptions,
     DataOptions,
+    EvidenceOptions,
     Method,
     Model,
     OutFormat,
@@ -32,13 +33,27 @@ from clipsan.cli.options import (
 from clipsan.cli.output import emit, note, training_lines
 from clipsan.config import PurifyConfig
 from clipsan.config.recipes import RECIPE_CONFIGS
+from clipsan.reports import recall_text
 
 # Which methods each group of recipe options belongs to; given under another method, they are refused.
 METHOD_GROUPS = {"cleanclip": ("cleanclip", "cleanerclip"), "cleanerclip": ("cleanerclip",), "abd": ("abd",), "patch": ("abd",), "par": ("par",)}
 
 
 def render(report: dict) -> str:
-    return "\n".join([f"purified with {report['method']}: {report['output']}", *training_lines(report)])
+    return "\n".join([f"purified with {report['method']}: {report['output']}", *training_lines(report), *utility_lines(report)])
+
+
+def utility_lines(report: dict) -> list[str]:
+    """The held-out split and the retrieval on it, before and after."""
+    holdout, utility = report["holdout"], report["utility"]
+    if utility is None:
+        return [f"  nothing held out of {holdout['usable']} usable pairs: no utility check"]
+    corrupt = f" ({utility['corrupt_image']} unreadable images left out)" if utility["corrupt_image"] else ""
+    return [
+        f"  held out {holdout['pairs']} of {holdout['usable']} usable pairs, never trained on; retrieval on {utility['pairs']}{corrupt}:",
+        f"    before: {recall_text(utility['before'])}",
+        f"    after:  {recall_text(utility['after'])}",
+    ]
 
 
 def _refuse_foreign_options(ctx: typer.Context, method: str, groups: dict) -> None:
@@ -63,6 +78,7 @@ def purify(
     out_format: OutFormat = PurifyConfig.out_format,
     arch: Arch = None,
     data: DataOptions,
+    evidence: EvidenceOptions,
     training: TrainingOptions,
     cleanclip: Annotated[CleanCLIPOptions, Panel("--method cleanclip, cleanerclip")],
     cleanerclip: Annotated[CleanerCLIPOptions, Panel("--method cleanerclip")],
@@ -80,7 +96,10 @@ def purify(
     _refuse_foreign_options(ctx, method, groups)
     recipe = recipe_config(method, **groups)
     config = api.PurifyConfig(
-        recipe=recipe, training=training.config(recipe.paper_schedule, run, runtime, speed), **training_job(model, out, out_format, arch, data, run, runtime)
+        recipe=recipe,
+        evidence=evidence.config(),
+        training=training.config(recipe.paper_schedule, run, runtime, speed),
+        **training_job(model, out, out_format, arch, data, run, runtime),
     )
     report = api.purify(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)

@@ -7,6 +7,7 @@ data.py      CaptionData: the clean image-caption pairs a training command reads
 train.py     TrainConfig, PaperSchedule: how the engine trains
 recipes.py   the defense recipes' settings, with their papers' defaults
 attacks.py   the attack ``poison`` builds (triggers, BadCLIP, the poisoning schedule)
+evidence.py  EvidenceConfig: the held-out pairs purify measures its work on
 jobs.py      what purify, poison, craft-adv and eval are told
 scan.py      what scan is told; its budgets
 world.py     what the synthetic world contains
@@ -18,6 +19,7 @@ Each config checks itself when made (``Checked``): the command line and callers 
 
 from clipsan.config.attacks import AttackConfig, BadClipConfig
 from clipsan.config.data import CaptionData
+from clipsan.config.evidence import EvidenceConfig
 from clipsan.config.jobs import CraftAdvConfig, EvalConfig, PoisonConfig, PurifyConfig
 from clipsan.config.recipes import ABDConfig, CleanCLIPConfig, CleanerCLIPConfig, CraftConfig, FineTuneConfig, PARConfig, RecipeConfig
 from clipsan.config.scan import ScanConfig
@@ -34,6 +36,7 @@ __all__ = [
     "CraftAdvConfig",
     "CraftConfig",
     "EvalConfig",
+    "EvidenceConfig",
     "FineTuneConfig",
     "PARConfig",
     "PaperSchedule",

@@ -11,6 +11,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from clipsan.config.attacks import POISON_SCHEDULE, AttackConfig, trigger_size_field
 from clipsan.config.checks import Checked, checked, choice, count
 from clipsan.config.data import CaptionData, max_image_pixels_field
+from clipsan.config.evidence import EvidenceConfig
 from clipsan.config.recipes import CraftConfig, FineTuneConfig, RecipeConfig
 from clipsan.config.runtime import device_field, precision_field, workers_field
 from clipsan.config.train import TrainConfig
@@ -69,6 +70,7 @@ class TrainingJobConfig(RunConfig):
 @dataclass(frozen=True)
 class PurifyConfig(TrainingJobConfig):
     recipe: RecipeConfig = field(default_factory=FineTuneConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)  # the held-out pairs and what is measured on them
 
     @property
     def schedule(self) -> TrainConfig:

@@ -113,6 +113,19 @@ class CaptionDataset:
         """Where sample ``index``'s image lives (a path, or 'SHARD.tar:KEY'), for messages."""
         return self.images.ref(index)
 
+    def select(self, indices: Sequence[int]) -> CaptionDataset:
+        """The pairs at ``indices``, in that order (--limit's subset, the held-out split); index-time skips are kept."""
+        return CaptionDataset(
+            self.root,
+            self.layout,
+            self.source,
+            self.images.select(indices),
+            [self.captions[i] for i in indices],
+            dict(self.skipped),
+            self.usable_before_limit,
+            self.max_image_pixels,
+        )
+
     def describe(self) -> str:
         kind = {"csv": "manifest", "webdataset": "webdataset shards", "files": "img2dataset files"}[self.layout]
         text = f"{self.source} ({kind}): {len(self):,} image-caption pairs"
@@ -182,11 +195,9 @@ def open_caption_dataset(
     if not index.captions:
         raise UserError(f"{root}: no usable image-caption pairs ({format_counts(index.skipped)}){outside_hint(index.skipped)}")
     usable = len(index.captions)
-    images, captions = index.images, index.captions
+    dataset = CaptionDataset(root, layout, index.source, index.images, index.captions, index.skipped, usable, max_image_pixels)
     if limit is not None and limit < usable:
-        chosen = spread_subset(usable, limit)
-        images, captions = images.select(chosen), [captions[i] for i in chosen]
-    dataset = CaptionDataset(root, layout, index.source, images, captions, index.skipped, usable, max_image_pixels)
+        dataset = dataset.select(spread_subset(usable, limit))
     _require_a_readable_image(dataset)
     return dataset
 

@@ -5,7 +5,9 @@
                       log, checkpoint, honour signals                      (``Bookkeeper.after_step``)
 
 The step never reads a device value; the bookkeeper reads them only at log steps, before every
-checkpoint, at the end, and when a signal came (``clipsan.engine.health``).
+checkpoint, at the end, and when a signal came (``clipsan.engine.health``). A job may measure the
+model at every epoch end (``train(at_epoch_end=...)``): the bookkeeper does it outside the step,
+before that epoch's checkpoint, and logs it on the epoch's last line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -60,6 +63,9 @@ class _StopFlag:
     def __exit__(self, *exc) -> None:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
+
+
+EpochEnd = Callable[[nn.Module], dict]  # the module (in eval mode) -> fields for the epoch's last metrics line
 
 
 def _set_train_mode(module: nn.Module, batchnorm: str) -> None:
@@ -157,10 +163,21 @@ class Bookkeeper:
     """After each step: watch the loss; at log steps, checkpoints and signals read the device, log to
     metrics.jsonl, checkpoint, and stop (exit 3) or fail (a non-finite loss) as due."""
 
-    def __init__(self, trainer: Trainer, recipe, plan: StepPlan, run: RunDir, stage: str, metadata: dict[str, str], skipped: dict):
+    def __init__(
+        self,
+        trainer: Trainer,
+        recipe,
+        plan: StepPlan,
+        run: RunDir,
+        stage: str,
+        metadata: dict[str, str],
+        skipped: dict,
+        at_epoch_end: EpochEnd | None = None,
+    ):
         self.trainer, self.recipe, self.plan, self.run, self.stage, self.metadata = trainer, recipe, plan, run, stage, metadata
         self.training, self.rt = trainer.training, trainer.rt
         self.skipped = skipped
+        self.at_epoch_end = at_epoch_end
         self.health = StepHealth(self.rt)
         self.last: dict = {}
         self.window_start, self.window_images = time.perf_counter(), 0
@@ -188,7 +205,8 @@ class Bookkeeper:
         training, plan = self.training, self.plan
         self.window_images += rows * self.rt.world_size
         # Every step on one process; under torchrun only at these points, where every rank must agree on stopping.
-        due_save = step % training.save_every == 0 or step % plan.per_epoch == 0 or step == plan.total
+        epoch_end = step % plan.per_epoch == 0
+        due_save = step % training.save_every == 0 or epoch_end or step == plan.total
         stop_seen = stop.signal is not None and not self.rt.distributed
         if not (due_save or stop_seen or step % training.log_every == 0):
             return False
@@ -199,19 +217,30 @@ class Bookkeeper:
             bad_lr = optim.lr_for(report.bad_step - 1, plan.total, training)
             raise UserError(f"loss became {report.bad_value} at step {report.bad_step} (lr {bad_lr:.3g}); {where}")
         self.skipped["corrupt_image"] += report.corrupt
-        logged = step % training.log_every == 0 or step == plan.total
+        measured = epoch_end and self.at_epoch_end is not None
+        logged = step % training.log_every == 0 or step == plan.total or measured
         if logged:
             now = time.perf_counter()
             self.last = {"step": step, "epoch": plan.epoch(step), "lr": lr, "loss": report.loss}
             self.last.update({f"loss_{k}": v for k, v in report.terms.items()})
             self.last["images_per_s"] = round(self.window_images / max(now - self.window_start, 1e-9), 2)
-            self.run.log_metrics({"stage": self.stage, **self.last})
-            self.window_start, self.window_images = now, 0
+            # Logged before the epoch's checkpoint: a resumed run keeps the line or measures again.
+            self.run.log_metrics({"stage": self.stage, **self.last, **(self._measure() if measured else {})})
+            self.window_start, self.window_images = time.perf_counter(), 0  # the measuring is not training throughput
         if due_save or report.stopping:
             self.save(step)
         if report.stopping:
             raise Interrupted(f"interrupted at step {step}; resume with --resume --run-dir {self.run.path}")
         return logged
+
+    def _measure(self) -> dict:
+        """The job's epoch-end fields, measured in eval mode; training mode (frozen BatchNorm too) restored after."""
+        module = self.trainer.module
+        module.eval()
+        try:
+            return self.at_epoch_end(module)
+        finally:
+            _set_train_mode(module, self.training.batchnorm)
 
 
 def _start(trainer: Trainer, skipped: dict) -> tuple[int, dict]:
@@ -242,8 +271,12 @@ def train(
     resume: bool = False,
     checkpoint_metadata: dict[str, str] | None = None,
     stage: str = "train",
+    at_epoch_end: EpochEnd | None = None,
 ) -> TrainResult:
-    """Train ``module`` with ``recipe`` on ``samples``; returns when done, raises Interrupted on a signal."""
+    """Train ``module`` with ``recipe`` on ``samples``; returns when done, raises Interrupted on a signal.
+
+    ``at_epoch_end``: measures the module at every epoch end (outside the step, in eval mode); its
+    fields join that step's metrics.jsonl line, which is always logged."""
     plan = StepPlan.of(len(samples), training, rt)
     module = rt.sync_batchnorm(module.to(rt.device), training.batchnorm)
     speed.prepare_model(module, training, rt)
@@ -253,7 +286,7 @@ def train(
     latest = run.latest_checkpoint() if resume else None
     step, skipped = _resume(trainer, recipe, run, latest, stage) if latest is not None else _start(trainer, skipped)
     resumed_from = step if latest is not None else None
-    books = Bookkeeper(trainer, recipe, plan, run, stage, checkpoint_metadata or {}, skipped)
+    books = Bookkeeper(trainer, recipe, plan, run, stage, checkpoint_metadata or {}, skipped, at_epoch_end)
 
     order = recipe.epoch_order(len(samples), plan.global_batch, training.seed)
     sampler = EpochBatchSampler(
