@@ -74,6 +74,10 @@ def _clean_args(settings: dict) -> list[str]:
         "100000",
         "--log-every",
         "50",
+        # The clean model is pretraining from random init on the whole train set its budget was
+        # calibrated on, not a purification: no held-out utility check.
+        "--holdout",
+        "0",
     ]
 
 
