@@ -6,7 +6,7 @@ uninterrupted run wrote: bitwise equal weights on CPU, the same scan report.
 CI kills cleanerclip (its loss holds cleanclip's; its sub-caption stage), poison with BadCLIP's patch
 and scan once each (ft, abd and craft-adv are killed at their first checkpoint by test_engine.py and
 test_abd.py); CLIPSAN_FAULT_SWEEP=full kills every command at KILLS_FULL moments and adds ft,
-cleanclip, abd, craft-adv and the whole lab.
+cleanclip, abd, par, craft-adv and the whole lab.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ COMMANDS = {
     "purify-cleanclip": (_purify("cleanclip"), True, False),  # its loss is part of cleanerclip's, killed in CI
     "purify-cleanerclip": (_purify("cleanerclip", "--subcaptions-per-epoch", "16"), True, True),  # its sub-caption stage each epoch
     "purify-abd": (_purify("abd", "--craft-epochs", "1", "--craft-batch-size", "16"), True, False),  # craft, then the fine-tune
+    "purify-par": (_purify("par"), True, False),  # the frozen input model's embeddings beside the trained one's
     "poison-badclip": (_poison_badclip, True, True),  # BadCLIP's patch, then the poisoning
     "craft-adv": (_craft_adv, True, False),
     "scan": (_scan, False, True),  # two models, one after the other
