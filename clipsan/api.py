@@ -19,11 +19,12 @@ from collections.abc import Callable
 
 from clipsan import config as configs
 from clipsan.config import *  # noqa: F403 - the API takes every config
-from clipsan.reports import CraftReport, EvalReport, PoisonReport, PurifyReport, ScanBatchReport
+from clipsan.reports import CraftReport, EvalReport, PoisonReport, PurifyReport, ScanBatchReport, TrainingReport
 
 Notes = Callable[[str], None]
 
 __all__ = [*configs.__all__, "craft_adv", "evaluate", "open_captions", "poison", "purify", "scan"]
+__all__ += ["CraftReport", "EvalReport", "PoisonReport", "PurifyReport", "ScanBatchReport", "TrainingReport"]  # what they return
 
 
 def _quiet(message: str) -> None:

@@ -25,7 +25,7 @@ def test_purify_then_evaluate_through_the_api(tiny_model, caption_data, eval_dat
         ),
         notes=notes.append,
     )
-    assert isinstance(report, api.TrainingReport) and report.method == "cleanclip" and report.steps == 2
+    assert isinstance(report, api.PurifyReport) and isinstance(report, api.TrainingReport) and report.method == "cleanclip" and report.steps == 2
     assert report.output == str(tmp_path / "p.safetensors") and (tmp_path / "p.safetensors").is_file()
     assert any("arch clipsan-tiny-rn" in n for n in notes)  # what the command line prints on stderr
     recorded = json.loads((tmp_path / "run" / "config.json").read_text())
