@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from clipsan.atomic import atomic_write_bytes
 from clipsan.checkpoints.base import read_json, read_text
@@ -177,17 +178,17 @@ def _json_if_present(path: Path) -> dict[str, Any]:
 META_TOKENIZER = "clipsan.tokenizer"  # safetensors metadata: the SigLIP tokenizer written beside clipsan's file, and its settings
 
 
-# What tokenizer_record writes: FileTokenizer's settings (not its bytes, source or the model's limit), the file, its hash.
-_RECORD_FIELDS = {
-    "file_name": str, "context_length": int, "style": str, "pad_id": int, "eos_id": (int, type(None)), "pad_left": bool,
-    "lower": bool, "open_clip_clean": (str, type(None)), "file": str, "sha256": str,
-}  # fmt: skip
+# What tokenizer_record writes, with each field's type: FileTokenizer's settings as its dataclass declares
+# them (not its bytes, where it was read, its backend or the model's limit), then the file and its hash.
 _NOT_RECORDED = ("data", "source", "_backend", "vocab_limit")
+_SETTING_TYPES = get_type_hints(FileTokenizer)
+_SETTINGS = [f.name for f in fields(FileTokenizer) if f.name not in _NOT_RECORDED]
+_RECORD_FIELDS = {**{name: _SETTING_TYPES[name] for name in _SETTINGS}, "file": str, "sha256": str}
 
 
 def tokenizer_record(tokenizer: FileTokenizer, file_name: str) -> str:
     """What clipsan's safetensors output says of the tokenizer file it writes beside itself (``file_name``)."""
-    settings = {k: v for k, v in vars(tokenizer).items() if k not in _NOT_RECORDED}
+    settings = {name: getattr(tokenizer, name) for name in _SETTINGS}
     return json.dumps({**settings, "file": file_name, "sha256": tokenizer.sha256}, sort_keys=True)
 
 
