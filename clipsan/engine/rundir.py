@@ -131,8 +131,9 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         if not self.is_main or not path.exists():
             return
-        kept = [line for line in map(_logged, path.read_text(errors="replace").splitlines()) if line and line[1].get("step", 0) <= after_step]
-        atomic_write_bytes(path, "".join(text + "\n" for text, _ in kept).encode())
+        logged = filter(None, map(_logged, path.read_text(errors="replace").splitlines()))
+        kept = [text for text, record in logged if record.get("step", 0) <= after_step]
+        atomic_write_bytes(path, "".join(text + "\n" for text in kept).encode())
 
     # --- checkpoints --------------------------------------------------------------
 
