@@ -1,4 +1,5 @@
-"""JSON as the standard defines it: every document clipsan writes goes through here.
+"""JSON as the standard defines it: every document clipsan writes goes through here, and the
+reports it reads back as input (``loads``).
 
 Python's json module writes NaN and Infinity by default, which strict parsers (jq,
 JavaScript, Go, Rust's serde) reject. Reports say null for a figure that could not
@@ -21,6 +22,23 @@ def dumps(value: Any, **kwargs: Any) -> str:
         if where is None:
             raise
         raise ValueError(f"refusing to write non-standard JSON: {where} is not a finite number") from None
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse as strict parsers do: NaN, Infinity and -Infinity (and numbers that overflow to them) are
+    refused, as is nesting deeper than Python's recursion allows. Raises ValueError in every case."""
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+        where = non_finite_field(value)  # 1e999 parses as inf
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if where is not None:
+        raise ValueError(f"{where} is not a finite number")
+    return value
+
+
+def _refuse_constant(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")
 
 
 def non_finite_field(value: Any, where: str = "$") -> str | None:
