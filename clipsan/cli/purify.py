@@ -67,17 +67,17 @@ def verification_lines(verification: dict) -> list[str]:
     lines = [
         f"  backdoor check (clipsan scan's signals, {verification['budget']} budget, {verification['steps']} steps, seed {verification['seed']}, "
         f"{probes['count']} held-out images as probes; before: {source}):",
-        f"    {'signal':<28} {'before':>8} {'after':>8}  threshold",
+        f"    {'signal':<30} {'before':>7}  {'after':>7}   threshold",
     ]
     for row in verification["signals"]:
         name = f"{row['name']} ({row['statistic_name']})" if row["statistic_name"] else row["name"]
         counted = "" if row["counted"] else ", not counted"
         lines.append(
-            f"    {name:<28} {_statistic(row['before'], row['fired_before'])} {_statistic(row['after'], row['fired_after'])}  "
+            f"    {name:<30} {_statistic(row['before'], row['fired_before'])} {_statistic(row['after'], row['fired_after'])}  "
             f"fires {row['fires_when']} {row['threshold']:.4f} ({row['threshold_source']}{counted})"
         )
     lines.append(
-        f"    {'held-out R@1 (i2t+t2i)/2':<28} {_figure(guard['before'])} {_figure(guard['after'])}  "
+        f"    {'held-out R@1 (i2t+t2i)/2':<30} {_statistic(guard['before'])} {_statistic(guard['after'])}  "
         f"may drop {guard['max_drop']:g}: {'within' if guard['within'] else 'NOT within'}"
     )
     lines.append(f"    (* fired)  verdict: {verification['verdict']}: {verification['statement']}")
@@ -89,12 +89,9 @@ def verification_lines(verification: dict) -> list[str]:
     return lines
 
 
-def _statistic(value: float | None, fired: bool | None) -> str:
+def _statistic(value: float | None, fired: bool | None = None) -> str:
+    """A figure in a column of 7, and * after it if its signal fired."""
     return f"{'n/a' if value is None else f'{value:.4f}':>7}{'*' if fired else ' '}"
-
-
-def _figure(value: float | None) -> str:
-    return f"{'n/a' if value is None else f'{value:.4f}':>8}"
 
 
 def _refuse_foreign_options(ctx: typer.Context, method: str, groups: dict) -> None:

@@ -213,7 +213,8 @@ class Verification:
         def measure(module) -> dict:
             retrieval = measure_retrieval(module)
             check = self._check(module, retrieval, None, None, "the model in training", notes)
-            return {"utility": retrieval.recalls, "verification": check.record()}
+            record = {k: v for k, v in check.record().items() if k not in ("step", "epoch")}  # the engine adds them to the line
+            return {"utility": retrieval.recalls, "verification": record}
 
         return Measuring(measure, every=self.config.verify_every, stop=lambda fields: fields["verification"]["passed"])
 
