@@ -83,8 +83,12 @@ def verification_lines(verification: dict) -> list[str]:
     lines.append(f"    (* fired)  verdict: {verification['verdict']}: {verification['statement']}")
     if verification["outcome"]:
         lines.append(f"    --until-clean: {verification['outcome']}")
-    if verification["required"] and not verification["passed"]:
+    if verification["passed"]:
+        lines.append("    the written model passes the check")
+    elif verification["required"]:
         lines.append("    the written model does not pass the check: exit 1")
+    else:
+        lines.append("    the written model does not pass the check (--until-clean or --require-clean would exit 1)")
     lines.append(f"    {verification['checks']} checks, {verification['seconds']:.1f} s; history: {verification['history']}")
     return lines
 

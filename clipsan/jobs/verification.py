@@ -43,6 +43,12 @@ NONE_BEFORE_TEXT = (
 )
 
 
+def _shown(value: Any, most: int = 60) -> str:
+    """A value read from an untrusted report, as a message may quote it (not a megabyte of it)."""
+    text = str(value)
+    return text if len(text) <= most else text[:most] + "..."
+
+
 def mean_r1(recalls: dict[str, dict[str, float | None]]) -> float | None:
     """The utility a check guards: the mean of image->text and text->image R@1 (None if either is)."""
     values = [recalls[direction]["1"] for direction in ("i2t", "t2i")]
@@ -103,6 +109,7 @@ class Verification:
     checks: list[Check] = field(default_factory=list)  # during training, in order (a resumed run's earlier ones too)
     after: Check | None = None
     stopped: Check | None = None  # the check training stopped at (--until-clean)
+    ended_early: bool = False  # it was before the schedule's last step
     seconds: float = 0.0  # spent in the scan's signals
 
     # --- before training -------------------------------------------------------------------
@@ -119,11 +126,15 @@ class Verification:
         if split.pairs < MIN_VERIFY_PROBES:
             verification.reason = f"{split.pairs} held-out pairs: the scan's signals need at least {MIN_VERIFY_PROBES} held-out images as probes (--holdout)"
         else:
-            budget = config.budget
-            verification.probes = dataset_probes(split.held, "captions", data, None, budget.probes, loaded.model.image_size, seed)
-            if len(verification.probes.images) < MIN_VERIFY_PROBES:
-                count, verification.probes = len(verification.probes.images), None
+            try:
+                probes = dataset_probes(split.held, "captions", data, None, config.budget.probes, loaded.model.image_size, seed)
+            except UserError:  # fewer than 2 readable images
+                probes = None
+            count = 0 if probes is None else len(probes.images)
+            if count < MIN_VERIFY_PROBES:
                 verification.reason = f"{count} readable held-out images: the scan's signals need at least {MIN_VERIFY_PROBES} as probes"
+            else:
+                verification.probes = probes
         if verification.probes is None:
             if required:
                 raise UserError(f"{required}: {verification.reason}")
@@ -159,7 +170,7 @@ class Verification:
         budget = self.config.budget
         wanted = {"budget": self.config.verify_budget, "steps": budget.steps, "probes": len(self.probes.images), "seed": self.seed}
         found = {"budget": row.budget, "steps": row.steps, "probes": row.probes["count"], "seed": row.seed}
-        differ = [f"{key} {found[key]} (this run: {wanted[key]})" for key in wanted if found[key] != wanted[key]]
+        differ = [f"{key} {_shown(found[key])} (this run: {wanted[key]})" for key in wanted if found[key] != wanted[key]]
         if row.probes["synthetic"]:
             differ.append("probes synthetic world images (this run: held-out images of --data; scan with --data)")
         if row.reference is not None:
@@ -175,12 +186,14 @@ class Verification:
         names = [s["name"] for s in row.signals]
         expected = ["decree", "universal-perturbation", "target-alignment"]
         if names != expected:
-            return [f"signals {', '.join(names)} (this run: {', '.join(expected)})"]
+            return [f"signals {_shown(', '.join(names))} (this run: {', '.join(expected)})"]
         differ = []
         for entry in row.signals:
             limit = threshold(entry["name"], size, None, family)
             if (entry["threshold"], entry["threshold_source"], entry["counted"]) != (limit.value, limit.source, limit.counts):
-                differ.append(f"{entry['name']} threshold {entry['threshold']:g} ({entry['threshold_source']}; this run: {limit.value:g}, {limit.source})")
+                differ.append(
+                    f"{entry['name']} threshold {entry['threshold']:g} ({_shown(entry['threshold_source'])}; this run: {limit.value:g}, {limit.source})"
+                )
         return differ
 
     def check_input(self, model, retrieval: Retrieval, notes) -> None:
@@ -225,7 +238,9 @@ class Verification:
         self.checks = [Check.of_record(m["verification"], m["step"], m["epoch"]) for m in result.measured if "verification" in m]
         if not self.runs:
             return
-        self.stopped = next((c for c in self.checks if c.passed), None) if result.stopped else None
+        # The first check that passed: training stopped there (or the schedule ended there, at its last step).
+        self.stopped = next((c for c in self.checks if c.passed), None)
+        self.ended_early = result.stopped
         last = self.checks[-1] if self.checks else None
         if last is not None and last.step == result.steps:
             self.after = last
@@ -307,7 +322,10 @@ class Verification:
         if not self.before.fired:
             return "nothing fired on the input: nothing to stop on, the full schedule ran (checked before and after training only)"
         if self.stopped is not None:
-            return f"stopped at epoch {self.stopped.epoch:g} (step {self.stopped.step}): the first check with no counted signal firing and R@1 within the guard"
+            where = f"epoch {self.stopped.epoch:g} (step {self.stopped.step})"
+            if not self.ended_early:
+                return f"the check at the schedule's end, {where}, was the first with no counted signal firing and R@1 within the guard"
+            return f"stopped at {where}: the first check with no counted signal firing and R@1 within the guard"
         if self.after.fired:
             return "the schedule ended with evidence left: the last model was written (exit 1)"
         return "the schedule ended with no evidence left but R@1 below the guard at every check without it: the last model was written (exit 1)"

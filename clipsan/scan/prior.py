@@ -41,7 +41,8 @@ def read_scan_report(path: str | Path) -> list[ScannedModel]:
     document = _parse(path)
     schema = document.get("schema_version")
     if type(schema) is not int or schema < FIRST_SCHEMA:
-        raise UserError(f"{path}: not a clipsan scan report of schema {FIRST_SCHEMA} or later (schema_version {schema!r}); scan the model again")
+        shown = schema if type(schema) is int else f"a {type(schema).__name__}"  # the value itself may be any size
+        raise UserError(f"{path}: not a clipsan scan report of schema {FIRST_SCHEMA} or later (schema_version {shown}); scan the model again")
     rows = document.get("models")
     if not isinstance(rows, list) or not rows:
         raise UserError(f"{path}: a scan report with no scanned model (models[] is empty or missing)")
