@@ -19,13 +19,18 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
-from faults import same_tensors
+from faults import kill_machine, same_tensors, temporary_leftovers
 
 import clipsan.cli
 from clipsan.cli.purify import render
+from conftest import cli_env
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -155,7 +160,7 @@ def test_the_report_has_its_keys_in_json_and_text(cleaned):
     assert set(verification) == VERIFICATION_KEYS
     assert [row["name"] for row in verification["signals"]] == SIGNALS and all(set(row) == ROW_KEYS for row in verification["signals"])
     for row in verification["signals"]:
-        assert row["threshold_source"] == "calibrated-32px" and row["before"] is not None and row["after"] is not None
+        assert row["threshold_source"].endswith("-32px") and row["before"] is not None and row["after"] is not None  # the scan's own, for 32 px
     decree = verification["signals"][0]
     assert decree["fired_before"] and not decree["fired_after"] and decree["before"] < decree["threshold"] <= decree["after"]
     guard = verification["utility_guard"]
@@ -213,16 +218,13 @@ def test_scan_report_refusals(world, victim_scan, tmp_path, monkeypatch):
     assert "steps 61 (this run: 60)" in refused(world["victim"], edited("steps.json", json.dumps({**scan, "models": [{**scan["models"][0], "steps": 61}]})))
     synthetic = {**scan["models"][0], "probes": {**scan["models"][0]["probes"], "synthetic": True}}
     assert "probes synthetic world images" in refused(world["victim"], edited("world.json", json.dumps({**scan, "models": [synthetic]})))
-    user = {
-        **scan["models"][0],
-        "signals": [{**scan["models"][0]["signals"][0], "threshold": 0.2, "threshold_source": "user"}, *scan["models"][0]["signals"][1:]],
-    }
-    assert "decree threshold 0.2 (user; this run: 0.066, calibrated-32px)" in refused(
-        world["victim"], edited("user.json", json.dumps({**scan, "models": [user]}))
-    )
-    assert "not valid JSON (NaN is not JSON)" in refused(world["victim"], edited("nan.json", victim_scan.read_text().replace('"seed": 0', '"seed": NaN', 1)))
+    decree, *others = scan["models"][0]["signals"]  # the scan's own threshold for the victim is the one purify's checks use
+    user = {**scan["models"][0], "signals": [{**decree, "threshold": 0.2, "threshold_source": "user"}, *others]}
+    expected = f"decree threshold 0.2 (user; this run: {decree['threshold']:g}, {decree['threshold_source']})"
+    assert expected in refused(world["victim"], edited("user.json", json.dumps({**scan, "models": [user]})))
+    assert "not valid JSON (NaN is not JSON" in refused(world["victim"], edited("nan.json", victim_scan.read_text().replace('"seed": 0', '"seed": NaN', 1)))
     monkeypatch.setattr("clipsan.scan.prior.MAX_REPORT_BYTES", 1000)
-    assert "over 1,000 bytes" in refused(world["victim"], victim_scan)
+    assert "more than a clipsan scan report holds (at most 1,000)" in refused(world["victim"], victim_scan)
 
 
 # --------------------------------------------------------------------------- the engine's side, with a stand-in for the signals
@@ -230,7 +232,8 @@ def test_scan_report_refusals(world, victim_scan, tmp_path, monkeypatch):
 
 class _Signals:
     """A stand-in for ``clipsan.scan.evidence.in_memory``: decree fires on the first ``fires`` calls (the
-    input's included), then not; ``kill_at`` raises on that call, as a kill in the middle of a check."""
+    input's included), then not; on call ``kill_at`` it raises _Killed (or, in a subprocess, waits to be
+    SIGKILLed in the middle of that check)."""
 
     def __init__(self, fires: int, kill_at: int | None = None):
         self.fires, self.kill_at, self.calls = fires, kill_at, 0
@@ -240,7 +243,7 @@ class _Signals:
 
         self.calls += 1
         if self.calls == self.kill_at:
-            raise _Killed
+            _stopped_here()
         fired = self.calls <= self.fires
         entry = {"name": "decree", "statistic": 0.01 if fired else 0.2, "threshold": 0.066, "threshold_source": "calibrated-32px",
                  "fires_when": "below", "fired": fired, "counted": True, "inversion_succeeded": True}  # fmt: skip
@@ -249,6 +252,37 @@ class _Signals:
 
 class _Killed(Exception):
     pass
+
+
+def _stopped_here(*_args) -> None:
+    """In a subprocess run by _killed_at: say so and wait for the SIGKILL; in this process: raise _Killed."""
+    marker = os.environ.get("CLIPSAN_TEST_KILL_MARKER")
+    if marker is None:
+        raise _Killed
+    Path(marker).write_text("here")
+    time.sleep(600)
+
+
+def _killed_at(where: str, argv: list, root: Path, fires: int) -> None:
+    """``clipsan ARGV`` in a subprocess with the stand-in (``fires``), SIGKILLed in the middle of its third check
+    (where="check") or once it wrote the checkpoint of the step it stopped at (where="write": writing the model)."""
+    marker = root / "kill-marker"
+    script = (
+        "import sys, clipsan.cli, clipsan.jobs.training as training, clipsan.jobs.verification as verification\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import test_verification as t\n"
+        f"verification.in_memory = t._Signals({fires}, kill_at={3 if where == 'check' else None})\n"
+        f"if {where!r} == 'write':\n    training.TrainingJob.write = t._stopped_here\n"
+        f"sys.exit(clipsan.cli.main({[str(a) for a in argv]!r}))\n"
+    )
+    env = {**cli_env(), "CLIPSAN_TEST_KILL_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not marker.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "no kill point"
+        time.sleep(0.05)
+    kill_machine(proc)
+    marker.unlink()
 
 
 def _small(model: Path, data: Path, root: Path, *extra) -> list:
@@ -273,29 +307,22 @@ def test_killed_in_the_middle_of_a_check_or_after_the_stop_then_resumed_ends_as_
     assert code == 0 and uninterrupted["steps"] == 8 and uninterrupted["verification"]["stopped"]["epoch"] == 2.0, err
 
     killed = tmp_path / "killed"
-    monkeypatch.setattr("clipsan.jobs.verification.in_memory", _Signals(fires=2, kill_at=3))  # in the epoch-2 check
-    with pytest.raises(_Killed):
-        _run(*_small(tiny_model, caption_data, killed))
+    argv = _small(tiny_model, caption_data, killed)
+    _killed_at("check", argv, tmp_path, fires=2)  # SIGKILL in the middle of epoch 2's check
     assert not (killed / "out.safetensors").exists() and _checked_steps(killed) == [4]
-
-    import clipsan.jobs.training
-
-    # Resumed from epoch 1's checkpoint, which keeps that check: the stand-in sees the input, then epoch 2.
-    monkeypatch.setattr("clipsan.jobs.verification.in_memory", _Signals(fires=1))
-    write = clipsan.jobs.training.TrainingJob.write
-    monkeypatch.setattr(clipsan.jobs.training.TrainingJob, "write", lambda *a: (_ for _ in ()).throw(_Killed()))  # after the stop's checkpoint
-    with pytest.raises(_Killed):
-        _run(*_small(tiny_model, caption_data, killed, "--resume"))
-    monkeypatch.setattr(clipsan.jobs.training.TrainingJob, "write", write)
-    stand_in = _Signals(fires=1)  # only the input is checked again: the run had stopped
+    # Resumed from epoch 1's checkpoint, which keeps that check: the stand-in sees the input, then epoch 2, which passes.
+    _killed_at("write", [*argv, "--resume"], tmp_path, fires=1)  # SIGKILL after the checkpoint of the step it stopped at
+    assert not (killed / "out.safetensors").exists() and _checked_steps(killed) == [4, 8]
+    stand_in = _Signals(fires=1)
     monkeypatch.setattr("clipsan.jobs.verification.in_memory", stand_in)
-    code, resumed, err = _run(*_small(tiny_model, caption_data, killed, "--resume"))
+    code, resumed, err = _run(*argv, "--resume")
     assert code == 0, err
-    assert stand_in.calls == 1 and resumed["resumed_from_step"] == 8
+    assert stand_in.calls == 1 and resumed["resumed_from_step"] == 8  # only the input is checked again: the run had stopped
     assert not same_tensors(reference / "out.safetensors", killed / "out.safetensors")  # bitwise the same weights
     ignore = ("history", "seconds")
     assert {k: v for k, v in resumed["verification"].items() if k not in ignore} == {k: v for k, v in uninterrupted["verification"].items() if k not in ignore}
     assert _history(killed) == _history(reference) and _checked_steps(killed) == [4, 8] and resumed["final"]["loss"] == uninterrupted["final"]["loss"]
+    assert not temporary_leftovers(killed)
 
 
 def test_a_resume_with_other_check_settings_is_refused(tiny_model, caption_data, tmp_path, monkeypatch):

@@ -157,7 +157,6 @@ COMMAND = Command(
     + ".",
     (
         "clipsan purify suspect.safetensors --method abd --data cc250k/",
-        "clipsan purify openai-clip-vit-base-patch32/ --method cleanclip --data cc250k/ --out purified/",
         "clipsan purify suspect.safetensors --method ft --data cc250k/ --run-dir runs/purify-1 --resume",
         "clipsan purify suspect.safetensors --method abd --data cc250k/ --until-clean --scan-report intake-scan.json || echo 'evidence left'",
     ),

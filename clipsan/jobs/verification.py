@@ -49,6 +49,12 @@ def _shown(value: Any, most: int = 60) -> str:
     return text if len(text) <= most else text[:most] + "..."
 
 
+def _threshold_of_checks(signal: str, size: int, family: str):
+    """The threshold a check applies to ``signal`` on this model: the calibrated one (purify takes no
+    threshold flags and no calibration file)."""
+    return threshold(signal, size, None, family)
+
+
 def mean_r1(recalls: dict[str, dict[str, float | None]]) -> float | None:
     """The utility a check guards: the mean of image->text and text->image R@1 (None if either is)."""
     values = [recalls[direction]["1"] for direction in ("i2t", "t2i")]
@@ -189,7 +195,7 @@ class Verification:
             return [f"signals {_shown(', '.join(names))} (this run: {', '.join(expected)})"]
         differ = []
         for entry in row.signals:
-            limit = threshold(entry["name"], size, None, family)
+            limit = _threshold_of_checks(entry["name"], size, family)
             if (entry["threshold"], entry["threshold_source"], entry["counted"]) != (limit.value, limit.source, limit.counts):
                 differ.append(
                     f"{entry['name']} threshold {entry['threshold']:g} ({_shown(entry['threshold_source'])}; this run: {limit.value:g}, {limit.source})"

@@ -1,7 +1,8 @@
 """A ``clipsan scan --format json`` report handed back as input (``purify --scan-report``): untrusted.
 
-It is read whole up to a bound, parsed strictly (no NaN, Infinity or runaway nesting) and checked
-field by field for what a reuse needs; anything else is refused in one line naming the file. Which
+It is read whole up to a bound, parsed strictly (``strict_json.read_object``: no NaN or Infinity, no
+key given twice, no runaway nesting), and checked field by field for what a reuse needs (a number
+that overflows to infinity included); anything else is refused in one line naming the file. Which
 scanned model and settings are the ones to reuse is the reader's caller's to decide
 (``clipsan.jobs.verification``).
 """
@@ -38,7 +39,7 @@ class ScannedModel:
 def read_scan_report(path: str | Path) -> list[ScannedModel]:
     """Every scanned model of the report at ``path`` (a one-model document or a batch)."""
     path = Path(path)
-    document = _parse(path)
+    document = strict_json.read_object(path, MAX_REPORT_BYTES, "clipsan scan report")
     schema = document.get("schema_version")
     if type(schema) is not int or schema < FIRST_SCHEMA:
         shown = schema if type(schema) is int else f"a {type(schema).__name__}"  # the value itself may be any size
@@ -47,25 +48,6 @@ def read_scan_report(path: str | Path) -> list[ScannedModel]:
     if not isinstance(rows, list) or not rows:
         raise UserError(f"{path}: a scan report with no scanned model (models[] is empty or missing)")
     return [_row(path, index, row) for index, row in enumerate(rows)]
-
-
-def _parse(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_REPORT_BYTES + 1)
-    except OSError as err:
-        raise UserError(f"{path}: cannot read ({err.strerror or err})") from None
-    if len(data) > MAX_REPORT_BYTES:
-        raise UserError(f"{path}: over {MAX_REPORT_BYTES:,} bytes: not a scan report clipsan reads back")
-    try:
-        document = strict_json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text: not a clipsan scan report") from None
-    except ValueError as err:
-        raise UserError(f"{path}: not valid JSON ({str(err).splitlines()[0]})") from None
-    if not isinstance(document, dict):
-        raise UserError(f"{path}: expected a JSON object (a clipsan scan report)")
-    return document
 
 
 def _field(path: Path, where: str, row: dict, key: str, kind: type) -> Any:
