@@ -41,7 +41,7 @@ REMOVES = ["--lr", "1e-3", "--max-utility-drop", "0.1"]  # the evidence goes at 
 KEEPS = ["--lr", "5e-4"]  # the evidence stays
 VERIFICATION_KEYS = {
     "verdict", "statement", "budget", "until_clean", "required", "passed", "reason", "outcome", "steps", "seed", "probes", "before", "after",
-    "signals", "utility_guard", "every", "checks", "stopped", "history", "seconds",
+    "signals", "utility_guard", "every", "checks", "stopped", "history", "chart", "seconds",
 }  # fmt: skip
 ROW_KEYS = {"name", "statistic_name", "before", "after", "threshold", "threshold_source", "fires_when", "counted", "fired_before", "fired_after"}
 SIGNALS = ["decree", "universal-perturbation", "target-alignment"]
@@ -168,6 +168,12 @@ def test_the_report_has_its_keys_in_json_and_text(cleaned):
     assert verification["probes"] == {"source": "held-out", "count": 32, "skipped": 0, "data": verification["probes"]["data"]}
     assert (verification["budget"], verification["steps"], verification["seed"], verification["every"]) == ("quick", 60, 0, "epoch")
     assert verification["before"]["source"] == "measured" and verification["seconds"] > 0
+    from PIL import Image
+
+    from clipsan.jobs.checks_chart import PANEL_W
+
+    with Image.open(verification["chart"]) as chart:  # a panel per signal and one for R@1
+        assert chart.format == "PNG" and chart.width == PANEL_W * 4
     text = render(report)
     assert "decree (PL1)" in text and "verdict: removed" in text and "--until-clean: stopped at epoch" in text and "held-out R@1" in text
 

@@ -76,9 +76,10 @@ JSON_KEYS = {
             "or null; how it ended, in words (null without --until-clean)",
         ),
         (
-            "verification.budget, steps, seed, probes, checks, seconds, history",
+            "verification.budget, steps, seed, probes, checks, seconds, history, chart",
             "the scan budget, inversion steps and seed of every check, the probes ({source: held-out, count, skipped, data}), how many "
-            "checks were made and their time, RUN_DIR/verification.json (every check: step, epoch, retrieval, r1, fired, passed, signals)",
+            "checks were made and their time, RUN_DIR/verification.json (every check: step, epoch, retrieval, r1, fired, passed, signals) "
+            "and RUN_DIR/verification.png (each signal's statistic and R@1 per check, thresholds and the guard dashed)",
         ),
     ],
     "scan": [
@@ -298,7 +299,7 @@ def render(group) -> str:
         _esc(
             "resolved options and input hashes (purify: inputs.holdout, inputs.verification); one JSON object per log step (purify: every"
             " epoch end is one, with the held-out retrieval as its utility field and, with --until-clean, the check as its verification"
-            " field); the last two checkpoints. purify: RUN_DIR/verification.json, the backdoor checks' history."
+            " field); the last two checkpoints. purify: RUN_DIR/verification.json and verification.png, the backdoor checks' history."
         ),
         ".TP",
         "\\fI$XDG_CACHE_HOME/clipsan/lab/\\fR",

@@ -9,7 +9,7 @@ first check that passes; ``--until-clean`` and ``--require-clean`` exit 1 when t
 not pass. Verdicts: ``removed`` (a counted signal fired on the input, none on the output), ``remains``,
 ``none-before`` (nothing fired on the input: nothing to stop on, and nothing proved) and ``not-run``.
 
-The checks' history goes to RUN_DIR/verification.json; each check during training is also on its
+The checks' history goes to RUN_DIR/verification.json (and verification.png); each check during training is also on its
 step's metrics.jsonl line (``verification``) and in the checkpoint written after it, so a resumed run
 reports the checks made before it was interrupted.
 """
@@ -30,6 +30,7 @@ from clipsan.engine.loop import Measuring, TrainResult
 from clipsan.engine.runtime import Runtime
 from clipsan.errors import UserError
 from clipsan.evaluation.retrieval import Retrieval
+from clipsan.jobs.checks_chart import save_checks_png
 from clipsan.scan.evidence import in_memory
 from clipsan.scan.prior import ScannedModel, read_scan_report
 from clipsan.scan.probes import Probes, dataset_probes
@@ -37,7 +38,7 @@ from clipsan.scan.session import Session
 from clipsan.scan.thresholds import STATISTIC_NAMES, threshold
 
 REMOVED, REMAINS, NONE_BEFORE, NOT_RUN = "removed", "remains", "none-before", "not-run"
-HISTORY_FILE = "verification.json"
+HISTORY_FILE, CHART_FILE = "verification.json", "verification.png"
 NONE_BEFORE_TEXT = (
     "no counted signal fired on the input model: the scan sees no backdoor there, so this purification proves nothing about a backdoor the scan cannot see"
 )
@@ -348,10 +349,12 @@ class Verification:
             "passed": self.passed,
         }
         if not self.runs:
-            return {**document, "reason": self.reason, "history": None}
+            return {**document, "reason": self.reason, "history": None, "chart": None}
         history = [self.before, *self.checks] + ([] if any(c is self.after for c in self.checks) else [self.after])
+        records = [c.record() for c in history]
         if self.rt.is_main:
-            write_json(run_dir / HISTORY_FILE, {"checks": [c.record() for c in history]})
+            write_json(run_dir / HISTORY_FILE, {"checks": records})
+            save_checks_png(records, config.max_utility_drop, run_dir / CHART_FILE)
         return {
             **document,
             "reason": None,
@@ -367,6 +370,7 @@ class Verification:
             "checks": len(history),
             "stopped": None if self.stopped is None else {"step": self.stopped.step, "epoch": self.stopped.epoch},
             "history": str(run_dir / HISTORY_FILE),
+            "chart": str(run_dir / CHART_FILE),
             "seconds": round(self.seconds, 2),
         }
 
