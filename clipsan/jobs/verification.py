@@ -307,10 +307,6 @@ class Verification:
         """Whether the written model passes the check (None: not run)."""
         return None if not self.runs else self.after.passed
 
-    @property
-    def exit_code(self) -> int:
-        return 1 if self.required and self.passed is False else 0
-
     def statement(self) -> str:
         verdict = self.verdict
         if verdict == NOT_RUN:
