@@ -304,6 +304,32 @@ def test_verify_every_checks_between_epoch_ends_and_stops_at_the_first_pass(tiny
     assert code == 0, err
     assert _checked_steps(tmp_path) == [2, 4, 6] and report["steps"] == 6 and report["verification"]["stopped"] == {"step": 6, "epoch": 1.5}
     assert [c["passed"] for c in _history(tmp_path)] == [None, False, False, True] and report["verification"]["every"] == 2
+    # the model written is the one the passing check saw: its step's checkpoint (the module's names: clip.*)
+    from safetensors.torch import load_file
+
+    saved, written = load_file(str(tmp_path / "run" / "checkpoints" / "step-000000006" / "weights.safetensors")), load_file(str(tmp_path / "out.safetensors"))
+    assert {k.removeprefix("clip."): v for k, v in saved.items()}.keys() == written.keys()
+    assert all(saved[f"clip.{k}"].equal(v) for k, v in written.items())
+
+
+def test_a_check_without_evidence_but_past_the_utility_guard_does_not_stop_training(tiny_model, caption_data, tmp_path, monkeypatch):
+    """The evidence is gone at the first epoch end, but held-out R@1 fell 0.1 there (guard 0.03): training goes
+    on, and stops at the next check, whose R@1 is back within the guard."""
+    from clipsan.evaluation.retrieval import Retrieval
+
+    script = iter([0.5, 0.4, 0.48, 0.48])  # R@1 before training, at epoch 1, at epoch 2, after training
+
+    def scripted(model, pairs, device, **_):
+        r1 = next(script)
+        return Retrieval({"i2t": {"1": r1, "5": 1.0}, "t2i": {"1": r1, "5": 1.0}}, len(pairs), 0)
+
+    monkeypatch.setattr("clipsan.jobs.purify.retrieval", scripted)
+    monkeypatch.setattr("clipsan.jobs.verification.in_memory", _Signals(fires=1))  # the input only
+    code, report, err = _run(*_small(tiny_model, caption_data, tmp_path, "--max-utility-drop", "0.03"))
+    history = _history(tmp_path)
+    assert code == 0, err
+    assert [(c["fired"], c["passed"]) for c in history] == [(["decree"], None), ([], False), ([], True)]
+    assert report["verification"]["stopped"] == {"step": 8, "epoch": 2.0} and report["steps"] == 8
 
 
 def test_killed_in_the_middle_of_a_check_or_after_the_stop_then_resumed_ends_as_if_never_killed(tiny_model, caption_data, tmp_path, monkeypatch):
