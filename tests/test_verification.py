@@ -363,3 +363,17 @@ def test_a_resume_with_other_check_settings_is_refused(tiny_model, caption_data,
         _run(*_small(tiny_model, caption_data, tmp_path))
     code, _, err = _run(*_small(tiny_model, caption_data, tmp_path, "--resume", "--verify-every", "2"))
     assert code == 2 and "was checked with other settings (every); --resume with the original ones" in err.strip().splitlines()[-1]
+
+
+def test_a_check_asked_for_that_cannot_run_is_refused_and_one_not_asked_for_is_reported_not_run(tiny_model, caption_data, tmp_path):
+    """64 pairs hold out 3 by default: too few probes. --require-clean is refused before training; a plain run says not-run."""
+    argv = ["purify", tiny_model, "--method", "ft", "--data", caption_data, "--max-steps", "1", "--batch-size", "8", "--device", "cpu", "--workers", "0"]
+    code, printed, err = _run(*argv, "--run-dir", tmp_path / "a", "--require-clean")
+    assert code == 2 and printed is None
+    assert (
+        err.strip().splitlines()[-1]
+        == "clipsan purify: --require-clean: 3 held-out pairs: the scan's signals need at least 32 held-out images as probes (--holdout)"
+    )
+    code, report, err = _run(*argv, "--run-dir", tmp_path / "b")
+    assert code == 0 and report["verification"]["verdict"] == "not-run" and report["verification"]["passed"] is None
+    assert report["verification"]["reason"].startswith("3 held-out pairs") and report["verification"]["history"] is None
