@@ -40,7 +40,11 @@ def open_captions(data: configs.CaptionData):
 
 def purify(config: configs.PurifyConfig, notes: Notes = _quiet) -> PurifyReport:
     """Fine-tune config.model on clean pairs with config.recipe; writes the purified weights and reports
-    retrieval on the pairs of config.data it held out (config.evidence) before and after."""
+    retrieval on the pairs of config.data it held out (config.evidence) before and after, and the scan's
+    backdoor evidence on the input and the output (``report.verification``; with
+    ``EvidenceConfig(until_clean=True)`` training stops at the first check that passes).
+    ``report.exit_code`` is the command's: 1 when until_clean or require_clean was asked and the written
+    model does not pass the check."""
     from clipsan.jobs.purify import run_purify
 
     return run_purify(config, notes)

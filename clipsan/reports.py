@@ -42,6 +42,14 @@ class PurifyReport(TrainingReport):
     # Held-out retrieval (None with nothing held out): {"pairs", "corrupt_image", "before", "after"},
     # before/after as {"i2t": {"1": f, "5": f}, "t2i": {...}}; per epoch in metrics.jsonl.
     utility: dict[str, Any] | None
+    # The backdoor checks (clipsan.jobs.verification.Verification.report): verdict, the signals before and
+    # after beside their thresholds, the utility guard, where --until-clean stopped.
+    verification: dict[str, Any]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when --until-clean or --require-clean was given and the written model does not pass the check, else 0."""
+        return 1 if self.verification["required"] and self.verification["passed"] is False else 0
 
 
 def recall_text(recalls: dict[str, dict[str, float | None]]) -> str:
@@ -103,6 +111,7 @@ class ScanReport(Report):
     trigger: dict[str, Any]
     probes: dict[str, Any]
     budget: str
+    steps: int  # optimizer steps per inversion at most: the budget's, or --steps
     seed: int
     device: str
     precision: str

@@ -180,6 +180,26 @@ def image_seeds() -> None:
     _write("image", "bomb-header.png", bytes(png))
 
 
+def scan_report_seeds() -> None:
+    """A one-model scan report as `clipsan scan --format json` writes it (a batch of one, its row's keys on top too)."""
+    signal = {"threshold_source": "calibrated-32px", "fires_when": "below", "counted": True, "inversion_succeeded": True, "steps": 60}
+    row = {
+        "model": "victim.safetensors", "sha256": "ab" * 32, "arch": "clipsan-tiny-rn", "image_size": 32, "reference": None,
+        "verdict": "backdoor", "backdoor": True, "fired_signals": ["decree"],
+        "signals": [
+            {"name": "decree", "statistic": 0.0195, "threshold": 0.066, "fired": True, **signal},
+            {"name": "universal-perturbation", "statistic": 0.062, "threshold": 0.045, "fired": False, **signal},
+            {"name": "target-alignment", "statistic": 0.74, "threshold": 1.15, "fired": False, **signal, "fires_when": "above", "counted": False},
+        ],
+        "probes": {"source": "captions", "synthetic": False, "data": "data/", "count": 32, "skipped": 0, "description": "32 images from data/"},
+        "budget": "quick", "steps": 60, "seed": 0, "device": "cpu", "precision": "fp32", "seconds": 4.2,
+    }  # fmt: skip
+    batch = {"schema_version": 2, "tool": {"name": "clipsan", "version": "0.1.0"}, "models": [row], "errors": []}
+    _write("scan_report", "one-model.json", json.dumps({**row, **batch}, indent=2, sort_keys=True).encode())
+    _write("scan_report", "two-models.json", json.dumps({**batch, "models": [row, {**row, "sha256": "cd" * 32}]}).encode())
+    _write("scan_report", "schema-1.json", json.dumps({**row, "schema_version": 1}).encode())
+
+
 def main() -> None:
     shutil.rmtree(CORPUS, ignore_errors=True)
     checkpoint_seeds(_tiny_state())
@@ -188,6 +208,7 @@ def main() -> None:
     siglip_tokenizer_seeds()
     data_seeds()
     image_seeds()
+    scan_report_seeds()
     for folder in sorted(CORPUS.iterdir()):
         files = list(folder.iterdir())
         print(f"{folder.name}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")

@@ -23,6 +23,7 @@ from clipsan.data.captions import open_caption_dataset
 from clipsan.data.labelled import open_labelled_dataset
 from clipsan.data.transforms import UnreadableImage, read_image
 from clipsan.errors import UserError
+from clipsan.scan.prior import read_scan_report
 
 # Small enough that a pixel bomb is refused from its header, large enough for the seeds.
 MAX_PIXELS = 4096 * 4096
@@ -239,6 +240,16 @@ def image_header(data: bytes) -> None:
         read_image(data, MAX_PIXELS)
 
 
+# --------------------------------------------------------------------------- reports read back
+
+
+def scan_report(data: bytes) -> None:
+    """``purify --scan-report FILE``: a scan report, read whole (bounded), parsed strictly, each model's fields checked."""
+    path = scratch("scan-report") / "scan.json"
+    path.write_bytes(data)
+    read_scan_report(path)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "safetensors": safetensors_file,
     "torch": torch_file,
@@ -251,6 +262,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "tar": webdataset_tar,
     "labelled": labelled_manifest,
     "image": image_header,
+    "scan_report": scan_report,
 }
 
 # What the readers may raise: the one-line refusal every command turns into exit 2.

@@ -98,6 +98,13 @@ def _cases():
         id="label-consistent-natural",
     )
     yield pytest.param(configs.CraftConfig, {"lr": -1.0}, ["craft-adv", MODEL, "--data", str(DATA), "--lr", "-1"], id="craft-adv.lr")
+    # The backdoor check: what needs it is refused without it; --verify-every belongs to --until-clean.
+    evidence = configs.EvidenceConfig
+    yield pytest.param(evidence, {"until_clean": True, "verify_budget": "off"}, [*_purify(), "--until-clean", "--verify-budget", "off"], id="until-clean-off")
+    yield pytest.param(evidence, {"scan_report": str(DATA / "conftest.py"), "verify_budget": "off"},
+                       [*_purify(), "--scan-report", str(DATA / "conftest.py"), "--verify-budget", "off"], id="scan-report-off")  # fmt: skip
+    yield pytest.param(evidence, {"verify_every": 5}, [*_purify(), "--verify-every", "5"], id="verify-every-needs-until-clean")
+    yield pytest.param(evidence, {"require_clean": True, "holdout": 0}, [*_purify(), "--require-clean", "--holdout", "0"], id="require-clean-holdout-0")
 
 
 @pytest.fixture

@@ -11,7 +11,10 @@ from clipsan.cli import craft_adv, evaluate, lab, poison, purify, scan
 from clipsan.cli.command import Command, PanelCommand, rich_output
 
 COMMANDS: tuple[Command, ...] = (scan.COMMAND, purify.COMMAND, craft_adv.COMMAND, evaluate.COMMAND, poison.COMMAND, lab.COMMAND)
-EXIT_CODES = "Exit codes: 0 success; 1 scan found backdoor evidence; 2 bad input or usage; 3 interrupted after writing a resumable checkpoint."
+EXIT_CODES = (
+    "Exit codes: 0 success; 1 scan found backdoor evidence, or purify --until-clean / --require-clean wrote a model that does not pass "
+    "the backdoor check; 2 bad input or usage; 3 interrupted after writing a resumable checkpoint."
+)
 
 
 def _version(value: bool) -> None:

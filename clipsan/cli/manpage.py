@@ -49,6 +49,38 @@ JSON_KEYS = {
             "before and after are {i2t, t2i}, each an object k -> R@k for k = 1, 5 (image->text, text->image; null over zero pairs); "
             "every epoch end's {i2t, t2i} is the utility field of that step's metrics.jsonl line",
         ),
+        (
+            "verification.verdict, statement",
+            "the backdoor check: removed (a counted signal fired on MODEL, none on the output), remains, none-before (nothing fired on "
+            "MODEL: nothing proved about a backdoor the scan cannot see) or not-run (reason says why: --verify-budget off, fewer than 32 "
+            "held-out images); the verdict in words",
+        ),
+        (
+            "verification.required, passed",
+            "whether --until-clean or --require-clean was given, and whether the written model passes the check (no counted signal fires, "
+            "held-out R@1 within --max-utility-drop); required and not passed is exit 1; passed is null when not run",
+        ),
+        (
+            "verification.signals[]",
+            "per signal (decree, universal-perturbation, target-alignment): name, statistic_name (PL1, Linf, ratio), before, after "
+            "(statistics), threshold, threshold_source, fires_when, counted, fired_before, fired_after",
+        ),
+        (
+            "verification.before, after",
+            "{step, epoch, source (measured | scan-report, with scan_report and probes), fired[], target, r1}: the input's check and the written model's",
+        ),
+        ("verification.utility_guard", "{measure (mean of i2t and t2i R@1), max_drop, before, after, drop, within}"),
+        (
+            "verification.until_clean, every, stopped, outcome",
+            "--until-clean given; when it checks (epoch, or N for --verify-every N); {step, epoch} of the check training stopped at, "
+            "or null; how it ended, in words (null without --until-clean)",
+        ),
+        (
+            "verification.budget, steps, seed, probes, checks, seconds, history, chart",
+            "the scan budget, inversion steps and seed of every check, the probes ({source: held-out, count, skipped, data}), how many "
+            "checks were made and their time, RUN_DIR/verification.json (every check: step, epoch, retrieval, r1, fired, passed, signals) "
+            "and RUN_DIR/verification.png (each signal's statistic and R@1 per check, thresholds and the guard dashed)",
+        ),
     ],
     "scan": [
         ("schema_version, tool{name,version}", "report format version (2) and the clipsan that wrote it"),
@@ -77,7 +109,10 @@ JSON_KEYS = {
         ("models[].target", "likely target: label, similarity, source, template, candidates[], from_signal"),
         ("models[].trigger", "png, mask_png, examples_png (DECREE's inverted trigger in the run dir), pl1, others (the other signals' PNGs)"),
         ("models[].probes", "source, synthetic (true without --data), data, count, skipped, description"),
-        ("models[].budget, seed, device, precision, run_dir, started_utc, seconds", "how the model's scan ran"),
+        (
+            "models[].budget, steps, seed, device, precision, run_dir, started_utc, seconds",
+            "how the model's scan ran (steps: optimizer steps per inversion at most)",
+        ),
     ],
     "poison": [
         ("output, output_format, run_dir, layout, arch, arch_source, activation, activation_source, steps, epochs, seconds", "as for purify"),
@@ -121,7 +156,11 @@ CHECKPOINT_NOTES = (
 
 EXIT_STATUS = [
     ("0", "success"),
-    ("1", "scan only: backdoor evidence found (in any MODEL)"),
+    (
+        "1",
+        "scan: backdoor evidence found (in any MODEL). purify with --until-clean or --require-clean: the written model does not pass "
+        "the backdoor check (a counted signal still fires, or held-out R@1 fell more than --max-utility-drop); it is written all the same",
+    ),
     (
         "2",
         "bad input or usage (options must be spelled out in full: abbreviations are refused); the message names the file, line or field and what was expected. "
@@ -258,8 +297,9 @@ def render(group) -> str:
         ".TP",
         "\\fIRUN_DIR/config.json\\fR, \\fIRUN_DIR/metrics.jsonl\\fR, \\fIRUN_DIR/checkpoints/\\fR",
         _esc(
-            "resolved options and input hashes (purify: inputs.holdout); one JSON object per log step (purify: every epoch end"
-            " is one, with the held-out retrieval as its utility field); the last two checkpoints."
+            "resolved options and input hashes (purify: inputs.holdout, inputs.verification); one JSON object per log step (purify: every"
+            " epoch end is one, with the held-out retrieval as its utility field and, with --until-clean, the check as its verification"
+            " field); the last two checkpoints. purify: RUN_DIR/verification.json and verification.png, the backdoor checks' history."
         ),
         ".TP",
         "\\fI$XDG_CACHE_HOME/clipsan/lab/\\fR",

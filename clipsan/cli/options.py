@@ -37,7 +37,7 @@ from clipsan.config import (
 )
 from clipsan.config.attacks import BADCLIP, BADCLIP_OBJECTIVES, BADNET_SIDE_AT_224, DEFAULT_TARGET, REFERENCE_SIDE, TRIGGER_SPECS
 from clipsan.config.checks import check_of, shown
-from clipsan.config.evidence import HOLDOUT_MAX_PAIRS, HOLDOUT_SHARE
+from clipsan.config.evidence import HOLDOUT_MAX_PAIRS, HOLDOUT_SHARE, MIN_VERIFY_PROBES, VERIFY_BUDGETS
 from clipsan.config.jobs import FROM_METADATA, OUT_FORMATS
 from clipsan.config.limits import MAX_IMAGE_PIXELS, PILLOW_REFUSES_ABOVE
 from clipsan.config.recipes import ABD_OBJECTIVES, METHODS, default_gan_width, recipe_config_type
@@ -354,9 +354,57 @@ class EvidenceOptions:
             metavar="N",
         ),
     ] = None
+    verify_budget: Annotated[
+        str,
+        option(
+            "the backdoor check: clipsan scan's signals and thresholds on the input and the output, the held-out images as probes ("
+            + "; ".join(f"{name}: {b.describe()}" for name, b in BUDGETS.items())
+            + f"; off: no check, verdict not-run) (default: {EvidenceConfig.verify_budget}; not run with fewer than {MIN_VERIFY_PROBES} held-out images)",
+            EVIDENCE,
+            metavar=one_of(VERIFY_BUDGETS),
+        ),
+    ] = EvidenceConfig.verify_budget
+    verify_probes: Annotated[
+        int | None,
+        configured(EvidenceConfig, "verify_probes", "probe images per check", EVIDENCE, default="the budget's, at most the held-out images", metavar="N"),
+    ] = None
+    verify_steps: Annotated[
+        int | None, configured(EvidenceConfig, "verify_steps", "optimizer steps per inversion in each check", EVIDENCE, default="the budget's", metavar="N")
+    ] = None
+    until_clean: Annotated[
+        bool,
+        flag(
+            "--until-clean",
+            "check at every epoch end too and stop at the first check where no counted signal fires and held-out R@1 (mean of image->text "
+            "and text->image) is within --max-utility-drop of the input's; exit 1 (the last model written) if the schedule ends first; "
+            "where nothing fired on the input, the full schedule runs",
+            EVIDENCE,
+        ),
+    ] = False
+    verify_every: Annotated[
+        int | None, configured(EvidenceConfig, "verify_every", "--until-clean: also check every N steps", EVIDENCE, default="epoch ends only", metavar="N")
+    ] = None
+    max_utility_drop: Annotated[
+        float,
+        configured(EvidenceConfig, "max_utility_drop", "how much of the input's held-out R@1 a passing check may lose (absolute)", EVIDENCE, metavar="F"),
+    ] = EvidenceConfig.max_utility_drop
+    require_clean: Annotated[
+        bool, flag("--require-clean", "exit 1 when the written model does not pass the check (no counted signal, R@1 within the guard)", EVIDENCE)
+    ] = False
+    scan_report: Annotated[
+        Path | None,
+        option(
+            "a clipsan scan --format json report of MODEL: its signals are the input's evidence (no scan before training) when its sha256 is "
+            "MODEL's and its budget, steps, probe count, seed and thresholds are this run's checks' and it probed images of a --data folder; "
+            "refused otherwise (exit 2)",
+            EVIDENCE,
+            metavar="FILE",
+            dir_okay=False,
+        ),
+    ] = None
 
     def config(self) -> EvidenceConfig:
-        return fill(EvidenceConfig, self)
+        return fill(EvidenceConfig, self, scan_report=path(self.scan_report))
 
 
 def _weight(config_type: type, name: str, help: str) -> typer.models.OptionInfo:

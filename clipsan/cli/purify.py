@@ -40,7 +40,8 @@ METHOD_GROUPS = {"cleanclip": ("cleanclip", "cleanerclip"), "cleanerclip": ("cle
 
 
 def render(report: dict) -> str:
-    return "\n".join([f"purified with {report['method']}: {report['output']}", *training_lines(report), *utility_lines(report)])
+    lines = [f"purified with {report['method']}: {report['output']}", *training_lines(report), *utility_lines(report)]
+    return "\n".join(lines + verification_lines(report["verification"]))
 
 
 def utility_lines(report: dict) -> list[str]:
@@ -54,6 +55,47 @@ def utility_lines(report: dict) -> list[str]:
         f"    before: {recall_text(utility['before'])}",
         f"    after:  {recall_text(utility['after'])}",
     ]
+
+
+def verification_lines(verification: dict) -> list[str]:
+    """The backdoor check: each signal before and after beside its threshold, the utility guard, the verdict."""
+    if verification["verdict"] == "not-run":
+        return [f"  backdoor check: not run ({verification['reason']})"]
+    probes, guard = verification["probes"], verification["utility_guard"]
+    before = verification["before"]
+    source = f"from --scan-report {before['scan_report']}" if before["source"] == "scan-report" else "measured"
+    lines = [
+        f"  backdoor check (clipsan scan's signals, {verification['budget']} budget, {verification['steps']} steps, seed {verification['seed']}, "
+        f"{probes['count']} held-out images as probes; before: {source}):",
+        f"    {'signal':<30} {'before':>7}  {'after':>7}   threshold",
+    ]
+    for row in verification["signals"]:
+        name = f"{row['name']} ({row['statistic_name']})" if row["statistic_name"] else row["name"]
+        counted = "" if row["counted"] else ", not counted"
+        lines.append(
+            f"    {name:<30} {_statistic(row['before'], row['fired_before'])} {_statistic(row['after'], row['fired_after'])}  "
+            f"fires {row['fires_when']} {row['threshold']:.4f} ({row['threshold_source']}{counted})"
+        )
+    lines.append(
+        f"    {'held-out R@1 (i2t+t2i)/2':<30} {_statistic(guard['before'])} {_statistic(guard['after'])}  "
+        f"may drop {guard['max_drop']:g}: {'within' if guard['within'] else 'NOT within'}"
+    )
+    lines.append(f"    (* fired)  verdict: {verification['verdict']}: {verification['statement']}")
+    if verification["outcome"]:
+        lines.append(f"    --until-clean: {verification['outcome']}")
+    if verification["passed"]:
+        lines.append("    the written model passes the check")
+    elif verification["required"]:
+        lines.append("    the written model does not pass the check: exit 1")
+    else:
+        lines.append("    the written model does not pass the check (--until-clean or --require-clean would exit 1)")
+    lines.append(f"    {verification['checks']} checks, {verification['seconds']:.1f} s; history: {verification['history']}")
+    return lines
+
+
+def _statistic(value: float | None, fired: bool | None = None) -> str:
+    """A figure in a column of 7, and * after it if its signal fired."""
+    return f"{'n/a' if value is None else f'{value:.4f}':>7}{'*' if fired else ' '}"
 
 
 def _refuse_foreign_options(ctx: typer.Context, method: str, groups: dict) -> None:
@@ -89,7 +131,7 @@ def purify(
     runtime: RuntimeOptions,
     speed: SpeedOptions,
     output: OutputOptions,
-) -> None:
+) -> int:
     from clipsan import api
 
     groups = {"cleanclip": cleanclip, "cleanerclip": cleanerclip, "abd": abd, "patch": patch, "par": par}
@@ -103,6 +145,7 @@ def purify(
     )
     report = api.purify(config, notes=note)
     emit(report.to_json(), output.format.value, output.output, render)
+    return report.exit_code
 
 
 COMMAND = Command(
@@ -114,8 +157,8 @@ COMMAND = Command(
     + ".",
     (
         "clipsan purify suspect.safetensors --method abd --data cc250k/",
-        "clipsan purify openai-clip-vit-base-patch32/ --method cleanclip --data cc250k/ --out purified/",
         "clipsan purify suspect.safetensors --method ft --data cc250k/ --run-dir runs/purify-1 --resume",
+        "clipsan purify suspect.safetensors --method abd --data cc250k/ --until-clean --scan-report intake-scan.json || echo 'evidence left'",
     ),
     purify,
 )

@@ -24,3 +24,7 @@ MAX_CAPTION_CHARS = 1 << 16
 # Nothing larger is read as one caption: a CSV field (the csv module's field limit)
 # or a webdataset / img2dataset .txt or .json sidecar.
 MAX_CAPTION_FILE_BYTES = 1 << 24
+
+# A report clipsan wrote and is handed back as input (purify --scan-report) is read whole, up to this
+# size: a scan report holds a few kilobytes per model.
+MAX_REPORT_BYTES = 1 << 24

@@ -4,26 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clipsan.config.budgets import BUDGETS, Budget
 from clipsan.config.checks import Checked, checked, choice, count, fraction
 from clipsan.config.data import max_image_pixels_field
 from clipsan.config.jobs import check_run_dir, model_paths, require_models
 from clipsan.config.runtime import device_field, precision_field
-
-
-@dataclass(frozen=True)
-class Budget:
-    probes: int
-    batch_size: int
-    steps: int  # optimizer steps per inversion
-
-    def describe(self) -> str:
-        return f"{self.probes} probes, {self.steps} steps"
-
-
-BUDGETS = {
-    "quick": Budget(probes=128, batch_size=32, steps=300),
-    "full": Budget(probes=512, batch_size=64, steps=1000),
-}
 
 
 def _threshold_field(flag: str) -> object:

@@ -6,8 +6,10 @@
 
 The step never reads a device value; the bookkeeper reads them only at log steps, before every
 checkpoint, at the end, and when a signal came (``clipsan.engine.health``). A job may measure the
-model at every epoch end (``train(at_epoch_end=...)``): the bookkeeper does it outside the step,
-before that epoch's checkpoint, and logs it on the epoch's last line.
+model at every epoch end and every N steps (``train(measuring=Measuring(...))``): the bookkeeper does
+it outside the step, logs it on that step's line and writes a checkpoint right after, which keeps
+every measurement so far; a measurement may end training there (``Measuring.stop``), and the
+checkpoint records that too, so a resumed run ends where an uninterrupted one does.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class TrainResult:
     skipped: dict = field(default_factory=dict)
     last: dict = field(default_factory=dict)
     resumed_from: int | None = None
+    measured: list[dict] = field(default_factory=list)  # every measurement, {"step", "epoch", **fields}; a resumed run's earlier ones too
+    stopped: bool = False  # a measurement ended training (``Measuring.stop``) before its last step
 
 
 class _StopFlag:
@@ -65,7 +69,20 @@ class _StopFlag:
             signal.signal(sig, previous)
 
 
-EpochEnd = Callable[[nn.Module], dict]  # the module (in eval mode) -> fields for the epoch's last metrics line
+@dataclass(frozen=True)
+class Measuring:
+    """What a job measures while it trains: at every epoch end, and every ``every`` steps too if given.
+
+    ``measure``: the module (in eval mode) -> fields for that step's metrics.jsonl line (always logged).
+    ``stop``: those fields -> whether training ends at that step (the rest of the schedule is not run).
+    A checkpoint is written after every measurement and keeps them all (``TrainResult.measured``)."""
+
+    measure: Callable[[nn.Module], dict]
+    every: int | None = None
+    stop: Callable[[dict], bool] | None = None
+
+    def due(self, step: int, per_epoch: int) -> bool:
+        return step % per_epoch == 0 or (self.every is not None and step % self.every == 0)
 
 
 def _set_train_mode(module: nn.Module, batchnorm: str) -> None:
@@ -172,12 +189,15 @@ class Bookkeeper:
         stage: str,
         metadata: dict[str, str],
         skipped: dict,
-        at_epoch_end: EpochEnd | None = None,
+        measuring: Measuring | None = None,
+        measured: list[dict] | None = None,
     ):
         self.trainer, self.recipe, self.plan, self.run, self.stage, self.metadata = trainer, recipe, plan, run, stage, metadata
         self.training, self.rt = trainer.training, trainer.rt
         self.skipped = skipped
-        self.at_epoch_end = at_epoch_end
+        self.measuring = measuring
+        self.measured: list[dict] = list(measured or [])  # restored from the checkpoint a run resumes
+        self.stopped = False  # a measurement ended training (Measuring.stop)
         self.health = StepHealth(self.rt)
         self.last: dict = {}
         self.window_start, self.window_images = time.perf_counter(), 0
@@ -191,6 +211,9 @@ class Bookkeeper:
             "recipe": self.recipe.state_dict(),
             "rng": _rng_state(self.rt),
             "skipped": self.skipped,
+            "measured": self.measured,
+            "stopped": self.stopped,
+            "last": self.last,  # the report's last logged metrics, for a run resumed after it stopped
         }
         # A write that fails (a full disk) ends every process alike, with the main process's line.
         self.rt.agree(self._write_checkpoint, step, state)
@@ -206,7 +229,8 @@ class Bookkeeper:
         self.window_images += rows * self.rt.world_size
         # Every step on one process; under torchrun only at these points, where every rank must agree on stopping.
         epoch_end = step % plan.per_epoch == 0
-        due_save = step % training.save_every == 0 or epoch_end or step == plan.total
+        measured = self.measuring is not None and self.measuring.due(step, plan.per_epoch)
+        due_save = step % training.save_every == 0 or epoch_end or step == plan.total or measured
         stop_seen = stop.signal is not None and not self.rt.distributed
         if not (due_save or stop_seen or step % training.log_every == 0):
             return False
@@ -217,15 +241,15 @@ class Bookkeeper:
             bad_lr = optim.lr_for(report.bad_step - 1, plan.total, training)
             raise UserError(f"loss became {report.bad_value} at step {report.bad_step} (lr {bad_lr:.3g}); {where}")
         self.skipped["corrupt_image"] += report.corrupt
-        measured = epoch_end and self.at_epoch_end is not None
         logged = step % training.log_every == 0 or step == plan.total or measured
         if logged:
             now = time.perf_counter()
             self.last = {"step": step, "epoch": plan.epoch(step), "lr": lr, "loss": report.loss}
             self.last.update({f"loss_{k}": v for k, v in report.terms.items()})
             self.last["images_per_s"] = round(self.window_images / max(now - self.window_start, 1e-9), 2)
-            # Logged before the epoch's checkpoint: a resumed run keeps the line or measures again.
-            self.run.log_metrics({"stage": self.stage, **self.last, **(self._measure() if measured else {})})
+            fields = self._measure(step) if measured else {}
+            # Logged before the step's checkpoint: a resumed run keeps the line or measures again.
+            self.run.log_metrics({"stage": self.stage, **self.last, **fields})
             self.window_start, self.window_images = time.perf_counter(), 0  # the measuring is not training throughput
         if due_save or report.stopping:
             self.save(step)
@@ -233,31 +257,35 @@ class Bookkeeper:
             raise Interrupted(f"interrupted at step {step}; resume with --resume --run-dir {self.run.path}")
         return logged
 
-    def _measure(self) -> dict:
-        """The job's epoch-end fields, measured in eval mode; training mode (frozen BatchNorm too) restored after."""
+    def _measure(self, step: int) -> dict:
+        """The job's fields at ``step``, measured in eval mode (training mode, frozen BatchNorm too,
+        restored after); kept for the checkpoint, and ends training if ``Measuring.stop`` says so."""
         module = self.trainer.module
         module.eval()
         try:
-            return self.at_epoch_end(module)
+            fields = self.measuring.measure(module)
         finally:
             _set_train_mode(module, self.training.batchnorm)
+        self.measured.append({"step": step, "epoch": self.plan.epoch(step), **fields})
+        self.stopped = self.measuring.stop is not None and step < self.plan.total and bool(self.measuring.stop(fields))
+        return fields
 
 
 def _start(trainer: Trainer, skipped: dict) -> tuple[int, dict]:
     torch.manual_seed(trainer.training.seed)
     optim.allocate_state(trainer.optimizer)  # before any activation (see its docstring)
-    return 0, skipped
+    return 0, {"skipped": skipped}
 
 
 def _resume(trainer: Trainer, recipe, run: RunDir, latest, stage: str) -> tuple[int, dict]:
-    """Weights, optimizer, recipe and RNG state from the newest checkpoint; returns its step and skip counts."""
+    """Weights, optimizer, recipe and RNG state from the newest checkpoint; returns its step and state."""
     rt = trainer.rt
     tensors, state = rt.agree(_resume_state, run, latest, trainer.training, stage, rt.device)  # a bad resume ends every process alike
     trainer.load_state(tensors, state)
     rt.agree(recipe.load_state_dict, state["recipe"])
     _restore_rng(state["rng"], rt)
     run.truncate_metrics(state["step"])
-    return state["step"], state["skipped"]
+    return state["step"], state
 
 
 def train(
@@ -271,12 +299,12 @@ def train(
     resume: bool = False,
     checkpoint_metadata: dict[str, str] | None = None,
     stage: str = "train",
-    at_epoch_end: EpochEnd | None = None,
+    measuring: Measuring | None = None,
 ) -> TrainResult:
     """Train ``module`` with ``recipe`` on ``samples``; returns when done, raises Interrupted on a signal.
 
-    ``at_epoch_end``: measures the module at every epoch end (outside the step, in eval mode); its
-    fields join that step's metrics.jsonl line, which is always logged."""
+    ``measuring``: what to measure at every epoch end (and every N steps), outside the step, in eval
+    mode; its fields join that step's metrics.jsonl line, which is always logged, and may end training."""
     plan = StepPlan.of(len(samples), training, rt)
     module = rt.sync_batchnorm(module.to(rt.device), training.batchnorm)
     speed.prepare_model(module, training, rt)
@@ -284,9 +312,13 @@ def train(
     skipped = dict(getattr(samples.captions, "skipped", {}) or {})
     skipped.setdefault("corrupt_image", 0)
     latest = run.latest_checkpoint() if resume else None
-    step, skipped = _resume(trainer, recipe, run, latest, stage) if latest is not None else _start(trainer, skipped)
+    step, state = _resume(trainer, recipe, run, latest, stage) if latest is not None else _start(trainer, skipped)
     resumed_from = step if latest is not None else None
-    books = Bookkeeper(trainer, recipe, plan, run, stage, checkpoint_metadata or {}, skipped, at_epoch_end)
+    books = Bookkeeper(trainer, recipe, plan, run, stage, checkpoint_metadata or {}, state["skipped"], measuring, state.get("measured"))
+    books.last = state.get("last", {})
+    if state.get("stopped"):  # a measurement ended this run before it was interrupted: nothing is left to train
+        module.eval()
+        return TrainResult(step, plan.epoch(step), 0.0, books.skipped, books.last, resumed_from, books.measured, stopped=True)
 
     order = recipe.epoch_order(len(samples), plan.global_batch, training.seed)
     sampler = EpochBatchSampler(
@@ -312,12 +344,14 @@ def train(
                     bar.update(1)
                 if books.after_step(step, loss, terms, lr, rows, stop) and bar is not None:
                     bar.set_postfix(loss=f"{books.last['loss']:.4f}")
+                if books.stopped:
+                    break
     finally:
         trainer.grad_sync.close()
         if bar is not None:
             bar.close()
     module.eval()
-    return TrainResult(step, plan.epoch(step), time.perf_counter() - started, books.skipped, books.last, resumed_from)
+    return TrainResult(step, plan.epoch(step), time.perf_counter() - started, books.skipped, books.last, resumed_from, books.measured, books.stopped)
 
 
 def _progress_bar(training: TrainConfig, rt: Runtime, total: int, step: int, stage: str):

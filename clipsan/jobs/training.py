@@ -22,7 +22,7 @@ from clipsan.checkpoints import LoadedModel, load_model
 from clipsan.checkpoints.output import OutputPlan, plan_output, write_output
 from clipsan.config import CaptionData, TrainConfig
 from clipsan.engine.loader import RecipeSamples
-from clipsan.engine.loop import EpochEnd, TrainResult, train
+from clipsan.engine.loop import Measuring, TrainResult, train
 from clipsan.engine.rundir import RunDir, default_run_dir, run_record
 from clipsan.engine.runtime import Runtime, setup_runtime, shutdown_runtime
 from clipsan.engine.speed import configure_kernels
@@ -81,14 +81,12 @@ class TrainingJob:
         metadata.update({k: v for k, v in self.model.metadata.items() if k in INHERITED_METADATA})
         return metadata
 
-    def fit(self, module, recipe, training: TrainConfig, metadata: dict[str, str], stage: str = "train", at_epoch_end: EpochEnd | None = None) -> TrainResult:
+    def fit(self, module, recipe, training: TrainConfig, metadata: dict[str, str], stage: str = "train", measuring: Measuring | None = None) -> TrainResult:
         """Train ``module`` (the model, or what a recipe trains against it) with ``recipe`` on the job's pairs
-        (``at_epoch_end``: what to measure at every epoch end, ``clipsan.engine.loop.train``)."""
+        (``measuring``: what to measure at every epoch end, and whether it ends training: ``clipsan.engine.loop``)."""
         model = self.model.model
         samples = RecipeSamples(self.captions, recipe, model.image_size, model.tokenizer, training.seed)
-        return train(
-            module, recipe, samples, training, self.rt, self.run, resume=self.resume, checkpoint_metadata=metadata, stage=stage, at_epoch_end=at_epoch_end
-        )
+        return train(module, recipe, samples, training, self.rt, self.run, resume=self.resume, checkpoint_metadata=metadata, stage=stage, measuring=measuring)
 
     def write(self, output: OutputPlan, metadata: dict[str, str]) -> None:
         if self.rt.is_main:

@@ -19,7 +19,7 @@ def _to_uint8(image01: torch.Tensor) -> np.ndarray:
     return (image01.detach().float().clamp(0, 1) * 255).round().byte().cpu().numpy()
 
 
-def _write_png(image: Image.Image, path: Path) -> None:
+def write_png(image: Image.Image, path: Path) -> None:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
@@ -28,11 +28,11 @@ def _write_png(image: Image.Image, path: Path) -> None:
 def save_trigger_png(mask: torch.Tensor, pattern: torch.Tensor, path: Path) -> None:
     """RGBA at the model's input size: RGB = pattern, alpha = mask (transparent where the trigger is absent)."""
     rgba = torch.cat([pattern, mask[None]], dim=0)
-    _write_png(Image.fromarray(_to_uint8(rgba).transpose(1, 2, 0), mode="RGBA"), path)
+    write_png(Image.fromarray(_to_uint8(rgba).transpose(1, 2, 0), mode="RGBA"), path)
 
 
 def save_mask_png(mask: torch.Tensor, path: Path) -> None:
-    _write_png(Image.fromarray(_to_uint8(mask), mode="L"), path)
+    write_png(Image.fromarray(_to_uint8(mask), mode="L"), path)
 
 
 def save_examples_png(clean: torch.Tensor, stamped: torch.Tensor, path: Path, count: int = 8) -> None:
@@ -45,4 +45,4 @@ def save_examples_png(clean: torch.Tensor, stamped: torch.Tensor, path: Path, co
     if side < MIN_SHEET_TILE:
         factor = -(-MIN_SHEET_TILE // side)
         image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
-    _write_png(image, path)
+    write_png(image, path)

@@ -14,10 +14,10 @@ import torch
 from clipsan.atomic import write_errors, write_json
 from clipsan.reports import ScanReport
 from clipsan.scan import artifacts
+from clipsan.scan.evidence import gather
 from clipsan.scan.inversion import Inversion
 from clipsan.scan.probes import Probes
 from clipsan.scan.session import Session, Subject
-from clipsan.scan.signals import decree, reference_divergence, target_alignment, universal_perturbation
 
 
 def scan_model(session: Session, loaded, run_dir: Path) -> ScanReport:
@@ -26,15 +26,9 @@ def scan_model(session: Session, loaded, run_dir: Path) -> ScanReport:
     subject = Subject.of(session, loaded)
     with write_errors(run_dir):  # before the signals: a run dir that cannot be written fails at once
         run_dir.mkdir(parents=True, exist_ok=True)
-    signals, inversions = [], {}
-    for signal in (decree, universal_perturbation) + ((reference_divergence,) if session.reference is not None else ()):
-        entry, inversion = signal(subject)
-        signals.append(entry)
-        inversions[entry["name"]] = inversion
-    alignment, target = target_alignment(subject, signals, inversions)
-    signals.append(alignment)
-    trigger = save_artifacts(run_dir, inversions, subject.probes)
-    report = assemble_report(subject, signals, target, trigger, run_dir, time.perf_counter() - started)
+    evidence = gather(subject)
+    trigger = save_artifacts(run_dir, evidence.inversions, subject.probes)
+    report = assemble_report(subject, evidence.signals, evidence.target, trigger, run_dir, time.perf_counter() - started)
     write_json(run_dir / "scan.json", report.to_json())
     return report
 
@@ -66,6 +60,7 @@ def assemble_report(subject: Subject, signals: list[dict], target: dict, trigger
             "description": probes.describe(),
         },
         budget=config.budget,
+        steps=session.budget.steps,
         seed=config.seed,
         device=str(session.rt.device),
         precision=session.rt.precision,

@@ -46,6 +46,12 @@ def folder_probes(data: str, n: int, size: int, seed: int, **reading) -> Probes:
     ``reading``: the data readers' max_image_pixels and allow_outside_root.
     """
     dataset, source, classnames = _open_either(data, **reading)
+    return dataset_probes(dataset, source, str(data), classnames, n, size, seed)
+
+
+def dataset_probes(dataset, source: str, data: str, classnames: list[str] | None, n: int, size: int, seed: int) -> Probes:
+    """Up to ``n`` readable images of an open dataset (``load(i) -> (image, _)``): a scan's --data, or
+    the pairs purify held out."""
     from clipsan.data.transforms import to_model_pixels
 
     # A seeded shuffle (labelled sets are sorted by class); unreadable images are passed over.
@@ -61,7 +67,7 @@ def folder_probes(data: str, n: int, size: int, seed: int, **reading) -> Probes:
             break
     if len(images) < 2:
         raise UserError(f"{data}: fewer than 2 readable images ({skipped} unreadable); a scan needs clean probe images")
-    return Probes(torch.stack(images), source, str(data), classnames, skipped)
+    return Probes(torch.stack(images), source, data, classnames, skipped)
 
 
 def _open_either(data: str, **reading):
