@@ -99,6 +99,9 @@ class ScanReport(Report):
     threshold: float
     fired_signals: list[str]
     signals: list[dict[str, Any]]
+    # --calibration: {file, entry (the one applied, or null), used, note (why not), differences[]}; else null
+    calibration: dict[str, Any] | None
+    warnings: list[str]  # e.g. a verdict resting on an extrapolated threshold, with the fix
     target: dict[str, Any]
     trigger: dict[str, Any]
     probes: dict[str, Any]

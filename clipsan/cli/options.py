@@ -599,7 +599,24 @@ class ScanOptions:
             metavar="DIR",
         ),
     ] = None
-    reference: Annotated[str | None, option("a trusted model of the same architecture (e.g. the base MODEL was fine-tuned from)", SCAN, metavar="REF")] = None
+    reference: Annotated[
+        str | None,
+        option(
+            "a trusted model of the same architecture, e.g. the base MODEL was fine-tuned from: every signal also runs on it and "
+            "decree and universal-perturbation are judged by the ratio MODEL / REF (no calibration at MODEL's size needed)",
+            SCAN,
+            metavar="REF",
+        ),
+    ] = None
+    calibration: Annotated[
+        Path | None,
+        option(
+            "thresholds from clipsan calibrate on models you trust, for each MODEL whose family, architecture and input size "
+            "the file has (others: the lab's thresholds, and the report says so)",
+            SCAN,
+            metavar="FILE",
+        ),
+    ] = None
     reference_arch: Annotated[str | None, option("architecture of REF (default: from metadata, else inferred)", SCAN, metavar="NAME")] = None
     threshold: Annotated[float | None, _threshold("threshold", "PL1 below which the decree signal fires", "PL1")] = None
     divergence_threshold: Annotated[float | None, _threshold("divergence_threshold", "PL1 below which the reference signal fires", "PL1")] = None
@@ -636,7 +653,8 @@ class ScanOptions:
     progress: Annotated[bool, flag("--progress", "show a progress bar per signal on stderr even when it is not a terminal", RUNTIME)] = False
 
     def config(self, **given) -> ScanConfig:
-        return fill(ScanConfig, self, data=path(self.data), run_dir=path(self.run_dir), progress=show_progress(self.progress), **given)
+        paths = {"data": path(self.data), "calibration": path(self.calibration), "run_dir": path(self.run_dir)}
+        return fill(ScanConfig, self, **paths, progress=show_progress(self.progress), **given)
 
 
 Method = Annotated[str, option("defense recipe", metavar=one_of(METHODS))]
