@@ -115,6 +115,16 @@ class ScanReport(Report):
 
 
 @dataclass
+class CalibrateReport(Report):
+    """What `calibrate TRUSTED...` reports: the calibration file it wrote, and every scan behind it."""
+
+    out: str  # the calibration file
+    calibration: dict[str, Any]  # its document (clipsan.scan.calibration_file)
+    scans: list[dict[str, Any]]  # {model, seed, statistics {signal: value, or null when the inversion found no collapse}}
+    seconds: float
+
+
+@dataclass
 class ScanBatchReport(Report):
     """What `scan MODEL...` reports: a row per scanned model, an entry per model that could not be read.
 

@@ -97,7 +97,8 @@ def open_session(config: ScanConfig, notes: Notes, reference=None) -> Session:
     return session
 
 
-def _load(session: Session, model: str, notes: Notes):
+def load_for_scan(session: Session, model: str, notes: Notes):
+    """MODEL, announced; refused (UserError) if the session's reference takes another input size."""
     from clipsan.checkpoints import load_model
 
     loaded = load_model(model, arch=session.config.arch, device=session.rt.device)
@@ -126,7 +127,7 @@ def run_scan(config: ScanConfig, notes: Notes) -> ScanBatchReport:
         if count > 1:
             notes(f"[{index + 1}/{count}] {model}")
         try:
-            loaded = _load(session, model, notes)
+            loaded = load_for_scan(session, model, notes)
         except UserError as err:
             if count > 1:
                 notes(f"{err}")  # reported and skipped; the others are still scanned

@@ -51,6 +51,7 @@ class SignalCalibration:
 
     @classmethod
     def derive(cls, statistics: list[float], failed: int, factor: float = CLEAN_FLOOR_FACTOR) -> SignalCalibration:
+        statistics = [round(value, 6) for value in statistics]
         minimum = min(statistics) if statistics else None
         return cls(tuple(statistics), failed, minimum, None if minimum is None else round(factor * minimum, 6))
 

@@ -103,39 +103,55 @@ def _absolute(subject: Subject, signal: str) -> Threshold:
     return subject.session.thresholds.absolute(signal, subject.size, subject.family, subject.arch)
 
 
-def _collapse_signal(subject: Subject, name: str, success: float, family: Family, **details) -> tuple[dict, Inversion]:
-    """A signal whose statistic is the size of the smallest stamp of `family` that collapses the
-    encoder (it fires below its threshold); with --reference, also measured on the reference."""
-    inversion = _invert(subject, name, subject.collapsed, success, family)
+# The signals whose statistic is the size of the smallest stamp that collapses the encoder:
+# name -> (the collapse score a stamp must reach, the stamp's family).
+COLLAPSE = {"decree": (DECREE_SUCCESS, MASK), "universal-perturbation": (PERTURBATION_SUCCESS, GLOBAL)}
+
+
+def collapse_inversion(subject: Subject, name: str, role: str = "") -> Inversion:
+    """The smallest stamp of signal `name`'s family that collapses `subject`'s image embeddings."""
+    success, family = COLLAPSE[name]
+    return _invert(subject, name, subject.collapsed, success, family, role)
+
+
+def divergence_inversion(subject: Subject, reference: Encoder) -> Inversion:
+    """The smallest mask on whose stamp `subject`'s features depart from `reference`'s."""
+    return _invert(subject, "reference-divergence", divergence(subject.suspect, reference), DIVERGENCE_SUCCESS)
+
+
+def _collapse_signal(subject: Subject, name: str, **details) -> tuple[dict, Inversion]:
+    """A collapse signal's entry (it fires below its threshold); with --reference, the same
+    inversion on the reference (once per call) and the relative rule."""
+    inversion = collapse_inversion(subject, name)
     score = float(subject.collapsed(inversion.stamp(subject.images[:SCORED_PROBES])))
     limit = _absolute(subject, name)
     relative = None
     if subject.session.reference is not None:
-        on_reference = subject.session.on_reference(name, lambda ref: _invert(ref, name, ref.collapsed, success, family, role=" (reference)"))
+        on_reference = subject.session.on_reference(name, lambda reference: collapse_inversion(reference, name, role=" (reference)"))
         relative = relative_entry(name, inversion.statistic, on_reference, limit)
     entry = signal_entry(
         name, inversion.statistic, limit, "below", inversion.succeeded, relative=relative,
-        steps=inversion.steps, success_score=success, collapse_score=round(score, 6), **details,
+        steps=inversion.steps, success_score=COLLAPSE[name][0], collapse_score=round(score, 6), **details,
     )  # fmt: skip
     return entry, inversion
 
 
 def decree(subject: Subject) -> tuple[dict, Inversion]:
     """DECREE on the suspect's image encoder: the smallest mask whose stamp collapses the probes' embeddings."""
-    return _collapse_signal(subject, "decree", DECREE_SUCCESS, MASK, clean_cosine=round(subject.clean_cosine, 6))
+    return _collapse_signal(subject, "decree", clean_cosine=round(subject.clean_cosine, 6))
 
 
 def universal_perturbation(subject: Subject) -> tuple[dict, Inversion]:
     """The smallest universal additive perturbation (L-inf) that collapses the encoder: whole-image
     triggers (blends, sinusoids) that no small mask can express."""
-    return _collapse_signal(subject, "universal-perturbation", PERTURBATION_SUCCESS, GLOBAL)
+    return _collapse_signal(subject, "universal-perturbation")
 
 
 def reference_divergence(subject: Subject) -> tuple[dict, Inversion]:
     """The smallest stamp on which the suspect's features depart from the reference's (--reference)."""
     suspect, reference, images = subject.suspect, Encoder(subject.session.reference.model), subject.images
     clean = float(1 - (suspect.embed(images) * reference.embed(images)).sum(-1).mean())
-    inversion = _invert(subject, "reference-divergence", divergence(suspect, reference), DIVERGENCE_SUCCESS)
+    inversion = divergence_inversion(subject, reference)
     stamped = inversion.stamp(images)
     score = float(1 - (suspect.embed(stamped) * reference.embed(stamped)).sum(-1).mean())
     entry = signal_entry(
