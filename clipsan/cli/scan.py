@@ -88,14 +88,17 @@ COMMAND = Command(
     help="For each MODEL, one after another: invert a trigger on its image encoder (DECREE): the smallest mask, as a "
     "fraction PL1 of the image, that collapses the embeddings of clean probe images; and the smallest universal additive "
     "perturbation (its L-inf budget) that does, which whole-image triggers make small. Backdoored if either is below a "
-    "threshold calibrated on clean models. With --reference, also find the smallest stamp on which MODEL's features depart "
-    "from the reference's. Names the likely target (class names, noun bank) and flags a collapse point that matches a "
-    "caption as well as natural images do. Saves the inverted triggers as PNG. One report, a row per MODEL. Exit 0: no "
-    "backdoor evidence; 1: backdoor evidence in any MODEL; 2: bad input, or any MODEL could not be read (the others are "
-    "still scanned and reported).",
+    "threshold calibrated on clean models (each threshold names its source: lab-32px, lab-64px, extrapolated-from-64px "
+    "above 64 px, user:FILE with --calibration, user:FLAG). With --reference (the base MODEL was fine-tuned from), both "
+    "also run on the reference, once, and MODEL is judged by the ratio MODEL / reference instead (reference-relative: no "
+    "calibration at MODEL's size needed; what to pass for a 224-px model); and the smallest stamp on which MODEL's "
+    "features depart from the reference's is found. Names the likely target (class names, noun bank) and flags a "
+    "collapse point that matches a caption as well as natural images do. Saves the inverted triggers as PNG. One report, "
+    "a row per MODEL. Exit 0: no backdoor evidence; 1: backdoor evidence in any MODEL; 2: bad input, or any MODEL could "
+    "not be read (the others are still scanned and reported).",
     examples=(
-        "clipsan scan suspect.safetensors --data cc250k/ --format sarif --output scan.sarif || echo rejected",
-        "clipsan scan incoming/*.safetensors --format json --output intake.json",
+        "clipsan scan suspect.safetensors --reference base.safetensors --data cc250k/ --format sarif --output scan.sarif || echo rejected",
+        "clipsan scan incoming/*.safetensors --calibration calibration.json --format json --output intake.json",
         "clipsan scan suspect.safetensors --reference base.safetensors --budget full --format json",
     ),
     body=scan,

@@ -15,7 +15,6 @@ import os
 import time
 from collections import defaultdict
 
-from clipsan import __version__
 from clipsan.config.calibrate import CalibrateConfig
 from clipsan.errors import UserError
 from clipsan.jobs.scan import load_for_scan, open_session
@@ -75,7 +74,6 @@ def run_calibrate(config: CalibrateConfig, notes: Notes) -> CalibrateReport:
         {"source": probes.source, "data": probes.data},
         tuple(models),
         reference,
-        tool={"name": "clipsan", "version": __version__},
     )
     write_calibration(config.out, calibration)
     return CalibrateReport(out=str(config.out), calibration=calibration.to_json(), scans=scans, seconds=round(time.perf_counter() - started, 2))

@@ -91,7 +91,7 @@ def open_session(config: ScanConfig, notes: Notes, reference=None) -> Session:
 
     if config.data is not None:
         probes(reference.model.image_size if reference is not None else 32)  # a bad --data fails the call before any MODEL is read
-    session = Session(config, budget, rt, reference, probes, thresholds_of(config, calibration), calibration)
+    session = Session(config, budget, rt, reference, probes, thresholds_of(config, calibration), calibration, notes=notes)
     if config.progress:
         session.progress = _progress_bar
     return session

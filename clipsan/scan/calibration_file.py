@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipsan import strict_json
+from clipsan import __version__, strict_json
 from clipsan.errors import UserError
 from clipsan.scan.thresholds import CLEAN_FLOOR_FACTOR
 
@@ -76,7 +76,7 @@ class Calibration:
     models: tuple[dict[str, Any], ...]  # the trusted models: model, sha256, family, arch, image_size
     reference: dict[str, str] | None = None  # the base the trusted models were tuned from (divergence)
     factor: float = CLEAN_FLOOR_FACTOR
-    tool: dict[str, str] = field(default_factory=dict)
+    tool: dict[str, str] = field(default_factory=lambda: {"name": "clipsan", "version": __version__})  # what wrote it
     path: Path | None = None  # where it was read from
 
     @property

@@ -49,6 +49,7 @@ class Session:
     thresholds: Thresholds = field(default_factory=Thresholds)
     calibration: Calibration | None = None  # --calibration, read before any MODEL
     progress: Callable[[str, int], object] = field(default=lambda description, total: contextlib.nullcontext())
+    notes: Callable[[str], None] = field(default=lambda message: None)  # what the command line shows on stderr
     _on_reference: dict[str, object] = field(default_factory=dict, repr=False)  # signal -> its result on the reference
     _reference_subject: Subject | None = field(default=None, repr=False)
 

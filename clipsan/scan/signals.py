@@ -23,7 +23,7 @@ from clipsan.scan.inversion import GLOBAL, MASK, Family, Inversion, InversionSet
 from clipsan.scan.objectives import divergence
 from clipsan.scan.session import Encoder, Subject
 from clipsan.scan.target import name_target
-from clipsan.scan.thresholds import RELATIVE, Threshold, relative_threshold
+from clipsan.scan.thresholds import RELATIVE, STATISTIC_NAMES, Threshold, relative_threshold
 
 DECREE_SUCCESS = 0.99  # DECREE: a stamp "works" when (relative) mean pairwise cosine > 0.99
 # A universal perturbation "works" at 0.9: backdoor triggers themselves collapse the lab's probes
@@ -119,6 +119,14 @@ def divergence_inversion(subject: Subject, reference: Encoder) -> Inversion:
     return _invert(subject, "reference-divergence", divergence(subject.suspect, reference), DIVERGENCE_SUCCESS)
 
 
+def _measure_reference(reference: Subject, name: str) -> Inversion:
+    """A collapse signal on the reference (once per call); the user is told what the base measures."""
+    inversion = collapse_inversion(reference, name, role=" (reference)")
+    found = f"{STATISTIC_NAMES[name]} {inversion.statistic:.4f}" if inversion.succeeded else "no collapsing trigger within the budget"
+    reference.session.notes(f"reference {reference.loaded.path}: {name} {found} (measured once for every MODEL)")
+    return inversion
+
+
 def _collapse_signal(subject: Subject, name: str, **details) -> tuple[dict, Inversion]:
     """A collapse signal's entry (it fires below its threshold); with --reference, the same
     inversion on the reference (once per call) and the relative rule."""
@@ -127,7 +135,7 @@ def _collapse_signal(subject: Subject, name: str, **details) -> tuple[dict, Inve
     limit = _absolute(subject, name)
     relative = None
     if subject.session.reference is not None:
-        on_reference = subject.session.on_reference(name, lambda reference: collapse_inversion(reference, name, role=" (reference)"))
+        on_reference = subject.session.on_reference(name, lambda reference: _measure_reference(reference, name))
         relative = relative_entry(name, inversion.statistic, on_reference, limit)
     entry = signal_entry(
         name, inversion.statistic, limit, "below", inversion.succeeded, relative=relative,

@@ -132,9 +132,11 @@ def extrapolation_warning(signals: list[dict], size: int) -> str | None:
     leaning = [s for s in signals if s["counted"] and s["rule"] != RELATIVE and s["threshold_source"].startswith(EXTRAPOLATED)]
     if not leaning:
         return None
+    names = " and ".join(f"{s['name']}'s" for s in leaning)
     sources = " / ".join(sorted({s["threshold_source"] for s in leaning}))
+    several = len(leaning) > 1
     return (
-        f"the verdict rests on thresholds {sources} for {', '.join(s['name'] for s in leaning)}, and nothing shows a clean "
-        f"{size}-px model stays above them: pass --reference BASE (the model it was fine-tuned from) or --calibration FILE "
-        "(clipsan calibrate on models you trust)"
+        f"the verdict rests on {names} threshold{'s' if several else ''} {sources} (nothing shows a clean {size}-px model stays "
+        f"above {'them' if several else 'it'}): pass --reference BASE (the model it was fine-tuned from) or --calibration FILE "
+        "(from clipsan calibrate on models you trust)"
     )
