@@ -228,7 +228,10 @@ def test_relative_rule_flags_the_victim_and_passes_a_clean_fine_tune_in_sarif(mo
     fine-tune of the same base keeps about the base's own (ratio near 1)."""
     out = tmp_path / "scan.sarif"
     victim, tuned = models["victim"], models["clean_ft"]
-    proc = run_cli("scan", victim, tuned, *FAST, "--reference", models["clean"], "--run-dir", tmp_path / "run", "--format", "sarif", "--output", out)
+    # A smaller budget than FAST (both MODELs and the base's two inversions): the ratios still
+    # separate them by far (victim's perturbation ~0.12, the fine-tune's ~0.74 and ~1.1, threshold ~0.65).
+    budget = ("--probes", "32", "--steps", "60")
+    proc = run_cli("scan", victim, tuned, *budget, "--reference", models["clean"], "--run-dir", tmp_path / "run", "--format", "sarif", "--output", out)
     assert proc.returncode == 1, proc.stderr
     sarif = json.loads(proc.stdout)
     assert json.loads(out.read_text()) == sarif

@@ -56,7 +56,7 @@ def signal_entry(
         "threshold_source": limit.source,
         "fires_when": fires_when,
         "rule": RELATIVE if decides else ABSOLUTE,
-        "fired": bool(succeeded and eligible and (relative["ratio_crossed"] if decides else crossed)),
+        "fired": bool(succeeded and eligible and (relative["ratio"] < relative["ratio_threshold"] if decides else crossed)),
         "counted": limit.counts,
         "inversion_succeeded": succeeded,
     }
@@ -80,7 +80,6 @@ def relative_entry(name: str, statistic: float, on_reference: Inversion, limit: 
         "ratio": None if ratio is None else round(ratio, 6),
         "ratio_threshold": ratio_limit.value,
         "ratio_threshold_source": ratio_limit.source,
-        "ratio_crossed": ratio is not None and ratio < ratio_limit.value,
         **({} if defined else {"rule_note": NO_RATIO}),
     }
 
