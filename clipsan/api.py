@@ -19,12 +19,12 @@ from collections.abc import Callable
 
 from clipsan import config as configs
 from clipsan.config import *  # noqa: F403 - the API takes every config
-from clipsan.reports import CraftReport, EvalReport, PoisonReport, PurifyReport, ScanBatchReport, TrainingReport
+from clipsan.reports import CalibrateReport, CraftReport, EvalReport, PoisonReport, PurifyReport, ScanBatchReport, TrainingReport
 
 Notes = Callable[[str], None]
 
-__all__ = [*configs.__all__, "craft_adv", "evaluate", "open_captions", "poison", "purify", "scan"]
-__all__ += ["CraftReport", "EvalReport", "PoisonReport", "PurifyReport", "ScanBatchReport", "TrainingReport"]  # what they return
+__all__ = [*configs.__all__, "calibrate", "craft_adv", "evaluate", "open_captions", "poison", "purify", "scan"]
+__all__ += ["CalibrateReport", "CraftReport", "EvalReport", "PoisonReport", "PurifyReport", "ScanBatchReport", "TrainingReport"]  # what they return
 
 
 def _quiet(message: str) -> None:
@@ -80,3 +80,11 @@ def scan(config: configs.ScanConfig, notes: Notes = _quiet) -> ScanBatchReport:
     from clipsan.jobs.scan import run_scan
 
     return run_scan(config, notes)
+
+
+def calibrate(config: configs.CalibrateConfig, notes: Notes = _quiet) -> CalibrateReport:
+    """Scan thresholds from models the user trusts: scans each of config.models over config.seeds
+    seeds and writes config.out, the calibration file ``scan --calibration`` reads."""
+    from clipsan.jobs.calibrate import run_calibrate
+
+    return run_calibrate(config, notes)

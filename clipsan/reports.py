@@ -107,6 +107,9 @@ class ScanReport(Report):
     threshold: float
     fired_signals: list[str]
     signals: list[dict[str, Any]]
+    # --calibration: {file, entry (the one applied, or null), used, note (why not), differences[]}; else null
+    calibration: dict[str, Any] | None
+    warnings: list[str]  # e.g. a verdict resting on an extrapolated threshold, with the fix
     target: dict[str, Any]
     trigger: dict[str, Any]
     probes: dict[str, Any]
@@ -117,6 +120,16 @@ class ScanReport(Report):
     precision: str
     run_dir: str
     started_utc: str
+    seconds: float
+
+
+@dataclass
+class CalibrateReport(Report):
+    """What `calibrate TRUSTED...` reports: the calibration file it wrote, and every scan behind it."""
+
+    out: str  # the calibration file
+    calibration: dict[str, Any]  # its document (clipsan.scan.calibration_file)
+    scans: list[dict[str, Any]]  # {model, seed, statistics {signal: value, or null when the inversion found no collapse}}
     seconds: float
 
 

@@ -182,7 +182,7 @@ def image_seeds() -> None:
 
 def scan_report_seeds() -> None:
     """A one-model scan report as `clipsan scan --format json` writes it (a batch of one, its row's keys on top too)."""
-    signal = {"threshold_source": "calibrated-32px", "fires_when": "below", "counted": True, "inversion_succeeded": True, "steps": 60}
+    signal = {"threshold_source": "lab-32px", "fires_when": "below", "counted": True, "inversion_succeeded": True, "steps": 60}
     row = {
         "model": "victim.safetensors", "sha256": "ab" * 32, "arch": "clipsan-tiny-rn", "image_size": 32, "reference": None,
         "verdict": "backdoor", "backdoor": True, "fired_signals": ["decree"],
@@ -200,6 +200,23 @@ def scan_report_seeds() -> None:
     _write("scan_report", "schema-1.json", json.dumps({**row, "schema_version": 1}).encode())
 
 
+def calibration_seeds() -> None:
+    """A calibration file as clipsan calibrate writes it (two entries, a signal with no collapse), and two it refuses."""
+    from clipsan.scan.calibration_file import Calibration, Entry, SignalCalibration
+
+    models = ({"model": "a.safetensors", "sha256": "0" * 64, "family": "clip", "arch": "ViT-B-32", "image_size": 224},)
+    entries = (
+        Entry("clip", "ViT-B-32", 224, {"decree": SignalCalibration.derive([0.11, 0.125], 0), "universal-perturbation": SignalCalibration.derive([], 2)}),
+        Entry("siglip", "ViT-B-16-SigLIP", 224, {"reference-divergence": SignalCalibration.derive([0.3], 1)}),
+    )
+    probes = {"source": "world", "data": None}
+    calibration = Calibration(entries, {"probes": 128, "steps": 300, "batch_size": 32}, (0, 1), probes, models, tool={"name": "clipsan", "version": "0"})
+    document = calibration.to_json()
+    _write("calibration", "valid.json", json.dumps(document, indent=2).encode())
+    _write("calibration", "newer-version.json", json.dumps({**document, "version": 2}).encode())
+    _write("calibration", "foreign.json", json.dumps({"schema_version": 3, "models": [], "verdict": "clean"}).encode())
+
+
 def main() -> None:
     shutil.rmtree(CORPUS, ignore_errors=True)
     checkpoint_seeds(_tiny_state())
@@ -209,6 +226,7 @@ def main() -> None:
     data_seeds()
     image_seeds()
     scan_report_seeds()
+    calibration_seeds()
     for folder in sorted(CORPUS.iterdir()):
         files = list(folder.iterdir())
         print(f"{folder.name}: {len(files)} seeds, {sum(f.stat().st_size for f in files)} bytes")

@@ -23,6 +23,7 @@ from clipsan.data.captions import open_caption_dataset
 from clipsan.data.labelled import open_labelled_dataset
 from clipsan.data.transforms import UnreadableImage, read_image
 from clipsan.errors import UserError
+from clipsan.scan.calibration_file import read_calibration
 from clipsan.scan.prior import read_scan_report
 
 # Small enough that a pixel bomb is refused from its header, large enough for the seeds.
@@ -199,6 +200,19 @@ def _fixed_weights() -> bytes:
     return _FIXED_WEIGHTS
 
 
+# --------------------------------------------------------------------------- scan
+
+
+def calibration_file(data: bytes) -> None:
+    """A calibration file handed to scan --calibration, read and asked for a threshold as scan asks."""
+    path = scratch("calibration") / "calibration.json"
+    path.write_bytes(data)
+    calibration = read_calibration(path)
+    for entry in calibration.entries:
+        for signal in entry.signals:
+            calibration.threshold_for(signal, entry.family, entry.arch, entry.image_size)
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -263,6 +277,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "labelled": labelled_manifest,
     "image": image_header,
     "scan_report": scan_report,
+    "calibration": calibration_file,
 }
 
 # What the readers may raise: the one-line refusal every command turns into exit 2.

@@ -27,9 +27,15 @@ the thresholds to clipsan/scan/thresholds.py.
 --models: the models.json that scripts/train_scan_models.py writes (each model's kind and
 reference). --clean-ft: clean fine-tunes of the reference (same schedule as a victim, no
 poison): the controls for the reference-divergence signal. Victims and
-clean-ft models are scanned with --reference (which runs both signals); other
-clean models without. Random-init models of other archs are scanned with few probes and
-steps (CPU time), as a sanity check at 224 px, not as a calibration.
+clean-ft models are scanned with --reference (which runs every signal, and decree and the
+universal perturbation on the reference too); other clean models without. Random-init models of
+other archs are scanned with few probes and steps (CPU time), as a sanity check at 224 px, not as
+a calibration.
+
+The relative rule (scan --reference): each row scanned with a reference carries the ratio
+suspect / reference of decree's and the perturbation's statistics; the proposed ratio threshold is
+MARGIN x the smallest ratio of a clean fine-tune to its base, over every size (the ratio is
+scale-free), leaving out the clean fine-tunes named with --holdout (they are then tested against it).
 """
 
 from __future__ import annotations
@@ -41,10 +47,13 @@ import tempfile
 import time
 from pathlib import Path
 
-MARGIN = 0.7
+from clipsan.scan.thresholds import CLEAN_FLOOR_FACTOR as MARGIN  # the rule's one home
+
 ABOVE_MARGIN = 1.3
 # Statistics that fire below their threshold: the row keys, one per signal.
 LOWER_IS_BACKDOOR = ("decree_pl1", "perturbation_linf", "divergence_pl1")
+# The signals the relative rule judges: row key prefix -> signal.
+RELATIVE_SIGNALS = {"decree": "decree", "perturbation": "universal-perturbation"}
 
 
 def _named(text: str) -> tuple[str, str]:
@@ -74,6 +83,8 @@ def scan_row(
         report = api.scan(config).models[0].to_json()
     by_name = {s["name"]: s for s in report["signals"]}
     div = by_name.get("reference-divergence")
+    ratios = {f"{key}_ratio": by_name[name].get("ratio") for key, name in RELATIVE_SIGNALS.items()}
+    ratios |= {f"{key}_reference": by_name[name].get("reference_statistic") for key, name in RELATIVE_SIGNALS.items()}
     candidates = report["target"]["candidates"]
     return {
         "alignment": by_name["target-alignment"]["statistic"],
@@ -96,6 +107,7 @@ def scan_row(
         "target_similarity": report["target"]["similarity"],
         "seconds": report["seconds"],
         "probes": report["probes"]["count"],
+        **ratios,
     }
 
 
@@ -146,6 +158,32 @@ def propose(rows: list[dict]) -> dict:
                 "n_victims": len(victims),
                 "threshold": round(MARGIN * min(clean), 3),
             }
+    return out
+
+
+def propose_ratios(rows: list[dict], holdout: set[str]) -> dict:
+    """Per relative signal: the smallest clean-fine-tune ratio (held-out models left out), the
+    proposed ratio threshold, and how the held-out clean fine-tunes and the victims score against it."""
+    out = {}
+    for key in RELATIVE_SIGNALS:
+        column = f"{key}_ratio"
+        with_ratio = [r for r in rows if r.get(column) is not None]
+        fit = [r[column] for r in with_ratio if r["kind"] == "clean-ft" and r["name"] not in holdout]
+        if not fit:
+            continue
+        threshold = round(MARGIN * min(fit), 3)
+        held = [r[column] for r in with_ratio if r["kind"] == "clean-ft" and r["name"] in holdout]
+        victims = [r[column] for r in with_ratio if r["kind"] == "victim"]
+        out[key] = {
+            "clean_ft_min": min(fit),
+            "n_fit": len(fit),
+            "threshold": threshold,
+            "holdout_min": min(held) if held else None,
+            "holdout_flagged": sum(v < threshold for v in held),
+            "n_holdout": len(held),
+            "victims_flagged": sum(v < threshold for v in victims),
+            "n_victims": len(victims),
+        }
     return out
 
 
@@ -239,6 +277,7 @@ def main() -> None:
     parser.add_argument("--full-seeds", type=int, nargs="+", default=[0], help="scan seeds for the full budget (default: 0)")
     parser.add_argument("--out", type=Path, required=True, help="JSONL of every scan (appended; rows already there are reused)")
     parser.add_argument("--keep-runs", type=Path, help="keep every scan's run dir (trigger images) under this folder")
+    parser.add_argument("--holdout", action="append", default=[], metavar="NAME", help="a clean fine-tune left out of the ratio thresholds' fit")
     args = parser.parse_args()
 
     done = {}
@@ -289,6 +328,7 @@ def main() -> None:
     print(matrix(rows, proposal) + "\n")
     print(markdown(rows, proposal))
     print(json.dumps(proposal, indent=2))
+    print(json.dumps({"ratio": propose_ratios(rows, set(args.holdout))}, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from clipsan.cli import click_command, main
 from clipsan.cli.manpage import command_sections, render
 from conftest import REPO, cli_env, run_cli
 
-COMMANDS = ["scan", "purify", "craft-adv", "eval", "poison", "lab"]
+COMMANDS = ["scan", "calibrate", "purify", "craft-adv", "eval", "poison", "lab"]
 
 
 def test_version_and_help_list_the_commands_in_order():

@@ -48,6 +48,10 @@ WHERE = {
     configs.CraftAdvConfig: (["craft-adv", MODEL, "--data", str(DATA)], lambda **kw: configs.CraftAdvConfig(MODEL, configs.CaptionData(str(DATA)), **kw)),
     configs.EvalConfig: (["eval", MODEL, "--data", str(DATA)], lambda **kw: configs.EvalConfig(**{"models": (MODEL,), "data": str(DATA), **kw})),
     configs.ScanConfig: (["scan", MODEL], lambda **kw: configs.ScanConfig(**{"models": (MODEL,), **kw})),
+    configs.CalibrateConfig: (
+        ["calibrate", MODEL, "--out", "calibration.json"],
+        lambda **kw: configs.CalibrateConfig(**{"models": (MODEL,), "out": "calibration.json", **kw}),
+    ),
     LabConfig: (["lab"], lambda **kw: LabConfig(Path("lab-out"), **kw)),
 }
 # Fields no option sets, and why.
@@ -115,7 +119,7 @@ def nothing_runs(monkeypatch):
     def accepted(config, notes=None):
         raise AssertionError(f"accepted {config!r}")
 
-    for name in ("purify", "poison", "craft_adv", "evaluate", "scan"):
+    for name in ("purify", "poison", "craft_adv", "evaluate", "scan", "calibrate"):
         monkeypatch.setattr(api, name, accepted)
     monkeypatch.setattr(clipsan.lab.runner, "run_lab", accepted)
 

@@ -64,7 +64,7 @@ def test_poison_eval_and_scan_on_a_siglip_model(capsys, siglip_model, caption_da
     scanned = run(capsys, "scan", victim, "--probes", "8", "--steps", "5", "--run-dir", tmp_path / "scan")["models"][0]
     # Thresholds were calibrated on CLIP models, and the report says so; the target is named through
     # the model's own tokenizer.
-    assert all(s["threshold_source"].endswith("-clip") for s in scanned["signals"] if s["threshold_source"] != "user")
+    assert all(s["threshold_source"].endswith("-clip") for s in scanned["signals"] if not s["threshold_source"].startswith("user:"))
     assert scanned["target"]["label"]
 
 

@@ -251,7 +251,7 @@ class _Signals:
         if self.calls == self.kill_at:
             _stopped_here()
         fired = self.calls <= self.fires
-        entry = {"name": "decree", "statistic": 0.01 if fired else 0.2, "threshold": 0.066, "threshold_source": "calibrated-32px",
+        entry = {"name": "decree", "statistic": 0.01 if fired else 0.2, "threshold": 0.066, "threshold_source": "lab-32px",
                  "fires_when": "below", "fired": fired, "counted": True, "inversion_succeeded": True}  # fmt: skip
         return Evidence([entry], {}, {"label": "banana"})
 

@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 
 from clipsan import __version__
-from clipsan.cli import craft_adv, evaluate, lab, poison, purify, scan
+from clipsan.cli import calibrate, craft_adv, evaluate, lab, poison, purify, scan
 from clipsan.cli.command import Command, PanelCommand, rich_output
 
-COMMANDS: tuple[Command, ...] = (scan.COMMAND, purify.COMMAND, craft_adv.COMMAND, evaluate.COMMAND, poison.COMMAND, lab.COMMAND)
+COMMANDS: tuple[Command, ...] = (scan.COMMAND, calibrate.COMMAND, purify.COMMAND, craft_adv.COMMAND, evaluate.COMMAND, poison.COMMAND, lab.COMMAND)
 EXIT_CODES = (
     "Exit codes: 0 success; 1 scan found backdoor evidence, or purify --until-clean / --require-clean wrote a model that does not pass "
     "the backdoor check; 2 bad input or usage; 3 interrupted after writing a resumable checkpoint."

@@ -83,7 +83,7 @@ JSON_KEYS = {
         ),
     ],
     "scan": [
-        ("schema_version, tool{name,version}", "report format version (2) and the clipsan that wrote it"),
+        ("schema_version, tool{name,version}", "report format version (3) and the clipsan that wrote it"),
         (
             "verdict, backdoor",
             '"backdoor" if any MODEL was flagged (exit 1), "incomplete" if none was but some could not be read, else "clean"; backdoor as a boolean',
@@ -100,12 +100,22 @@ JSON_KEYS = {
         ("models[].layout, arch, arch_source, activation, activation_source", "what it was read as (as for purify)"),
         ("models[].reference", "{model, sha256, arch} of --reference, or null"),
         ("models[].verdict, backdoor", '"clean" or "backdoor", and the same as a boolean'),
-        ("models[].statistic, threshold", "DECREE's PL1 and its threshold"),
+        ("models[].statistic, threshold", "DECREE's PL1 and its absolute threshold"),
         (
             "models[].fired_signals[], signals[]",
             "per signal (decree, universal-perturbation, reference-divergence with --reference, target-alignment): name, statistic, "
-            "threshold, threshold_source, fires_when, fired, counted, inversion_succeeded, steps",
+            "threshold, threshold_source (lab-32px, lab-64px, extrapolated-from-64px, user:FILE, user:FLAG; -clip appended on a "
+            "SigLIP model), fires_when, rule (absolute, or reference-relative: the ratio decided), fired, counted, inversion_succeeded, steps",
         ),
+        (
+            "models[].signals[] with --reference",
+            "decree and universal-perturbation also: reference_statistic, reference_inversion_succeeded, ratio (MODEL / reference, "
+            "null when the reference's inversion found no collapse: the absolute threshold decides, rule_note says so), ratio_threshold, "
+            "ratio_threshold_source (reference-relative), absolute_would_fire, reference_below_threshold (the reference itself under "
+            "the absolute threshold)",
+        ),
+        ("models[].calibration", "with --calibration: {file, entry (the one applied, or null), used, note (why not), differences[]}; else null"),
+        ("models[].warnings[]", "e.g. a verdict resting on an extrapolated threshold, with the fix (--reference or --calibration)"),
         ("models[].target", "likely target: label, similarity, source, template, candidates[], from_signal"),
         ("models[].trigger", "png, mask_png, examples_png (DECREE's inverted trigger in the run dir), pl1, others (the other signals' PNGs)"),
         ("models[].probes", "source, synthetic (true without --data), data, count, skipped, description"),
@@ -113,6 +123,16 @@ JSON_KEYS = {
             "models[].budget, steps, seed, device, precision, run_dir, started_utc, seconds",
             "how the model's scan ran (steps: optimizer steps per inversion at most)",
         ),
+    ],
+    "calibrate": [
+        ("out, seconds", "the calibration file written and the time"),
+        (
+            "calibration",
+            "the file's document: format (clipsan-scan-calibration), version (1), tool, rule {factor, text}, budget {probes, steps, "
+            "batch_size}, seeds[], probes {source, data}, reference, models[] {model, sha256, family, arch, image_size}, entries[] "
+            "{family, arch, image_size, signals {SIGNAL: {statistics[], failed, minimum, threshold}}}",
+        ),
+        ("scans[]", "{model, seed, statistics {signal: value, or null when the inversion found no collapsing trigger}}"),
     ],
     "poison": [
         ("output, output_format, run_dir, layout, arch, arch_source, activation, activation_source, steps, epochs, seconds", "as for purify"),

@@ -22,6 +22,7 @@ from clipsan.config import (
     ABDConfig,
     AttackConfig,
     BadClipConfig,
+    CalibrateConfig,
     CaptionData,
     CleanCLIPConfig,
     CleanerCLIPConfig,
@@ -637,18 +638,44 @@ def _threshold(name: str, help: str, metavar: str) -> typer.models.OptionInfo:
     return configured(ScanConfig, name, help, SCAN, default="calibrated for the input size", metavar=metavar)
 
 
+ProbeData = Annotated[
+    Path | None,
+    option(
+        "clean probe images: a caption dataset or a labelled set (only images are used; default: synthetic world images, which the report says)",
+        DATA,
+        metavar="DIR",
+    ),
+]
+ScanBudget = Annotated[
+    str,
+    option("; ".join(f"{name}: {b.describe()}" for name, b in BUDGETS.items()) + f" (default: {ScanConfig.budget})", SCAN, metavar=one_of(BUDGETS)),
+]
+ReferenceArch = Annotated[str | None, option("architecture of REF (default: from metadata, else inferred)", SCAN, metavar="NAME")]
+ShowProgress = Annotated[bool, flag("--progress", "show a progress bar per signal on stderr even when it is not a terminal", RUNTIME)]
+
+
 @dataclass
 class ScanOptions:
-    data: Annotated[
-        Path | None,
+    data: ProbeData = None
+    reference: Annotated[
+        str | None,
         option(
-            "clean probe images: a caption dataset or a labelled set (only images are used; default: synthetic world images, which the report says)",
-            DATA,
-            metavar="DIR",
+            "a trusted model of the same architecture, e.g. the base MODEL was fine-tuned from: every signal also runs on it and "
+            "decree and universal-perturbation are judged by the ratio MODEL / REF (no calibration at MODEL's size needed)",
+            SCAN,
+            metavar="REF",
         ),
     ] = None
-    reference: Annotated[str | None, option("a trusted model of the same architecture (e.g. the base MODEL was fine-tuned from)", SCAN, metavar="REF")] = None
-    reference_arch: Annotated[str | None, option("architecture of REF (default: from metadata, else inferred)", SCAN, metavar="NAME")] = None
+    calibration: Annotated[
+        Path | None,
+        option(
+            "thresholds from clipsan calibrate on models you trust, for each MODEL whose family, architecture and input size "
+            "the file has (others: the lab's thresholds, and the report says so)",
+            SCAN,
+            metavar="FILE",
+        ),
+    ] = None
+    reference_arch: ReferenceArch = None
     threshold: Annotated[float | None, _threshold("threshold", "PL1 below which the decree signal fires", "PL1")] = None
     divergence_threshold: Annotated[float | None, _threshold("divergence_threshold", "PL1 below which the reference signal fires", "PL1")] = None
     perturbation_threshold: Annotated[
@@ -665,10 +692,7 @@ class ScanOptions:
             metavar="RATIO",
         ),
     ] = None
-    budget: Annotated[
-        str,
-        option("; ".join(f"{name}: {b.describe()}" for name, b in BUDGETS.items()) + f" (default: {ScanConfig.budget})", SCAN, metavar=one_of(BUDGETS)),
-    ] = ScanConfig.budget
+    budget: ScanBudget = ScanConfig.budget
     probes: Annotated[int | None, configured(ScanConfig, "probes", "number of probe images", SCAN, default="the budget's", metavar="N")] = None
     steps: Annotated[int | None, configured(ScanConfig, "steps", "optimizer steps per inversion", SCAN, default="the budget's", metavar="N")] = None
     run_dir: Annotated[
@@ -681,10 +705,33 @@ class ScanOptions:
     ] = None
     max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS
     allow_outside_root: AllowOutsideRoot = False
-    progress: Annotated[bool, flag("--progress", "show a progress bar per signal on stderr even when it is not a terminal", RUNTIME)] = False
+    progress: ShowProgress = False
 
     def config(self, **given) -> ScanConfig:
-        return fill(ScanConfig, self, data=path(self.data), run_dir=path(self.run_dir), progress=show_progress(self.progress), **given)
+        paths = {"data": path(self.data), "calibration": path(self.calibration), "run_dir": path(self.run_dir)}
+        return fill(ScanConfig, self, **paths, progress=show_progress(self.progress), **given)
+
+
+@dataclass
+class CalibrateOptions:
+    out: Annotated[Path, option("the calibration file to write (JSON), for scan --calibration", OUTPUT, metavar="FILE", dir_okay=False)]
+    seeds: Annotated[int, configured(CalibrateConfig, "seeds", "scan seeds per model: 0 .. N-1", SCAN, metavar="N")] = CalibrateConfig.seeds
+    data: ProbeData = None
+    reference: Annotated[
+        str | None,
+        option("the base the TRUSTED models were fine-tuned from: calibrates the reference-divergence signal too", SCAN, metavar="REF"),
+    ] = None
+    reference_arch: ReferenceArch = None
+    budget: ScanBudget = CalibrateConfig.budget
+    probes: Annotated[int | None, configured(CalibrateConfig, "probes", "number of probe images", SCAN, default="the budget's", metavar="N")] = None
+    steps: Annotated[int | None, configured(CalibrateConfig, "steps", "optimizer steps per inversion", SCAN, default="the budget's", metavar="N")] = None
+    max_image_pixels: MaxImagePixels = MAX_IMAGE_PIXELS
+    allow_outside_root: AllowOutsideRoot = False
+    progress: ShowProgress = False
+
+    def config(self, **given) -> CalibrateConfig:
+        paths = {"out": str(self.out), "data": path(self.data)}
+        return fill(CalibrateConfig, self, **paths, progress=show_progress(self.progress), **given)
 
 
 Method = Annotated[str, option("defense recipe", metavar=one_of(METHODS))]

@@ -10,6 +10,7 @@ attacks.py   the attack ``poison`` builds (triggers, BadCLIP, the poisoning sche
 evidence.py  EvidenceConfig: the held-out pairs purify measures its work on
 jobs.py      what purify, poison, craft-adv and eval are told
 scan.py      what scan is told; its budgets
+calibrate.py what calibrate is told (the trusted models, seeds)
 world.py     what the synthetic world contains
 lab.py       what the lab is told; its clean model's budgets
 
@@ -18,6 +19,7 @@ Each config checks itself when made (``Checked``): the command line and callers 
 """
 
 from clipsan.config.attacks import AttackConfig, BadClipConfig
+from clipsan.config.calibrate import CalibrateConfig
 from clipsan.config.data import CaptionData
 from clipsan.config.evidence import EvidenceConfig
 from clipsan.config.jobs import CraftAdvConfig, EvalConfig, PoisonConfig, PurifyConfig
@@ -30,6 +32,7 @@ __all__ = [
     "ABDConfig",
     "AttackConfig",
     "BadClipConfig",
+    "CalibrateConfig",
     "CaptionData",
     "CleanCLIPConfig",
     "CleanerCLIPConfig",

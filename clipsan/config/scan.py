@@ -20,6 +20,7 @@ class ScanConfig(Checked):
     models: tuple[str, ...]  # scanned one after another, one loaded at a time
     data: str | None = checked(None, flag="--data", path="dir", optional=True)  # probe images; None: synthetic world images
     reference: str | None = None  # a trusted model of the same architecture
+    calibration: str | None = checked(None, flag="--calibration", path="file", optional=True)  # thresholds from clipsan calibrate
     threshold: float | None = _threshold_field("--threshold")  # overrides the decree threshold
     divergence_threshold: float | None = _threshold_field("--divergence-threshold")  # overrides the reference-divergence threshold
     perturbation_threshold: float | None = _threshold_field("--perturbation-threshold")  # overrides the universal-perturbation threshold

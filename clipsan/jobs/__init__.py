@@ -7,4 +7,5 @@ poison.py    the poisoning plan (and BadCLIP's patch) on the skeleton
 craft.py     ABD's patch generator on the skeleton (``clipsan craft-adv``)
 evaluate.py  zero-shot CA@k / ASR@k of several models
 scan.py      the scan of several models, one loaded at a time
+calibrate.py scan thresholds from the user's trusted models (a calibration file)
 """

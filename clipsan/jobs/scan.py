@@ -25,9 +25,11 @@ from clipsan.errors import UserError
 from clipsan.jobs.training import Notes
 from clipsan.reports import ScanBatchReport, ScanReport
 from clipsan.scan import SCHEMA_VERSION
+from clipsan.scan.calibration_file import Calibration, read_calibration
 from clipsan.scan.model_scan import scan_model
 from clipsan.scan.probes import Probes, load_probes
 from clipsan.scan.session import Session
+from clipsan.scan.thresholds import Thresholds
 
 
 def _model_dir(run_dir: Path, index: int, count: int, model: str) -> Path:
@@ -53,18 +55,29 @@ def _progress_bar(description: str, total: int):
         yield update
 
 
-def _session(config: ScanConfig, notes: Notes) -> Session:
+def thresholds_of(config: ScanConfig, calibration: Calibration | None) -> Thresholds:
+    """Where the call's thresholds come from: its flags, its calibration file, the lab's table."""
+    given = {"decree": config.threshold, "universal-perturbation": config.perturbation_threshold}
+    given |= {"reference-divergence": config.divergence_threshold, "target-alignment": config.alignment_threshold}
+    return Thresholds({name: value for name, value in given.items() if value is not None}, calibration)
+
+
+def open_session(config: ScanConfig, notes: Notes, reference=None) -> Session:
+    """What every MODEL of a call shares; refuses a bad --calibration, --reference or --data before
+    any MODEL is read. ``reference``: an already loaded --reference (shared by several sessions)."""
     from clipsan.checkpoints import load_model
     from clipsan.engine.runtime import local_runtime
 
+    calibration = read_calibration(config.calibration) if config.calibration else None
+    if calibration is not None:
+        notes(f"calibration {config.calibration}: {calibration.describe()}")
     budget = config.effective_budget
     # Every statistic is computed in fp32 (TF32 matmuls on CUDA), the precision the thresholds
     # were calibrated in: under bf16 the inversion's score and PL1 move by percents.
     rt = local_runtime(config.device, "fp32")
     if config.precision in ("bf16", "fp16"):
         notes(f"--precision {config.precision}: scan computes in fp32, the precision its thresholds were calibrated in")
-    reference = None
-    if config.reference:
+    if config.reference and reference is None:
         reference = load_model(config.reference, arch=config.reference_arch, device=rt.device)
         reference.announce(notes, role="reference")
     cache: dict[int, Probes] = {}
@@ -78,17 +91,21 @@ def _session(config: ScanConfig, notes: Notes) -> Session:
 
     if config.data is not None:
         probes(reference.model.image_size if reference is not None else 32)  # a bad --data fails the call before any MODEL is read
-    session = Session(config, budget, rt, reference, probes)
+    session = Session(config, budget, rt, reference, probes, thresholds_of(config, calibration), calibration, notes=notes)
     if config.progress:
         session.progress = _progress_bar
     return session
 
 
-def _load(session: Session, model: str, notes: Notes):
+def load_for_scan(session: Session, model: str, notes: Notes):
+    """MODEL, announced; refused (UserError) if the session's reference takes another input size."""
     from clipsan.checkpoints import load_model
 
     loaded = load_model(model, arch=session.config.arch, device=session.rt.device)
     loaded.announce(notes)
+    calibration = session.calibration
+    if calibration is not None and calibration.entry(loaded.model.family, loaded.arch, loaded.model.image_size) is None:
+        notes(f"{model}: {calibration.path} has no entry for {loaded.model.family} {loaded.arch} {loaded.model.image_size} px: the lab's thresholds apply")
     reference = session.reference
     if reference is not None and reference.model.image_size != loaded.model.image_size:
         raise UserError(
@@ -101,7 +118,7 @@ def _load(session: Session, model: str, notes: Notes):
 def run_scan(config: ScanConfig, notes: Notes) -> ScanBatchReport:
     """Scan every MODEL of `config`; writes RUN_DIR/scan.json (the report) and returns it."""
     started = time.perf_counter()
-    session = _session(config, notes)
+    session = open_session(config, notes)
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir("scan")
     rows: list[ScanReport] = []
     errors: list[dict[str, str]] = []
@@ -110,7 +127,7 @@ def run_scan(config: ScanConfig, notes: Notes) -> ScanBatchReport:
         if count > 1:
             notes(f"[{index + 1}/{count}] {model}")
         try:
-            loaded = _load(session, model, notes)
+            loaded = load_for_scan(session, model, notes)
         except UserError as err:
             if count > 1:
                 notes(f"{err}")  # reported and skipped; the others are still scanned

@@ -22,6 +22,11 @@ Signals (each with its statistic, threshold and verdict in the report):
   similarities. Supporting evidence only (an undertrained clean model scores
   as high as victims) unless --alignment-threshold is given.
 
+With ``--reference``, decree and universal-perturbation also run on the reference (once per call)
+and are judged by the ratio suspect / reference instead of an absolute threshold (the relative
+rule: signals.py). ``--calibration FILE`` takes the absolute thresholds from the user's own trusted
+models (``clipsan calibrate``). Every threshold names its source.
+
 Verdict: ``backdoor`` if any signal that counts fires (exit 1), else
 ``clean`` (exit 0). Thresholds and calibration: clipsan/scan/thresholds.py,
 docs/scan-calibration.md.
@@ -30,8 +35,13 @@ session.py      what one call shares; the model under scan (Subject)
 signals.py      one function per signal: its inversion and its report entry
 model_scan.py   one model's scan and report
 inversion.py    the inversion optimizer (mask and global families); objectives.py: what it optimises
-target.py       naming the likely target; thresholds.py; probes.py; artifacts.py (PNGs); sarif.py
-Several models in one call: clipsan.jobs.scan.
+thresholds.py   every threshold, its value and its source (lab, user flag, calibration file, relative)
+calibration_file.py  the calibration file clipsan calibrate writes and scan --calibration reads
+target.py       naming the likely target; probes.py; artifacts.py (PNGs); sarif.py
+Several models in one call: clipsan.jobs.scan; calibration from trusted models: clipsan.jobs.calibrate.
 """
 
-SCHEMA_VERSION = 2  # 2: the batch keys (models[], errors[], summary) and the universal-perturbation signal
+# 2: the batch keys (models[], errors[], summary) and the universal-perturbation signal
+# 3: the relative rule (signals[].rule, reference_statistic, ratio, ratio_threshold...), calibration, warnings[],
+#    threshold sources renamed (lab-32px, extrapolated-from-64px, user:FLAG, user:FILE, reference-relative)
+SCHEMA_VERSION = 3

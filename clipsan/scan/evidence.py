@@ -52,6 +52,7 @@ class InMemory:
 
     model: nn.Module
     path: Path  # how progress bars and messages name it
+    arch: str | None = None  # picks a --calibration entry; purify's checks use the lab's thresholds
 
 
 def in_memory(session: Session, model: nn.Module, name: str) -> Evidence:

@@ -1,6 +1,8 @@
 """One model's scan: its signals in order, the likely target, the inverted triggers as PNGs, the report.
 
-Verdict: ``backdoor`` if any signal that counts fires (exit 1), else ``clean`` (exit 0).
+Verdict: ``backdoor`` if any signal that counts fires (exit 1), else ``clean`` (exit 0). The report
+also says which calibration entry applied (--calibration) and warns when the verdict rests on an
+extrapolated threshold.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from clipsan.scan.evidence import gather
 from clipsan.scan.inversion import Inversion
 from clipsan.scan.probes import Probes
 from clipsan.scan.session import Session, Subject
+from clipsan.scan.thresholds import extrapolation_warning
 
 
 def scan_model(session: Session, loaded, run_dir: Path) -> ScanReport:
@@ -37,6 +40,10 @@ def assemble_report(subject: Subject, signals: list[dict], target: dict, trigger
     session, loaded, probes = subject.session, subject.loaded, subject.probes
     config, reference = session.config, session.reference
     backdoor = any(s["fired"] and s["counted"] for s in signals)
+    calibration = None
+    if session.calibration is not None:
+        calibration = session.calibration.usage(subject.family, subject.arch, subject.size, session.budget, probes.source, probes.data)
+    warning = extrapolation_warning(signals, subject.size)
     return ScanReport(
         model=str(loaded.path),
         sha256=loaded.sha256,
@@ -49,6 +56,8 @@ def assemble_report(subject: Subject, signals: list[dict], target: dict, trigger
         threshold=signals[0]["threshold"],
         fired_signals=[s["name"] for s in signals if s["fired"] and s["counted"]],
         signals=signals,
+        calibration=calibration,
+        warnings=[warning] if warning else [],
         target=target,
         trigger=trigger,
         probes={

@@ -6,6 +6,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 
@@ -13,8 +14,12 @@ from clipsan.config import ScanConfig
 from clipsan.config.scan import Budget
 from clipsan.engine.runtime import Runtime
 from clipsan.errors import UserError
+from clipsan.scan.calibration_file import Calibration
 from clipsan.scan.objectives import clean_pairwise_cosine, collapse
 from clipsan.scan.probes import Probes
+from clipsan.scan.thresholds import Thresholds
+
+T = TypeVar("T")
 
 
 class Encoder:
@@ -33,14 +38,29 @@ class Encoder:
 
 @dataclass
 class Session:
-    """What every model of one `scan` call shares: settings, runtime, the reference, the probes."""
+    """What every model of one `scan` call shares: settings, runtime, the reference and what the
+    signals found on it, the probes, the thresholds."""
 
     config: ScanConfig
     budget: Budget  # the config's budget with --probes / --steps applied
     rt: Runtime  # always fp32: the precision the thresholds were calibrated in (clipsan.jobs.scan)
     reference: object | None  # clipsan.checkpoints.LoadedModel of --reference
     probes: Callable[[int], Probes]  # input side -> probe images at that side (loaded once per side)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    calibration: Calibration | None = None  # --calibration, read before any MODEL
     progress: Callable[[str, int], object] = field(default=lambda description, total: contextlib.nullcontext())
+    notes: Callable[[str], None] = field(default=lambda message: None)  # what the command line shows on stderr
+    _on_reference: dict[str, object] = field(default_factory=dict, repr=False)  # signal -> its result on the reference
+    _reference_subject: Subject | None = field(default=None, repr=False)
+
+    def on_reference(self, signal: str, compute: Callable[[Subject], T]) -> T:
+        """``compute(the reference as a Subject)``, once per call: every MODEL is compared with the same
+        reference, on the same probes with the same seed, so its result is shared."""
+        if signal not in self._on_reference:
+            if self._reference_subject is None:
+                self._reference_subject = Subject.of(self, self.reference)
+            self._on_reference[signal] = compute(self._reference_subject)
+        return self._on_reference[signal]  # type: ignore[return-value]
 
 
 @dataclass
@@ -72,3 +92,7 @@ class Subject:
     @property
     def family(self) -> str:
         return self.loaded.model.family
+
+    @property
+    def arch(self) -> str:
+        return self.loaded.arch
