@@ -8,7 +8,7 @@ from typing import Annotated
 from clipsan.cli.command import Command
 from clipsan.cli.options import DEVICE_HELP, LAB, RUNTIME, OutputOptions, configured, flag, option
 from clipsan.cli.output import emit, note
-from clipsan.config.lab import DEFENSE_SEEDS, EVAL_PER_CLASS, LabConfig
+from clipsan.config.lab import DEFENSE_SEEDS, EVAL_PER_CLASS, LAB_FAMILIES, LabConfig
 from clipsan.lab.victims import LAB_ATTACKS_FULL, LAB_ATTACKS_QUICK
 
 
@@ -19,6 +19,17 @@ def _lab(name: str, help: str, default=None, panel: str = LAB) -> object:
 def lab(
     output: OutputOptions,
     quick: Annotated[bool, flag("--quick", "the short budget (about 15 min on 2 CPU cores) instead of the full one", LAB)] = False,
+    family: Annotated[
+        str,
+        configured(
+            LabConfig,
+            "family",
+            f"the models' family, {' or '.join(LAB_FAMILIES)}: CLIP's softmax loss (clipsan-tiny-rn) or SigLIP's sigmoid loss and "
+            "logit bias (clipsan-tiny-siglip-rn, with a tokenizer of the world's words); one family per --out",
+            LAB,
+            metavar="FAMILY",
+        ),
+    ] = LabConfig.family,
     attacks: Annotated[
         str | None,
         option(
@@ -28,7 +39,10 @@ def lab(
             metavar="NAME,...",
         ),
     ] = None,
-    out: Annotated[Path | None, option("output folder (default: runs/lab-<UTC time>)", LAB, metavar="DIR", file_okay=False)] = None,
+    out: Annotated[
+        Path | None,
+        option("output folder (default: runs/lab-<UTC time>; runs/lab-siglip-<UTC time> for --family siglip)", LAB, metavar="DIR", file_okay=False),
+    ] = None,
     train_pairs: Annotated[int | None, _lab("train_pairs", "size of the generated training set", "the budget's")] = None,
     max_steps: Annotated[int | None, _lab("max_steps", "cap on training steps of every stage (smoke tests)")] = None,
     eval_per_class: Annotated[int | None, _lab("eval_per_class", "evaluation images per class", EVAL_PER_CLASS)] = None,
@@ -50,8 +64,9 @@ def lab(
     from clipsan.lab.tables import render_markdown
 
     config = LabConfig(
-        out=out if out is not None else default_run_dir("lab"),
+        out=out if out is not None else default_run_dir("lab" if family == "clip" else f"lab-{family}"),
         quick=quick,
+        family=family,
         seed=seed,
         parallel=parallel,
         device=device,
@@ -70,13 +85,14 @@ def lab(
 COMMAND = Command(
     "lab",
     "train, poison, scan, purify and evaluate on a synthetic world: runs anywhere, no download",
-    "Generate the synthetic world, train a clean tiny CLIP from scratch, build victims with `clipsan poison`, "
+    "Generate the synthetic world, train a clean tiny CLIP (or, with --family siglip, a tiny SigLIP) from scratch, build victims with `clipsan poison`, "
     "run every defense on every victim, scan the clean model and the victims, evaluate everything, and write "
     "OUT/lab.json and OUT/lab.md (the papers' Table I layout). Run again on the same OUT, it reuses every "
     "finished stage whose inputs and settings match and redoes only the rest.",
     (
         "clipsan lab --quick --out lab/",
         "clipsan lab --out lab-full/",
+        "clipsan lab --quick --family siglip --out lab-siglip/",
         "clipsan lab --quick --out smoke/ --attacks badnet --train-pairs 256 --max-steps 4 --eval-per-class 2",
     ),
     lab,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from clipsan.config.checks import Checked, count
+from clipsan.config.checks import Checked, choice, count
 from clipsan.config.runtime import device_field
 
 # Clean-training recipes for clipsan-tiny-rn found by scripts/calibrate_world.py
@@ -18,6 +18,17 @@ from clipsan.config.runtime import device_field
 # FULL: 936 steps, ~300 CPU-s, CA@1 0.99-1.00 (2 seeds).
 QUICK_TRAINING = dict(n_pairs=20000, epochs=4, batch_size=128, lr=2e-3, warmup=100, weight_decay=0.1, beta2=0.98, eps=1e-6)
 FULL_TRAINING = dict(QUICK_TRAINING, epochs=6)
+
+# The model families the lab can run (``--family``): CLIP's softmax loss, or SigLIP's sigmoid loss with
+# its learned logit bias (docs/siglip.md). Each trains its own clean model on the same world.
+LAB_FAMILIES = ("clip", "siglip")
+# Clean-training recipes for the SigLIP family's arch (clipsan-tiny-siglip-rn), found by
+# scripts/calibrate_siglip.py (calibrate_world's loop with clipsan's sigmoid loss and the lab's
+# word-level tokenizer; table in docs/siglip.md): CLIP's recipe at 1.5x the lr. 4 epochs at lr 2e-3
+# gave CA@1 0.74 (seed 0), at 3e-3 0.84, ~235 CPU-s (0.37 CPU-s/step, as CLIP's arch).
+SIGLIP_QUICK_TRAINING = dict(QUICK_TRAINING, lr=3e-3)
+SIGLIP_FULL_TRAINING = dict(SIGLIP_QUICK_TRAINING, epochs=FULL_TRAINING["epochs"])
+CLEAN_TRAINING = {"clip": {"quick": QUICK_TRAINING, "full": FULL_TRAINING}, "siglip": {"quick": SIGLIP_QUICK_TRAINING, "full": SIGLIP_FULL_TRAINING}}
 # Images per class in the zero-shot eval set (31 classes -> 620 images).
 EVAL_PER_CLASS = 20
 
@@ -31,6 +42,7 @@ DEFENSE_SEEDS = {"quick": 1, "full": 3}
 class LabConfig(Checked):
     out: Path
     quick: bool = True
+    family: str = choice("clip", "--family", LAB_FAMILIES)
     seed: int = 0
     device: str = device_field("cpu")  # the lab's models are tiny
     parallel: int = count(2, "--parallel")  # stage processes side by side

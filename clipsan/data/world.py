@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,17 @@ PAIR_TEMPLATES = (
     "illustration of {obj} {rel} {obj2}",
     "{obj} placed {rel} {obj2} against {bg_article} {bg} backdrop",
 )
+
+
+SMALL_WORDS, LARGE_WORDS = ("small", "tiny"), ("large", "big")
+
+
+def vocabulary(config: WorldConfig = WorldConfig()) -> list[str]:
+    """Every word a caption or class name of the world can hold, sorted (a word-level tokenizer's vocabulary)."""
+    fixed = " ".join((*SINGLE_TEMPLATES, *PAIR_TEMPLATES, *(w for words in RELATION_WORDS.values() for w in words)))
+    words = re.sub(r"\{\w+\}", " ", fixed).split()
+    words += ["a", "an", "yellow", TARGET_CLASS, *SMALL_WORDS, *LARGE_WORDS, *config.shapes, *config.colours, *config.backgrounds]
+    return sorted(set(words))
 
 
 def classnames(config: WorldConfig = WorldConfig()) -> list[str]:
@@ -256,7 +268,7 @@ def _size_word(config: WorldConfig, obj: _Object, rng: np.random.Generator) -> s
     if rng.random() >= config.size_word_prob:
         return None
     small = obj.radius < 7.5 * config.image_size / 32
-    return str(rng.choice(("small", "tiny"))) if small else str(rng.choice(("large", "big")))
+    return str(rng.choice(SMALL_WORDS)) if small else str(rng.choice(LARGE_WORDS))
 
 
 def _caption(config: WorldConfig, rng: np.random.Generator, background: str, objects: list[_Object]) -> str:

@@ -59,7 +59,7 @@ def _ticks(lo: float, hi: float) -> list[float]:
     return [lo + i * step for i in range(round((hi - lo) / step) + 1)]
 
 
-def _panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, attack: str, rows: list[dict], colours: dict[str, str]) -> None:
+def _panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, title: str, rows: list[dict], colours: dict[str, str]) -> None:
     victim = next(r for r in rows if r["defense"] == "none")
     defended = [r for r in rows if r["defense"] != "none"]
     lo, hi = _ca_limits(rows, victim["ca"]["1"])
@@ -75,7 +75,7 @@ def _panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, attack: str, rows: list[
     for t in _ticks(lo, hi):
         draw.line([ax.x(t), ax.y(0.0), ax.x(t), ax.y(0.0) + 4], fill="#444444")
         draw.text((ax.x(t), ax.y(0.0) + 6), f"{100 * t:.0f}", fill="black", font=small, anchor="mt")
-    draw.text((x0 + LEFT + ax.w / 2, y0 + 8), attack, fill="black", font=_font(14), anchor="mt")
+    draw.text((x0 + LEFT + ax.w / 2, y0 + 8), title, fill="black", font=_font(14), anchor="mt")
     draw.text((x0 + LEFT + ax.w / 2, y0 + PANEL_H - 12), "CA@1 (%)", fill="black", font=small, anchor="mm")
     draw.text((x0 + 4, y0 + TOP - 12), "ASR@1 (%)", fill="black", font=small, anchor="lm")
     # victim
@@ -94,8 +94,8 @@ def _panel(draw: ImageDraw.ImageDraw, x0: int, y0: int, attack: str, rows: list[
         draw.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill=colour, outline="black")
 
 
-def draw_pareto(rows: list[dict], path: Path) -> Path:
-    """Write the plot of ``rows`` (lab rows, see ``clipsan.lab.tables``) to ``path`` (PNG)."""
+def draw_pareto(rows: list[dict], path: Path, family: str | None = None) -> Path:
+    """Write the plot of ``rows`` (lab rows, see ``clipsan.lab.tables``) to ``path`` (PNG); ``family`` is named in each panel's title."""
     attacks = attacks_of(rows)
     defenses = list(dict.fromkeys(r["defense"] for r in rows if r["attack"] != "none" and r["defense"] != "none"))
     colours = {d: PALETTE[i % len(PALETTE)] for i, d in enumerate(defenses)}
@@ -104,7 +104,8 @@ def draw_pareto(rows: list[dict], path: Path) -> Path:
     image = Image.new("RGB", (PANEL_W * min(COLUMNS, max(1, len(attacks))), PANEL_H * n_rows + legend_h), "white")
     draw = ImageDraw.Draw(image)
     for i, attack in enumerate(attacks):
-        _panel(draw, PANEL_W * (i % COLUMNS), PANEL_H * (i // COLUMNS), attack, [r for r in rows if r["attack"] == attack], colours)
+        title = f"{attack} ({family})" if family else attack
+        _panel(draw, PANEL_W * (i % COLUMNS), PANEL_H * (i // COLUMNS), title, [r for r in rows if r["attack"] == attack], colours)
     entries = [("victim", None)] + [(d, colours[d]) for d in defenses] + [("target region", "#d9f2d9")]
     font = _font(12)
     for i, (name, colour) in enumerate(entries):

@@ -11,17 +11,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from clipsan.config.attacks import BADCLIP
-from clipsan.config.lab import FULL_TRAINING, QUICK_TRAINING
+from clipsan.config.lab import CLEAN_TRAINING
 from clipsan.config.recipes import RECIPE_CONFIGS
 from clipsan.errors import UserError
 
-LAB_ARCH = "clipsan-tiny-rn"
+# Each family's tiny arch (clipsan/models/model_configs/): the SigLIP one has CLIP's ResNet tower with
+# SigLIP's text tower, loss and bias, because the tiny ViTs did not learn the world in the budget (docs/siglip.md).
+LAB_ARCHS = {"clip": "clipsan-tiny-rn", "siglip": "clipsan-tiny-siglip-rn"}
 # Prompts for zero-shot evaluation on the world (written next to the eval set).
 LAB_TEMPLATES = ("a photo of a {}.", "a {}.", "an illustration of a {}.", "a drawing of a {}.")
 
 
 @dataclass
 class LabPlan:
+    family: str  # config.lab.LAB_FAMILIES
+    arch: str  # the clean model's architecture
     train_pairs: int
     defense_pairs: int
     clean_args: list[str]
@@ -158,12 +162,17 @@ def select_attacks(quick: bool, names: str | Iterable[str] | None = None) -> tup
     return tuple(a for a in budget if a in wanted)
 
 
-def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None = None, attacks: str | Iterable[str] | None = None) -> LabPlan:
-    """The lab's stages for a budget; ``attacks`` restricts it to some of the budget's attacks (see ``select_attacks``)."""
+def make_plan(
+    quick: bool, train_pairs: int | None = None, max_steps: int | None = None, attacks: str | Iterable[str] | None = None, family: str = "clip"
+) -> LabPlan:
+    """The lab's stages for a budget and a model family; ``attacks`` restricts it to some of the budget's attacks (see ``select_attacks``).
+
+    The families share every stage but the clean model (its arch and training recipe).
+    """
     from clipsan.lab.victims import LAB_ATTACKS
 
     attacks = select_attacks(quick, attacks)
-    clean = dict(QUICK_TRAINING if quick else FULL_TRAINING)
+    clean = dict(CLEAN_TRAINING[family]["quick" if quick else "full"])
     pairs = train_pairs or clean["n_pairs"]
     defense_pairs = max(256, pairs // 4)
     abd_args = _ABD_CLIP_ARGS
@@ -193,6 +202,8 @@ def make_plan(quick: bool, train_pairs: int | None = None, max_steps: int | None
     }
     scan = ["--budget", "quick"] + (["--steps", str(max_steps), "--probes", "32"] if max_steps else [])
     return LabPlan(
+        family=family,
+        arch=LAB_ARCHS[family],
         train_pairs=pairs,
         defense_pairs=defense_pairs,
         clean_args=_clean_args(clean),

@@ -11,6 +11,7 @@ one two-threaded process on the 2-core machines the budgets are set for).
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -23,7 +24,8 @@ import torch
 
 from clipsan import __version__
 from clipsan.atomic import atomic_path, atomic_write_bytes, write_errors, write_json
-from clipsan.checkpoints import save_model
+from clipsan.checkpoints.output import SAFETENSORS, OutputPlan, write_output
+from clipsan.checkpoints.tokenizer_files import siglip_tokenizer
 from clipsan.config import WorldConfig
 from clipsan.config.jobs import FROM_METADATA
 from clipsan.config.lab import EVAL_PER_CLASS, LabConfig
@@ -31,8 +33,9 @@ from clipsan.data import world
 from clipsan.errors import UserError
 from clipsan.lab.jobs import Job, run_jobs
 from clipsan.lab.pareto import draw_pareto
-from clipsan.lab.plan import LAB_ARCH, LAB_TEMPLATES, LabPlan, make_plan, method_of
+from clipsan.lab.plan import LAB_TEMPLATES, LabPlan, make_plan, method_of
 from clipsan.lab.tables import lab_row, render_markdown
+from clipsan.lab.world_tokenizer import write_world_tokenizer
 from clipsan.models import create_model
 from clipsan.models.registry import CONFIG_DIR
 
@@ -52,7 +55,7 @@ def _cache_dir() -> Path:
 
 
 def _cache_key(plan: LabPlan, config: LabConfig) -> str:
-    arch_config = (CONFIG_DIR / f"{LAB_ARCH}.json").read_text()
+    arch_config = (CONFIG_DIR / f"{plan.arch}.json").read_text()
     # Threads change the clean model's rounding: a model trained with other threads is another model.
     blob = json.dumps([__version__, asdict(WorldConfig()), arch_config, plan.clean_args, plan.train_pairs, config.seed, config.parallel], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -76,6 +79,11 @@ class WorldFiles:
     eval: Path  # labelled ImageFolder
     templates: Path
     stamp: Path  # what the world was generated from; stages that read it depend on it
+
+    @property
+    def tokenizer(self) -> Path:
+        """The SigLIP family's tokenizer folder (lab/world_tokenizer.py), written with its clean model's init."""
+        return self.stamp.parent / "tokenizer"
 
 
 def build_world(config: LabConfig, plan: LabPlan, report: LabReport) -> WorldFiles:
@@ -102,6 +110,25 @@ def build_world(config: LabConfig, plan: LabPlan, report: LabReport) -> WorldFil
     return files
 
 
+FAMILY_FILE = "family.txt"  # OUT's model family: one lab folder holds one family's stages
+
+
+def claim_folder(out: Path, family: str) -> None:
+    """Make ``out`` this family's lab folder, or refuse one holding another family's lab (its stages would mix)."""
+    marker = out / FAMILY_FILE
+    found = None
+    if marker.is_file():
+        found = marker.read_text(errors="replace").strip()
+    elif (out / "models").is_dir():
+        found = "clip"  # a lab folder from before the families
+    if found is not None and found != family:
+        raise UserError(f"{out}: holds a --family {found} lab; give --family {family} a folder of its own (--out)")
+    with write_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    if not marker.is_file():
+        atomic_write_bytes(marker, f"{family}\n".encode())
+
+
 def _common(config: LabConfig, seed: int | None = None) -> list[str]:
     extra = ["--max-steps", str(config.max_steps)] if config.max_steps else []
     return ["--device", config.device, "--seed", str(config.seed if seed is None else seed), "--workers", "0", *extra]
@@ -124,14 +151,16 @@ def train_clean_model(config: LabConfig, plan: LabPlan, files: WorldFiles, repor
     cached = _cache_dir() / f"clean-{_cache_key(plan, config)}.safetensors"
     with _Timer(report.timings, "clean_model"):
         if config.use_cache and cached.exists():
-            _copy(cached, target)
+            _copy_model(cached, target)
             report.settings["clean_model_cached"] = True
             return target
         init = models / "init.safetensors"
         with torch.random.fork_rng():
             torch.manual_seed(config.seed)  # the init is part of the result: same seed, same clean model
-            model = create_model(LAB_ARCH)
-        save_model(model, init, {"clipsan.command": "lab", "clipsan.method": "random-init"})
+            model = create_model(plan.arch)
+        if model.is_sigmoid:  # a SigLIP model tokenises with its own file, written beside each of its checkpoints
+            model.file_tokenizer = siglip_tokenizer(write_world_tokenizer(files.tokenizer, LAB_TEMPLATES), model.context_length)
+        write_output(OutputPlan(SAFETENSORS, init), model, None, {"clipsan.command": "lab", "clipsan.method": "random-init"})
         job = Job(
             "clean",
             [
@@ -153,12 +182,25 @@ def train_clean_model(config: LabConfig, plan: LabPlan, files: WorldFiles, repor
             threads=config.parallel,  # nothing else can run until it is done
         )
         _run_or_fail([job], config)
-        init.unlink()
+        for path in _model_files(init):
+            path.unlink()
         if config.use_cache:
             with write_errors(cached.parent):
                 cached.parent.mkdir(parents=True, exist_ok=True)
-            _copy(target, cached)
+            _copy_model(target, cached)
     return target
+
+
+def _model_files(model: Path) -> list[Path]:
+    """A model file and what clipsan writes beside it (a SigLIP model's tokenizer, ``<stem>.tokenizer.json``), the model last."""
+    beside = [p for p in model.parent.glob(glob.escape(model.stem) + ".*") if p != model]
+    return [*sorted(beside), model]
+
+
+def _copy_model(source: Path, target: Path) -> None:
+    """A model and its companions, the model last (its presence says the copy is whole)."""
+    for path in _model_files(source):
+        _copy(path, target.with_name(target.stem + path.name[len(source.stem) :]))
 
 
 def _copy(source: Path, target: Path) -> None:
@@ -288,16 +330,22 @@ def collect_scans(done: dict[str, Job], plan: LabPlan, clean: Path, report: LabR
 def write_report(config: LabConfig, report: LabReport) -> None:
     payload = asdict(report)
     if any(r["attack"] != "none" for r in report.rows):
-        draw_pareto(report.rows, config.out / "pareto.png")
+        draw_pareto(report.rows, config.out / "pareto.png", family=config.family)
     write_json(config.out / "lab.json", payload)
     atomic_write_bytes(config.out / "lab.md", render_markdown(payload).encode())
 
 
 def run_lab(config: LabConfig, notes=print) -> dict:
-    plan = make_plan(config.quick, config.train_pairs, config.max_steps, config.attacks)  # first: bad settings leave OUT untouched
-    with write_errors(config.out):
-        config.out.mkdir(parents=True, exist_ok=True)
-    settings = {"quick": config.quick, "seed": config.seed, "defense_seeds": config.defense_seed_values, "arch": LAB_ARCH, "plan": plan.describe()}
+    plan = make_plan(config.quick, config.train_pairs, config.max_steps, config.attacks, config.family)  # first: bad settings leave OUT untouched
+    claim_folder(config.out, config.family)
+    settings = {
+        "quick": config.quick,
+        "seed": config.seed,
+        "defense_seeds": config.defense_seed_values,
+        "family": plan.family,
+        "arch": plan.arch,
+        "plan": plan.describe(),
+    }
     report = LabReport(settings=settings)
     started = time.perf_counter()
     files = build_world(config, plan, report)

@@ -86,12 +86,14 @@ def _cell(row: dict, key: str, k: str) -> str:
 
 
 def render_markdown(payload: dict) -> str:
-    seeds = payload.get("settings", {}).get("defense_seeds") or [payload.get("settings", {}).get("seed", 0)]
+    settings = payload.get("settings", {})
+    seeds = settings.get("defense_seeds") or [settings.get("seed", 0)]
     spread = f" Defended rows: mean (min–max) over {len(seeds)} defense seeds {seeds}, victims fixed." if len(seeds) > 1 else ""
+    models = f" Models: the {settings['family']} family (`{settings['arch']}`)." if settings.get("family") and settings.get("arch") else ""
     lines = [
         "# clipsan lab",
         "",
-        f"Zero-shot results on the synthetic world (%, target class `{DEFAULT_TARGET}`; ASR excludes target-class images).{spread}",
+        f"Zero-shot results on the synthetic world (%, target class `{DEFAULT_TARGET}`; ASR excludes target-class images).{models}{spread}",
         "",
         "| attack | defense | CA@1 | ASR@1 | ASR@10 |",
         "|---|---|---|---|---|",
