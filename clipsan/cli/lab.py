@@ -93,7 +93,6 @@ COMMAND = Command(
         "clipsan lab --quick --out lab/",
         "clipsan lab --out lab-full/",
         "clipsan lab --quick --family siglip --out lab-siglip/",
-        "clipsan lab --quick --out smoke/ --attacks badnet --train-pairs 256 --max-steps 4 --eval-per-class 2",
     ),
     lab,
 )

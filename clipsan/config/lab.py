@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clipsan.config.checks import Checked, choice, count
+from clipsan.config.families import MODEL_FAMILIES
 from clipsan.config.runtime import device_field
 
 # Clean-training recipes for clipsan-tiny-rn found by scripts/calibrate_world.py
@@ -21,7 +22,7 @@ FULL_TRAINING = dict(QUICK_TRAINING, epochs=6)
 
 # The model families the lab can run (``--family``): CLIP's softmax loss, or SigLIP's sigmoid loss with
 # its learned logit bias (docs/siglip.md). Each trains its own clean model on the same world.
-LAB_FAMILIES = ("clip", "siglip")
+LAB_FAMILIES = MODEL_FAMILIES
 # Clean-training recipes for the SigLIP family's arch (clipsan-tiny-siglip-rn), found by
 # scripts/calibrate_siglip.py (calibrate_world's loop with clipsan's sigmoid loss and the lab's
 # word-level tokenizer; table in docs/siglip.md): CLIP's recipe at 1.5x the lr. 4 epochs at lr 2e-3

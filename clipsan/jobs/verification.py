@@ -35,7 +35,7 @@ from clipsan.scan.evidence import in_memory
 from clipsan.scan.prior import ScannedModel, read_scan_report
 from clipsan.scan.probes import Probes, dataset_probes
 from clipsan.scan.session import Session
-from clipsan.scan.thresholds import STATISTIC_NAMES, threshold
+from clipsan.scan.thresholds import STATISTIC_NAMES, lab_threshold
 
 REMOVED, REMAINS, NONE_BEFORE, NOT_RUN = "removed", "remains", "none-before", "not-run"
 HISTORY_FILE, CHART_FILE = "verification.json", "verification.png"
@@ -51,9 +51,9 @@ def _shown(value: Any, most: int = 60) -> str:
 
 
 def _threshold_of_checks(signal: str, size: int, family: str):
-    """The threshold a check applies to ``signal`` on this model: the calibrated one (purify takes no
+    """The threshold a check applies to ``signal`` on this model: the lab's (purify takes no
     threshold flags and no calibration file)."""
-    return threshold(signal, size, None, family)
+    return lab_threshold(signal, size, family)
 
 
 def mean_r1(recalls: dict[str, dict[str, float | None]]) -> float | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from clipsan import __version__, strict_json
+from clipsan.config.families import MODEL_FAMILIES
 from clipsan.errors import UserError
 from clipsan.scan.thresholds import CLEAN_FLOOR_FACTOR
 
@@ -37,7 +38,6 @@ VERSION = 1
 MAX_BYTES = 1 << 20  # a file of thousands of scans is a few hundred KB
 MAX_SIDE = 1 << 14  # input sides above this are no image model's
 CALIBRATED_SIGNALS = ("decree", "universal-perturbation", "reference-divergence")
-FAMILIES = ("clip", "siglip")
 RULE_TEXT = "threshold = factor x the smallest statistic of any trusted model over every seed"
 WHAT = "clipsan calibration file"  # how messages call what was expected
 
@@ -217,7 +217,7 @@ def _entry(value: Any, where: str) -> Entry:
     if not isinstance(signals, dict) or not signals or set(signals) - set(CALIBRATED_SIGNALS):
         raise _Refused(f"{where}.signals", f"an object with some of {', '.join(CALIBRATED_SIGNALS)}", signals)
     return Entry(
-        _text(value["family"], f"{where}.family", FAMILIES),
+        _text(value["family"], f"{where}.family", MODEL_FAMILIES),
         _text(value["arch"], f"{where}.arch"),
         _integer(value["image_size"], f"{where}.image_size", 1, MAX_SIDE),
         {name: _signal(s, f"{where}.signals.{name}") for name, s in signals.items()},
@@ -228,7 +228,7 @@ def _model(value: Any, where: str) -> dict[str, Any]:
     value = _object(value, where, ("model", "sha256", "family", "arch", "image_size"))
     for key in ("model", "sha256", "arch"):
         _text(value[key], f"{where}.{key}")
-    _text(value["family"], f"{where}.family", FAMILIES)
+    _text(value["family"], f"{where}.family", MODEL_FAMILIES)
     _integer(value["image_size"], f"{where}.image_size", 1, MAX_SIDE)
     return value
 
