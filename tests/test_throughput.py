@@ -72,8 +72,8 @@ def test_nan_between_log_steps_is_never_checkpointed(tiny_model, caption_data, t
     args[args.index("--save-every") + 1] = "3"
     proc = run_cli(*args)
     assert proc.returncode == 2, proc.stderr
-    # notes: the model, the data, the held-out split and its retrieval before training; then the one-line error
-    assert "loss became" in proc.stderr and proc.stderr.count("\n") <= 5, proc.stderr
+    # notes (the model, the data, the held-out split, its retrieval and backdoor check), then the one-line error, last
+    assert "loss became" in proc.stderr.strip().splitlines()[-1] and proc.stderr.count("loss became") == 1, proc.stderr
     bad_step = int(proc.stderr.split(" at step ")[1].split()[0])
     kept = sorted((tmp_path / "run" / "checkpoints").glob("step-*"))
     assert all(int(p.name.split("-")[1]) < bad_step for p in kept)
