@@ -11,7 +11,7 @@ the loss from the tower), and the lab's 4 prompt templates for zero-shot evaluat
         --epochs 4 --lr 2e-3 --out probes.jsonl
 
 One JSON line per evaluation: step, epoch, wall and CPU seconds, CPU s/step, loss, t, bias, CA@1.
-The probes that chose the SigLIP lab's arch and recipe are in RESULTS at the bottom.
+The probes that chose the SigLIP lab's arch and recipe: docs/siglip.md, "The SigLIP lab".
 """
 
 from __future__ import annotations
