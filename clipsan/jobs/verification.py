@@ -50,12 +50,6 @@ def _shown(value: Any, most: int = 60) -> str:
     return text if len(text) <= most else text[:most] + "..."
 
 
-def _threshold_of_checks(signal: str, size: int, family: str):
-    """The threshold a check applies to ``signal`` on this model: the lab's (purify takes no
-    threshold flags and no calibration file)."""
-    return lab_threshold(signal, size, family)
-
-
 def mean_r1(recalls: dict[str, dict[str, float | None]]) -> float | None:
     """The utility a check guards: the mean of image->text and text->image R@1 (None if either is)."""
     values = [recalls[direction]["1"] for direction in ("i2t", "t2i")]
@@ -196,7 +190,7 @@ class Verification:
             return [f"signals {_shown(', '.join(names))} (this run: {', '.join(expected)})"]
         differ = []
         for entry in row.signals:
-            limit = _threshold_of_checks(entry["name"], size, family)
+            limit = lab_threshold(entry["name"], size, family)  # purify's checks take no threshold flags, no calibration file
             if (entry["threshold"], entry["threshold_source"], entry["counted"]) != (limit.value, limit.source, limit.counts):
                 differ.append(
                     f"{entry['name']} threshold {entry['threshold']:g} ({_shown(entry['threshold_source'])}; this run: {limit.value:g}, {limit.source})"
