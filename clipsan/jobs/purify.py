@@ -50,7 +50,8 @@ def run_purify(config: PurifyConfig, notes: Notes, recipe=None) -> PurifyReport:
             result, utility = _fit_measured(job, recipe, training, metadata, _held_out_retrieval(split, job, training), verification)
         job.write(output, metadata)
         report = job.report(str(output.path), recipe.name, result, output.format)
-    return PurifyReport(**asdict(report), holdout=split.record(), utility=utility, verification=verification.report(job.run.path))
+        checks = verification.report(job.run.path)  # writes RUN_DIR/verification.json and .png: while the run dir is still locked
+    return PurifyReport(**asdict(report), holdout=split.record(), utility=utility, verification=checks)
 
 
 def _fit_measured(job: TrainingJob, recipe, training: TrainConfig, metadata: dict[str, str], measure, verification: Verification) -> tuple[TrainResult, dict]:
