@@ -31,7 +31,7 @@ from clipsan.engine.runtime import Runtime
 from clipsan.errors import UserError
 from clipsan.evaluation.retrieval import Retrieval
 from clipsan.jobs.checks_chart import save_checks_png
-from clipsan.scan.evidence import in_memory
+from clipsan.scan.evidence import fired, in_memory
 from clipsan.scan.prior import ScannedModel, read_scan_report
 from clipsan.scan.probes import Probes, dataset_probes
 from clipsan.scan.session import Session
@@ -70,7 +70,7 @@ class Check:
 
     @property
     def fired(self) -> list[str]:
-        return [s["name"] for s in self.signals if s["fired"] and s["counted"]]
+        return fired(self.signals)
 
     @property
     def r1(self) -> float | None:

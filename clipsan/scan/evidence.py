@@ -22,6 +22,11 @@ from clipsan.scan.session import Session, Subject
 from clipsan.scan.signals import decree, reference_divergence, target_alignment, universal_perturbation
 
 
+def fired(signals: list[dict]) -> list[str]:
+    """The names of the signal entries that fired and count towards the verdict: the verdict's evidence."""
+    return [s["name"] for s in signals if s["fired"] and s["counted"]]
+
+
 @dataclass
 class Evidence:
     signals: list[dict]  # each signal's report entry: name, statistic, threshold, threshold_source, fired, counted, ...
@@ -31,7 +36,7 @@ class Evidence:
     @property
     def fired(self) -> list[str]:
         """The signals that fired and count towards the verdict."""
-        return [s["name"] for s in self.signals if s["fired"] and s["counted"]]
+        return fired(self.signals)
 
 
 def gather(subject: Subject) -> Evidence:

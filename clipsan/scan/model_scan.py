@@ -16,7 +16,7 @@ import torch
 from clipsan.atomic import write_errors, write_json
 from clipsan.reports import ScanReport
 from clipsan.scan import artifacts
-from clipsan.scan.evidence import gather
+from clipsan.scan.evidence import fired, gather
 from clipsan.scan.inversion import Inversion
 from clipsan.scan.probes import Probes
 from clipsan.scan.session import Session, Subject
@@ -39,7 +39,8 @@ def scan_model(session: Session, loaded, run_dir: Path) -> ScanReport:
 def assemble_report(subject: Subject, signals: list[dict], target: dict, trigger: dict, run_dir: Path, seconds: float) -> ScanReport:
     session, loaded, probes = subject.session, subject.loaded, subject.probes
     config, reference = session.config, session.reference
-    backdoor = any(s["fired"] and s["counted"] for s in signals)
+    evidence = fired(signals)
+    backdoor = bool(evidence)
     calibration = None
     if session.calibration is not None:
         calibration = session.calibration.usage(subject.family, subject.arch, subject.size, session.budget, probes.source, probes.data)
@@ -54,7 +55,7 @@ def assemble_report(subject: Subject, signals: list[dict], target: dict, trigger
         backdoor=backdoor,
         statistic=signals[0]["statistic"],
         threshold=signals[0]["threshold"],
-        fired_signals=[s["name"] for s in signals if s["fired"] and s["counted"]],
+        fired_signals=evidence,
         signals=signals,
         calibration=calibration,
         warnings=[warning] if warning else [],
